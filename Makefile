@@ -1,0 +1,32 @@
+# `make demo` and `make test` work from a fresh clone: both build .venv first when needed.
+PY ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+EXTRAS ?= cpu,dev
+
+.PHONY: setup demo test lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[$(EXTRAS)]'
+	# PyPI's torchvision/torchaudio/torchcodec are built for CUDA torch and break
+	# `import transformers` model classes next to the CPU torch wheel.
+	$(VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/inpo train configs/quickstart.yaml
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check inpo tests bench
+	$(VENV)/bin/pytest -q -rs
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check inpo tests bench
+	$(VENV)/bin/ruff format --check inpo tests bench
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,135 @@
+"""Command line: `inpo <command>`; every command takes dotted config overrides."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from inpo.config import config_or_exit, describe_fields
+
+
+def _add_config_args(p: argparse.ArgumentParser, config_positional: bool = False) -> None:
+    if config_positional:
+        p.add_argument("config", nargs="?", help="YAML config (default: the CPU quickstart)")
+    else:
+        p.add_argument("--config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.lr=1e-6")
+
+
+def _config_path(args: argparse.Namespace) -> str | None:
+    """A positional `config` that looks like an override is one."""
+    if args.config and "=" in args.config:
+        args.overrides.insert(0, args.config)
+        return None
+    return args.config
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> None:
+    from inpo.models.tiny import build_tiny_model, count_parameters
+
+    out = build_tiny_model(
+        args.out,
+        layers=args.layers,
+        hidden=args.hidden,
+        tied_embeddings=args.tied_embeddings,
+        seed=args.seed,
+    )
+    print(f"tiny model ({count_parameters(out) / 1e6:.2f}M parameters) written to {out}")
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    if args.action == "doc":
+        print(describe_fields())
+        return
+    cfg = config_or_exit(_config_path(args), args.overrides)
+    print(cfg.to_yaml(), end="")
+
+
+def cmd_learn(args: argparse.Namespace) -> None:
+    overrides = [f"model.policy={args.policy}", f"model.reference={args.reference or args.policy}"]
+    cfg = config_or_exit(args.config, overrides + args.overrides)
+    from inpo.learn import learn_from_pairs
+
+    learn_from_pairs(cfg, Path(args.pairs), Path(args.out))
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    cfg = config_or_exit(args.config, [f"model.policy={args.policy}"] + args.overrides)
+    from inpo.generate import generate_file
+
+    generate_file(cfg, Path(args.prompts), Path(args.out))
+
+
+def cmd_judge(args: argparse.Namespace) -> None:
+    cfg = config_or_exit(args.config, args.overrides)
+    from inpo.judge import judge_file
+
+    judge_file(cfg, Path(args.generations), Path(args.out))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from inpo.pipeline import train
+
+    if args.resume:
+        train(resume=Path(args.resume), overrides=args.overrides)
+    else:
+        train(config_path=_config_path(args), overrides=args.overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inpo", description="Iterative Nash Policy Optimization trainer"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="run the online INPO loop (default: CPU quickstart)")
+    _add_config_args(p, config_positional=True)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its state.json")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("learn", help="one INPO iteration from a file of preference pairs")
+    p.add_argument("--pairs", required=True, help="JSONL (or datasets-readable) pairs file")
+    p.add_argument("--policy", required=True, help="pi_t: Hugging Face model directory")
+    p.add_argument("--reference", help="pi_ref (default: --policy)")
+    p.add_argument("--out", required=True, help="output dir; the new policy goes to OUT/policy")
+    _add_config_args(p)
+    p.set_defaults(fn=cmd_learn)
+
+    p = sub.add_parser("generate", help="sample K responses per prompt with vLLM")
+    p.add_argument("--prompts", required=True)
+    p.add_argument("--policy", required=True)
+    p.add_argument("--out", required=True, help="generations.jsonl")
+    _add_config_args(p)
+    p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("judge", help="label generations with the oracle and pick pairs")
+    p.add_argument("--generations", required=True)
+    p.add_argument("--out", required=True, help="pairs.jsonl")
+    _add_config_args(p)
+    p.set_defaults(fn=cmd_judge)
+
+    p = sub.add_parser("tiny-model", help="build a tiny model + tokenizer offline")
+    p.add_argument("--out", required=True)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--tied-embeddings", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_tiny_model)
+
+    p = sub.add_parser("config", help="show the resolved config, or document every field")
+    p.add_argument("action", choices=["show", "doc"])
+    _add_config_args(p, config_positional=True)
+    p.set_defaults(fn=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    from inpo.errors import user_errors
+
+    with user_errors():
+        args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Starting (or joining) the Ray cluster and deciding the device."""
+
+from __future__ import annotations
+
+import os
+
+from inpo.config import InpoConfig
+
+# Quiet engines: the driver prints progress; full logs stay in Ray's log dir.
+QUIET_ENV = {
+    "VLLM_LOGGING_LEVEL": "WARNING",
+    "VLLM_CONFIGURE_LOGGING": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_AUTH_MODE": "disabled",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_OFFLINE": "1",
+}
+
+
+def start_ray(cfg: InpoConfig) -> str:
+    """Start or join Ray; returns the device every actor will use ('cpu' or 'cuda')."""
+    import ray
+
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    if not ray.is_initialized():
+        runtime_env = {"env_vars": {k: os.environ[k] for k in QUIET_ENV}}
+        if cfg.run.ray_address:
+            ray.init(
+                address=cfg.run.ray_address,
+                runtime_env=runtime_env,
+                log_to_driver=cfg.run.actor_logs,
+            )
+        else:
+            cpus = cfg.run.num_cpus or max(8, os.cpu_count() or 1)
+            ray.init(
+                num_cpus=cpus,
+                runtime_env=runtime_env,
+                include_dashboard=False,
+                log_to_driver=cfg.run.actor_logs,
+            )
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if cfg.run.device == "cuda" and not gpus:
+        raise RuntimeError("run.device=cuda but the Ray cluster has no GPU")
+    if cfg.run.device == "auto":
+        return "cuda" if gpus else "cpu"
+    return cfg.run.device

@@ -1,0 +1,341 @@
+"""The one config schema: YAML files plus dotted command-line overrides.
+
+Defaults are the CPU quickstart, so `inpo train` with no file runs it; the
+paper's recipes live in configs/*.yaml. Every field is documented once, in its
+``description``; `inpo config doc` prints them all.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+TINY = "builtin:tiny"
+QUICKSTART_PROMPTS = "builtin:quickstart"
+
+
+class ConfigError(ValueError):
+    """A config problem, already phrased as one line naming field and value."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
+
+
+class ModelConfig(_Section):
+    policy: str = Field(
+        TINY,
+        description="Initial policy pi_1: a Hugging Face model directory, or 'builtin:tiny' "
+        "to build the offline tiny model under run.dir.",
+    )
+    reference: str | None = Field(
+        None, description="Reference policy pi_ref (KL anchor); defaults to model.policy."
+    )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="Compute dtype: auto = bfloat16 on GPU, float32 on CPU."
+    )
+    tiny_layers: int = Field(2, ge=1, description="Layers of the builtin tiny model.")
+    tiny_hidden: int = Field(
+        64, ge=64, multiple_of=64, description="Hidden size of the builtin tiny model."
+    )
+    tiny_tied_embeddings: bool = Field(
+        False, description="Tie input and output embeddings in the builtin tiny model."
+    )
+
+
+class DataConfig(_Section):
+    prompts: str = Field(
+        QUICKSTART_PROMPTS,
+        description="Prompt file (JSONL, or anything `datasets` reads) or "
+        "'builtin:quickstart' for generated prompts.",
+    )
+    prompt_field: str = Field(
+        "prompt", description="Field holding the prompt: a string or a list of chat messages."
+    )
+    eval_prompts: str | None = Field(
+        None,
+        description="Held-out prompt file; default: data.eval_size prompts held out of "
+        "data.prompts before any training prompt is drawn.",
+    )
+    eval_size: int = Field(64, ge=0, description="Held-out evaluation prompts (0 disables eval).")
+    prompts_per_iteration: int = Field(
+        64, ge=1, description="Fresh prompts drawn for each iteration."
+    )
+    selection: Literal["slice", "sample"] = Field(
+        "slice",
+        description="How iteration prompts are drawn: consecutive slices of the file, or a "
+        "seeded sample without replacement across iterations.",
+    )
+    max_prompt_tokens: int = Field(
+        256, ge=1, description="Prompts longer than this (in tokens) are skipped and counted."
+    )
+
+
+class GenerationConfig(_Section):
+    num_samples: int = Field(8, ge=2, description="K: responses sampled per prompt.")
+    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
+    max_new_tokens: int = Field(24, ge=1, description="Maximum tokens per response.")
+    num_generators: int = Field(1, ge=1, description="vLLM generator actors; prompts are split.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per generator (vLLM TP).")
+    gpu_memory_utilization: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="vLLM memory fraction for weights + KV cache (on CPU: of host memory). "
+        "Default 0.85 on a GPU of its own, 0.35 when sharing one, 0.1 on CPU.",
+    )
+    enforce_eager: bool = Field(False, description="Disable CUDA graphs in vLLM.")
+    sync_timeout_s: float = Field(600.0, gt=0, description="Timeout of one weight sync.")
+    sync_tolerance: float = Field(
+        1e-3,
+        gt=0,
+        description="Weight-sync check: largest allowed mean per-token |log-prob| difference "
+        "between generator and learner on the probe sequence (raise for bf16, e.g. 0.05).",
+    )
+
+
+class OracleConfig(_Section):
+    backend: Literal["synthetic", "pairpm", "reward", "http", "python"] = Field(
+        "synthetic", description="Preference oracle P(a > b | x)."
+    )
+    synthetic: Literal["vowels", "length", "rps"] = Field(
+        "vowels",
+        description="Builtin preference: vowels (more vowels wins, transitive), length "
+        "(closer to 16 chars wins, transitive), rps (rock-paper-scissors on the first "
+        "letter, cyclic; Nash equilibrium = uniform over the three classes).",
+    )
+    model: str | None = Field(None, description="Judge model directory (pairpm, reward).")
+    callable: str | None = Field(
+        None,
+        description="python backend: 'package.module:function' called as "
+        "fn(prompts, responses_a, responses_b) -> sequence of P(a > b).",
+    )
+    url: str | None = Field(None, description="http backend: OpenAI-compatible base URL.")
+    http_model: str | None = Field(None, description="http backend: served model name.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="http backend: env var of the key.")
+    timeout_s: float = Field(60.0, gt=0, description="http backend: per-request timeout.")
+    retries: int = Field(3, ge=0, description="http backend: retries with exponential backoff.")
+    debias: bool = Field(
+        True, description="Ask pairwise judges in both orders and average (position bias)."
+    )
+    batch_size: int = Field(32, ge=1, description="Judge queries per forward pass / request.")
+    max_length: int = Field(2048, ge=16, description="Judge input truncation, in tokens.")
+    num_actors: int = Field(1, ge=1, description="Judge actors for model backends.")
+    sharpness: float = Field(
+        4.0, gt=0, description="Synthetic oracle: logistic sharpness of score differences."
+    )
+
+
+class PairingConfig(_Section):
+    strategy: Literal["tournament", "max_min", "round_robin", "random"] = Field(
+        "tournament",
+        description="How one (chosen, rejected) pair is picked from K responses.",
+    )
+
+
+class LossConfig(_Section):
+    type: Literal["inpo", "ipo", "dpo"] = Field(
+        "inpo", description="inpo (default) or the fixed-reference ablations ipo/dpo."
+    )
+    eta: float = Field(
+        0.25, gt=0, description="INPO eta: inverse step size; target margin is 1/(2*eta)."
+    )
+    tau: float | None = Field(
+        None, ge=0, description="INPO tau: KL pull toward pi_ref, < eta; default eta/3."
+    )
+    beta: float = Field(0.1, gt=0, description="beta of the ipo/dpo ablations.")
+    normalize_length: bool = Field(
+        False, description="Use mean instead of summed token log-probs per response."
+    )
+
+    @model_validator(mode="after")
+    def _tau(self) -> LossConfig:
+        if self.tau is None:
+            self.tau = self.eta / 3.0
+        if self.tau >= self.eta:
+            raise ValueError(f"loss.tau = {self.tau}: must be < loss.eta = {self.eta}")
+        return self
+
+
+class LearnerConfig(_Section):
+    num_ranks: int = Field(1, ge=1, description="DeepSpeed ranks (one Ray actor, one GPU each).")
+    lr: float = Field(2e-3, gt=0, description="Peak learning rate.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Linear warmup share of steps.")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Cosine floor as a share of lr.")
+    epochs: int = Field(2, ge=1, description="Epochs over each iteration's pairs.")
+    global_batch_size: int = Field(16, ge=1, description="Pairs per optimizer step, all ranks.")
+    micro_batch_size: int = Field(4, ge=1, description="Pairs per forward pass per rank.")
+    grad_clip: float = Field(1.0, ge=0, description="Gradient norm clip (0 disables).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations.")
+    max_length: int = Field(1024, ge=8, description="Longest prompt+response; longer is cut.")
+    logprob_batch_size: int = Field(8, ge=1, description="Pairs per forward when caching.")
+    checkpoint_every: int = Field(
+        4, ge=0, description="Save a resumable learner checkpoint every N steps (0: never)."
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="Step checkpoints kept (rotated).")
+
+    @model_validator(mode="after")
+    def _batches(self) -> LearnerConfig:
+        per_step = self.num_ranks * self.micro_batch_size
+        if self.global_batch_size % per_step:
+            raise ValueError(
+                f"learner.global_batch_size = {self.global_batch_size}: must be a multiple of "
+                f"learner.num_ranks * learner.micro_batch_size = {per_step}"
+            )
+        return self
+
+    @property
+    def grad_accum(self) -> int:
+        return self.global_batch_size // (self.num_ranks * self.micro_batch_size)
+
+
+class DeepSpeedConfig(_Section):
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="ZeRO stage.")
+    offload_optimizer: bool = Field(False, description="ZeRO-Offload optimizer state to CPU.")
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="Merged last into the generated DeepSpeed config."
+    )
+
+
+class EvalConfig(_Section):
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature of eval responses.")
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="Eval response length; default generation.max_new_tokens."
+    )
+
+
+class RunConfig(_Section):
+    dir: str = Field("runs/quickstart", description="Run directory: outputs, state, logs.")
+    iterations: int = Field(3, ge=1, description="T: INPO iterations.")
+    seed: int = Field(0, description="Seed of data order, sampling and initialisation.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto = cuda when the Ray cluster has GPUs, else cpu."
+    )
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join ('auto' or host:port); default: a local one."
+    )
+    num_cpus: int | None = Field(
+        None, ge=1, description="Logical CPUs of a local Ray cluster (default: max(8, cores))."
+    )
+    actor_logs: bool = Field(
+        False,
+        description="Stream actor (vLLM, DeepSpeed) logs to the console; they are "
+        "always kept under Ray's session log dir.",
+    )
+    tensorboard: bool = Field(True, description="Write TensorBoard events to run.dir/tb.")
+    wandb_project: str | None = Field(None, description="Log to Weights & Biases when set.")
+
+
+class InpoConfig(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    oracle: OracleConfig = Field(default_factory=OracleConfig)
+    pairing: PairingConfig = Field(default_factory=PairingConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _cross(self) -> InpoConfig:
+        backend = self.oracle.backend
+        needs = {"pairpm": "model", "reward": "model", "python": "callable", "http": "url"}
+        if backend in needs and getattr(self.oracle, needs[backend]) is None:
+            raise ValueError(
+                f"oracle.{needs[backend]} = None: required by oracle.backend={backend}"
+            )
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config error: {key}: '{p}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """Turn ['learner.lr=1e-6', ...] into a nested dict (values parsed as YAML)."""
+    tree: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(
+                f"config error: override '{item}' is not of the form section.key=value"
+            )
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    return tree
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _describe(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"])
+    if e["type"] == "extra_forbidden":
+        return f"config error: {loc} = {e['input']!r}: unknown field"
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "value_error":  # our validators name the field and value themselves
+        return f"config error: {msg}"
+    return f"config error: {loc} = {e['input']!r}: {msg}"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> InpoConfig:
+    """Defaults <- YAML file <- dotted overrides; raises ConfigError with one line."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config error: file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config error: {p} is not valid YAML: {e}".replace("\n", " ")) from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"config error: {p} must hold a mapping of sections")
+    data = _merge(data, parse_overrides(overrides or []))
+    try:
+        return InpoConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e)) from None
+
+
+def config_or_exit(path: str | Path | None, overrides: list[str] | None) -> InpoConfig:
+    try:
+        return load_config(path, overrides)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def describe_fields() -> str:
+    """Markdown reference of every field, from the schema's descriptions."""
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    defaults = InpoConfig().model_dump(mode="json")
+    for section, field in InpoConfig.model_fields.items():
+        cls = field.default_factory().__class__
+        for name, f in cls.model_fields.items():
+            default = defaults[section][name]
+            lines.append(f"| `{section}.{name}` | `{default}` | {f.description} |")
+    return "\n".join(lines)

@@ -1,0 +1,77 @@
+"""Data order and padding for the learner: pure functions, no DeepSpeed.
+
+The order is a function of (seed, step) only, so a run resumed at step s sees
+exactly the batches an uninterrupted run would, and 1 rank or N ranks see the
+same global batches (each rank takes a contiguous share of every one).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from inpo.data import TokenizedPairs
+
+
+def steps_per_epoch(num_pairs: int, global_batch: int) -> int:
+    """Full global batches per epoch; the remainder of a shuffled epoch is left out."""
+    return num_pairs // global_batch
+
+
+def global_batch_indices(num_pairs: int, global_batch: int, seed: int, step: int) -> list[int]:
+    """Pair indices of global step ``step`` (steps count across epochs)."""
+    per_epoch = steps_per_epoch(num_pairs, global_batch)
+    if per_epoch == 0:
+        raise ValueError(f"{num_pairs} pairs are fewer than one global batch of {global_batch}")
+    epoch, b = divmod(step, per_epoch)
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(num_pairs, generator=gen)
+    return perm[b * global_batch : (b + 1) * global_batch].tolist()
+
+
+def rank_micro_batches(
+    indices: list[int], rank: int, world: int, micro_batch: int
+) -> list[list[int]]:
+    """This rank's contiguous share of a global batch, split into micro-batches."""
+    share = len(indices) // world
+    mine = indices[rank * share : (rank + 1) * share]
+    return [mine[i : i + micro_batch] for i in range(0, len(mine), micro_batch)]
+
+
+def collate(
+    pairs: TokenizedPairs, indices: list[int], pad_id: int, max_length: int
+) -> dict[str, torch.Tensor]:
+    """Right-padded [2B, T] batch: rows 0..B-1 are chosen, B..2B-1 rejected.
+
+    ``loss_mask`` is aligned with the shifted labels (position i scores token i+1)
+    and is 1 exactly on response tokens that survive truncation.
+    """
+    seqs, prompt_lens = [], []
+    for side in (pairs.chosen, pairs.rejected):
+        for i in indices:
+            seq = (pairs.prompt[i] + side[i])[:max_length]
+            seqs.append(seq)
+            prompt_lens.append(min(len(pairs.prompt[i]), len(seq)))
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(seqs), width - 1), dtype=torch.long)
+    for row, (seq, p) in enumerate(zip(seqs, prompt_lens, strict=True)):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        attn[row, : len(seq)] = 1
+        loss_mask[row, max(p - 1, 0) : len(seq) - 1] = 1
+    return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss_mask}
+
+
+def cosine_lr_lambda(total_steps: int, warmup_ratio: float, min_ratio: float = 0.0):
+    """Multiplier of the peak lr at each step: linear warmup, then cosine to min_ratio."""
+    warmup = math.ceil(total_steps * warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor

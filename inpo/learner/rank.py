@@ -1,0 +1,361 @@
+"""One DeepSpeed rank of the learner. The driver owns the loop; a rank does steps.
+
+`LearnerGroup` (group.py) runs one of these per Ray actor. Nothing here knows
+about Ray: the class is usable in a plain process, which is how the benchmark
+and the 1-rank vs N-rank tests drive it too.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from inpo import loss as L
+from inpo.data import TokenizedPairs
+from inpo.learner.batching import (
+    collate,
+    cosine_lr_lambda,
+    global_batch_indices,
+    rank_micro_batches,
+)
+
+CACHE_KEYS = ("ref_chosen", "ref_rejected", "prev_chosen", "prev_rejected")
+SHARD_BYTES = 4 << 30
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+
+
+def forward_logps(model, batch: dict[str, torch.Tensor], normalize: bool) -> tuple:
+    """(chosen, rejected) sequence log-probs of a collated batch."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logps = L.sequence_logprobs(
+        logits[:, :-1], batch["input_ids"][:, 1:], batch["loss_mask"], normalize=normalize
+    )
+    half = logps.shape[0] // 2
+    return logps[:half], logps[half:]
+
+
+def pair_loss(loss_cfg: dict, chosen, rejected, cache: dict[str, torch.Tensor]):
+    """(per-pair loss, per-pair margin) for the configured objective."""
+    kind = loss_cfg["type"]
+    ref = (cache["ref_chosen"], cache["ref_rejected"])
+    if kind == "inpo":
+        knobs = {"eta": loss_cfg["eta"], "tau": loss_cfg["tau"]}
+        args = (chosen, rejected, *ref, cache["prev_chosen"], cache["prev_rejected"])
+        return L.inpo_loss(*args, **knobs), L.inpo_margin(*args, **knobs)
+    fn = {"ipo": L.ipo_loss, "dpo": L.dpo_loss}[kind]
+    margin = (chosen - rejected) - (ref[0] - ref[1])
+    return fn(chosen, rejected, *ref, beta=loss_cfg["beta"]), margin
+
+
+def loss_target(loss_cfg: dict) -> float | None:
+    """Where the margin is pulled: 1/(2*eta) for INPO, 1/(2*beta) for IPO."""
+    return {"inpo": 0.5 / loss_cfg["eta"], "ipo": 0.5 / loss_cfg["beta"]}.get(loss_cfg["type"])
+
+
+def save_hf_policy(state: dict[str, torch.Tensor], config, tokenizer_src: str, out: Path) -> None:
+    """Write a Hugging Face directory (safetensors shards + config + tokenizer).
+
+    With tied embeddings an explicit ``lm_head.weight`` is written too: vLLM's
+    in-place reload otherwise keeps its old LM head (measured, DESIGN.md).
+    """
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    state = dict(state)
+    if getattr(config, "tie_word_embeddings", False) and "lm_head.weight" not in state:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    state = {k: v.contiguous().clone() for k, v in state.items()}  # no shared storage
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in state.items():
+        nbytes = t.numel() * t.element_size()
+        if size and size + nbytes > SHARD_BYTES:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    if len(shards) == 1:
+        save_file(shards[0], str(out / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards, start=1):
+            fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(out / fname), metadata={"format": "pt"})
+            weight_map.update({k: fname for k in shard})
+        index = {
+            "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+            "weight_map": weight_map,
+        }
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
+    dtype = next(iter(state.values())).dtype
+    config.torch_dtype = str(dtype).removeprefix("torch.")
+    config.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tokenizer_src).save_pretrained(out)
+    gen_cfg = Path(tokenizer_src) / "generation_config.json"
+    if gen_cfg.exists():
+        shutil.copy(gen_cfg, out / "generation_config.json")
+
+
+class LearnerRank:
+    def __init__(self, rank: int, world: int, cfg: dict[str, Any], device: str):
+        self.rank, self.world, self.cfg, self.device = rank, world, cfg, device
+        self.dtype = resolve_dtype(cfg["model"]["dtype"], device)
+        self.engine = None
+        self.pairs: TokenizedPairs | None = None
+        self.cache: dict[str, torch.Tensor] = {}
+        if device == "cpu":
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+
+    # --- set-up -----------------------------------------------------------
+    def address(self) -> tuple[str, int]:
+        """Rendezvous address (this node's IP and a free port), asked of rank 0."""
+        import socket
+
+        try:
+            import ray
+
+            ip = ray.util.get_node_ip_address()
+        except Exception:
+            ip = "127.0.0.1"
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return ip, s.getsockname()[1]
+
+    def init_distributed(self, addr: str, port: int) -> None:
+        import deepspeed
+
+        os.environ.update(
+            MASTER_ADDR=addr,
+            MASTER_PORT=str(port),
+            RANK=str(self.rank),
+            WORLD_SIZE=str(self.world),
+            LOCAL_RANK="0",
+            LOCAL_WORLD_SIZE="1",
+        )
+        if self.device == "cuda":
+            torch.cuda.set_device(0)  # Ray gives each rank exactly one visible GPU
+        deepspeed.init_distributed(
+            dist_backend="nccl" if self.device == "cuda" else "gloo", verbose=False
+        )
+
+    def set_data(self, pairs: TokenizedPairs, pad_id: int) -> None:
+        self.pairs, self.pad_id = pairs, pad_id
+
+    def set_cache(self, cache: dict[str, torch.Tensor]) -> None:
+        self.cache = cache
+
+    def _load_hf(self, model_dir: str):
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=self.dtype)
+        return model.to(self._torch_device())
+
+    def _torch_device(self) -> torch.device:
+        return torch.device("cuda", 0) if self.device == "cuda" else torch.device("cpu")
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self._torch_device()) for k, v in batch.items()}
+
+    # --- cached log-probs -------------------------------------------------
+    @torch.no_grad()
+    def compute_logps(self, model_dir: str) -> tuple[list[int], torch.Tensor]:
+        """Sequence log-probs under a frozen model for this rank's share of the pairs.
+
+        Returns (pair indices, [n, 2] tensor of chosen/rejected log-probs).
+        """
+        assert self.pairs is not None
+        model = self._load_hf(model_dir).eval()
+        mine = list(range(self.rank, len(self.pairs), self.world))
+        bs = self.cfg["learner"]["logprob_batch_size"]
+        out = []
+        for i in range(0, len(mine), bs):
+            batch = self._to_device(self._collate(mine[i : i + bs]))
+            c, r = forward_logps(model, batch, self.cfg["loss"]["normalize_length"])
+            out.append(torch.stack([c, r], dim=1).float().cpu())
+        del model
+        self._free()
+        return mine, torch.cat(out) if out else torch.zeros(0, 2)
+
+    def _collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        return collate(self.pairs, indices, self.pad_id, self.cfg["learner"]["max_length"])
+
+    # --- the DeepSpeed engine ---------------------------------------------
+    def ds_config(self) -> dict[str, Any]:
+        lc, dc = self.cfg["learner"], self.cfg["deepspeed"]
+        zero: dict[str, Any] = {"stage": dc["zero_stage"]}
+        if dc["offload_optimizer"]:
+            zero["offload_optimizer"] = {"device": "cpu"}
+        config = {
+            "train_batch_size": lc["global_batch_size"],
+            "train_micro_batch_size_per_gpu": lc["micro_batch_size"],
+            "gradient_accumulation_steps": lc["global_batch_size"]
+            // (lc["micro_batch_size"] * self.world),
+            "gradient_clipping": lc["grad_clip"],
+            "zero_optimization": zero,
+            "bf16": {"enabled": self.dtype == torch.bfloat16},
+            "steps_per_print": 1 << 30,
+            "wall_clock_breakdown": False,
+        }
+        config.update(dc["extra"])
+        return config
+
+    def build_engine(self, policy_dir: str, total_steps: int) -> None:
+        """Fresh model, optimizer and schedule from ``policy_dir`` (= pi_t)."""
+        import deepspeed
+        from transformers import AutoConfig
+
+        self.release()
+        lc = self.cfg["learner"]
+        self.policy_dir = policy_dir
+        self.hf_config = AutoConfig.from_pretrained(policy_dir)
+        ds_config = self.ds_config()
+        if ds_config["zero_optimization"]["stage"] == 3:
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._hf_ds = HfDeepSpeedConfig(ds_config)  # makes from_pretrained partition
+        model = self._load_hf(policy_dir)
+        if lc["gradient_checkpointing"]:
+            model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+        optimizer = torch.optim.AdamW(
+            model.parameters(),
+            lr=lc["lr"],
+            betas=tuple(lc["adam_betas"]),
+            weight_decay=lc["weight_decay"],
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, cosine_lr_lambda(total_steps, lc["warmup_ratio"], lc["min_lr_ratio"])
+        )
+        self.engine, *_ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+        )
+        self.engine.train()
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """One optimizer step on global batch ``step``; metrics averaged over all ranks."""
+        import torch.distributed as dist
+
+        assert self.engine is not None and self.pairs is not None
+        lc, loss_cfg = self.cfg["learner"], self.cfg["loss"]
+        indices = global_batch_indices(
+            len(self.pairs), lc["global_batch_size"], self.cfg["run"]["seed"], step
+        )
+        lr = self.engine.get_lr()[0]
+        sums = torch.zeros(6, dtype=torch.float64)
+        tokens = 0
+        for mb in rank_micro_batches(indices, self.rank, self.world, lc["micro_batch_size"]):
+            batch = self._to_device(self._collate(mb))
+            tokens += int(batch["attention_mask"].sum())
+            chosen, rejected = forward_logps(self.engine, batch, loss_cfg["normalize_length"])
+            cache = {k: self.cache[k][mb].to(chosen.device) for k in CACHE_KEYS}
+            losses, margin = pair_loss(loss_cfg, chosen, rejected, cache)
+            self.engine.backward(losses.mean())
+            self.engine.step()
+            with torch.no_grad():
+                sums += torch.tensor(
+                    [
+                        losses.sum().item(),
+                        margin.sum().item(),
+                        (margin > 0).sum().item(),
+                        chosen.sum().item(),
+                        rejected.sum().item(),
+                        len(mb),
+                    ],
+                    dtype=torch.float64,
+                )
+        sums = torch.cat([sums, torch.tensor([tokens], dtype=torch.float64)])
+        if self.world > 1:
+            reduced = sums.to(self._torch_device())
+            dist.all_reduce(reduced)
+            sums = reduced.cpu()
+        n = sums[5].item()
+        grad_norm = self.engine.get_global_grad_norm()
+        return {
+            "loss": sums[0].item() / n,
+            "margin": sums[1].item() / n,
+            "margin_positive": sums[2].item() / n,
+            "logp_chosen": sums[3].item() / n,
+            "logp_rejected": sums[4].item() / n,
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "lr": lr,
+            "tokens": sums[6].item(),
+        }
+
+    # --- checkpoints and outputs ------------------------------------------
+    def save_checkpoint(self, path: str, step: int) -> None:
+        """DeepSpeed state (weights, optimizer, schedule) + this rank's RNG; all ranks call."""
+        self.engine.save_checkpoint(path, tag="state", client_state={"step": step})
+        rng = {"torch": torch.get_rng_state()}
+        if self.device == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state()
+        torch.save(rng, Path(path) / f"rng_rank{self.rank}.pt")
+
+    def load_checkpoint(self, path: str) -> int:
+        _, client = self.engine.load_checkpoint(
+            path, tag="state", load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        rng = torch.load(Path(path) / f"rng_rank{self.rank}.pt", weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"])
+        return int(client["step"])
+
+    def _gathered_state(self) -> dict[str, torch.Tensor]:
+        """Full weights on rank 0 (ZeRO-3 shards gathered one tensor at a time)."""
+        import deepspeed
+
+        state = {}
+        module = self.engine.module
+        for name, p in module.named_parameters():
+            gather = hasattr(p, "ds_id")
+            with deepspeed.zero.GatheredParameters([p], enabled=gather):
+                if self.rank == 0:
+                    state[name] = p.detach().to(self.dtype).cpu().clone()
+        if self.rank == 0:
+            keys = set(module.state_dict().keys())
+            for name, b in module.named_buffers():
+                if name in keys:
+                    state[name] = b.detach().cpu().clone()
+        return state
+
+    def save_policy(self, out_dir: str) -> None:
+        """The current policy as a Hugging Face directory; all ranks call, rank 0 writes."""
+        state = self._gathered_state()
+        if self.rank == 0:
+            save_hf_policy(state, self.hf_config, self.policy_dir, Path(out_dir))
+
+    @torch.no_grad()
+    def probe_logprob(self, ids: list[int], prompt_len: int) -> float:
+        """Summed log-prob of ids[prompt_len:] under the engine's current weights."""
+        self.engine.eval()
+        x = torch.tensor([ids], device=self._torch_device())
+        logits = self.engine(input_ids=x, attention_mask=torch.ones_like(x)).logits
+        mask = torch.zeros(1, len(ids) - 1, dtype=torch.long, device=x.device)
+        mask[0, prompt_len - 1 :] = 1
+        self.engine.train()
+        return L.sequence_logprobs(logits[:, :-1], x[:, 1:], mask).item()
+
+    def release(self) -> None:
+        if self.engine is not None:
+            self.engine.destroy()
+            self.engine = None
+        self._hf_ds = None
+        self._free()
+
+    def _free(self) -> None:
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
