@@ -55,6 +55,7 @@ def cache_logprobs(
     same = Path(policy_dir).resolve() == Path(reference_dir).resolve()
     prev = ref if same else group.compute_logps(policy_dir, len(pairs))
     cache = cache_from_logps(ref, prev)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(cache, str(tmp), metadata={"pairs": fingerprint})
     tmp.replace(path)

@@ -37,10 +37,15 @@ def test_too_few_pairs():
 
 
 def test_collate_masks_only_response_tokens():
-    pairs = TokenizedPairs(prompt=[[1, 2, 3], [4]], chosen=[[5, 6], [7, 8, 9]], rejected=[[10], [11]])
+    pairs = TokenizedPairs(
+        prompt=[[1, 2, 3], [4]], chosen=[[5, 6], [7, 8, 9]], rejected=[[10], [11]]
+    )
     b = collate(pairs, [0, 1], pad_id=0, max_length=100)
     assert b["input_ids"].tolist() == [
-        [1, 2, 3, 5, 6], [4, 7, 8, 9, 0], [1, 2, 3, 10, 0], [4, 11, 0, 0, 0],
+        [1, 2, 3, 5, 6],
+        [4, 7, 8, 9, 0],
+        [1, 2, 3, 10, 0],
+        [4, 11, 0, 0, 0],
     ]
     # loss_mask[i] scores input_ids[i + 1]
     assert b["loss_mask"].tolist() == [[0, 0, 1, 1], [1, 1, 1, 0], [0, 0, 1, 0], [1, 0, 0, 0]]

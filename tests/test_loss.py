@@ -59,8 +59,14 @@ def test_gradient_pushes_margin_toward_target(start, direction):
     h0 = inpo_margin(chosen, rejected, ref_c, ref_r, prev_c, prev_r, eta=eta, tau=tau).item()
     lr = 0.01
     h1 = inpo_margin(
-        chosen - lr * chosen.grad, rejected - lr * rejected.grad, ref_c, ref_r, prev_c, prev_r,
-        eta=eta, tau=tau,
+        chosen - lr * chosen.grad,
+        rejected - lr * rejected.grad,
+        ref_c,
+        ref_r,
+        prev_c,
+        prev_r,
+        eta=eta,
+        tau=tau,
     ).item()
     assert abs(h1 - 10.0) < abs(h0 - 10.0)
 
@@ -105,4 +111,6 @@ def test_sequence_logprobs_ignores_padding_length():
         padded_logits = torch.cat([logits, torch.randn(1, extra, 9) * 100], dim=1)
         padded_labels = torch.cat([labels, torch.full((1, extra), -100)], dim=1)
         padded_mask = torch.cat([mask, torch.zeros(1, extra, dtype=torch.long)], dim=1)
-        torch.testing.assert_close(sequence_logprobs(padded_logits, padded_labels, padded_mask), base)
+        torch.testing.assert_close(
+            sequence_logprobs(padded_logits, padded_labels, padded_mask), base
+        )

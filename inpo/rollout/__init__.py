@@ -1,0 +1,1 @@
+"""Rollout: vLLM generator actors and the verified learner -> generator weight sync."""

