@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import hf_logprob, write_pairs
 from safetensors.torch import load_file
 
-from conftest import hf_logprob, write_pairs
 from inpo.config import load_config
 
 pytestmark = pytest.mark.e2e
