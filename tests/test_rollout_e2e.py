@@ -1,0 +1,119 @@
+"""Generators (real vLLM CPU engines in Ray actors) and verified weight sync."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from conftest import write_pairs
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer
+
+from inpo.config import load_config
+from inpo.data import load_pairs, prompt_token_ids, tokenize_pairs
+from inpo.generate import request_seed
+from inpo.learn import cache_logprobs, start_learner
+from inpo.placement import plan_placement
+from inpo.rollout.generator import GeneratorGroup, SyncError, probe_sequence
+
+pytestmark = pytest.mark.e2e
+
+PROMPTS = [
+    [{"role": "user", "content": f"Tell me a story about the number {i}."}] for i in range(6)
+]
+
+
+def start(model, n, cfg):
+    slots = plan_placement([], {"generator": (n, 1)})["generator"]
+    return GeneratorGroup(str(model), cfg.model_dump(mode="json"), "cpu", slots)
+
+
+@pytest.fixture(scope="module")
+def two_generators(tiny_model, ray_session):
+    group = start(tiny_model, 2, load_config())
+    yield group
+    group.shutdown()
+
+
+def sample(group, tok, prompts, ids, max_tokens=120, seed=0, n=4):
+    token_ids = [prompt_token_ids(tok, p) for p in prompts]
+    seeds = [request_seed(seed, "test", i) for i in ids]
+    return group.generate(token_ids, seeds, n=n, temperature=1.0, top_p=1.0, max_tokens=max_tokens)
+
+
+def test_k_samples_stop_at_eos_or_max_tokens(two_generators, tiny_model):
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    out = sample(two_generators, tok, PROMPTS, range(6))
+    assert len(out) == 6 and all(len(samples) == 4 for samples in out)
+    reasons = {s["finish_reason"] for samples in out for s in samples}
+    assert reasons == {"stop", "length"}  # a random tiny model emits EOS about 1 in 98 tokens
+    for s in (s for samples in out for s in samples):
+        if s["finish_reason"] == "length":
+            assert len(s["token_ids"]) == 120
+        else:
+            assert s["token_ids"][-1] == tok.eos_token_id and len(s["token_ids"]) <= 120
+        assert s["logp"] < 0
+
+
+def test_same_seed_same_samples_whatever_the_batch_or_generator(two_generators, tiny_model):
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    full = sample(two_generators, tok, PROMPTS, range(6), max_tokens=16)
+    again = sample(two_generators, tok, PROMPTS, range(6), max_tokens=16)
+    assert full == again
+    # prompts 3..5 were served by generator 1; alone they are split 2/1 across generators
+    tail = sample(two_generators, tok, PROMPTS[3:], range(3, 6), max_tokens=16)
+    assert [[s["token_ids"] for s in x] for x in tail] == [
+        [s["token_ids"] for s in x] for x in full[3:]
+    ]
+    other = sample(two_generators, tok, PROMPTS, range(6), max_tokens=16, seed=1)
+    assert other != full
+
+
+def _train_one_step(cfg, model, out, pairs_path):
+    tok = AutoTokenizer.from_pretrained(model)
+    pairs = tokenize_pairs(tok, load_pairs(pairs_path))
+    learner = start_learner(cfg, "cpu")
+    learner.set_data(pairs, tok.pad_token_id)
+    learner.set_cache(cache_logprobs(learner, pairs, str(model), str(model), out / "logps"))
+    learner.build_engine(str(model), total_steps=1)
+    learner.train_step(0)
+    learner.save_policy(str(out / "policy"))
+    return learner, tok
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_train_sync_verify_and_catch_a_sabotaged_sync(
+    tied, two_generators, tiny_model, tiny_tied_model, tmp_path, ray_session
+):
+    model = tiny_tied_model if tied else tiny_model
+    cfg = load_config(None, ["learner.lr=1e-2", "learner.global_batch_size=8"])
+    learner, tok = _train_one_step(cfg, model, tmp_path, write_pairs(tmp_path / "p.jsonl", 8))
+    try:
+        group = start(model, 1, cfg) if tied else two_generators
+        probe = probe_sequence(tok)
+        before = group.scores(*probe)
+        expected = learner.probe_logprob(*probe)
+        assert abs(expected - before[0]) > 1e-2  # one step moved the probe
+        # Sabotage first, while the generator still holds pi_t: a wrong head, then
+        # (after a good sync) the old weights.
+        broken = tmp_path / "broken"
+        shutil.copytree(tmp_path / "policy", broken)
+        state = load_file(str(broken / "model.safetensors"))
+        if tied:  # what a naive save does: no explicit lm_head, vLLM keeps its old head
+            del state["lm_head.weight"]
+        else:
+            state["lm_head.weight"] = state["lm_head.weight"] * 1.5
+        save_file(state, str(broken / "model.safetensors"), metadata={"format": "pt"})
+        with pytest.raises(SyncError, match="generation.sync_tolerance"):
+            group.sync(str(broken), probe, expected)
+
+        info = group.sync(str(tmp_path / "policy"), probe, expected)
+        assert info["sync_max_token_diff"] < 1e-4 and info["sync_seconds"] > 0
+
+        with pytest.raises(SyncError, match=r"generator 0 does not hold the learner's weights"):
+            group.sync(str(model), probe, expected)
+        group.sync(str(tmp_path / "policy"), probe, expected)  # and back in sync
+        if tied:
+            group.shutdown()
+    finally:
+        learner.shutdown()
