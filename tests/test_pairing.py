@@ -67,7 +67,7 @@ def test_a_response_that_beats_every_other_is_always_chosen():
             if x != star:
                 p = rng.uniform(0.51, 1.0)
                 table[star, x], table[x, star] = p, 1 - p
-        result, _ = play(tournament(k), lambda i, j: table[i, j])
+        result, _ = play(tournament(k), lambda i, j, t=table: t[i, j])
         assert result.chosen == star and result.dropped is None, trial
 
 

@@ -45,19 +45,18 @@ def build_tokenizer():
     return tok
 
 
-def build_tiny_model(
+def _prepare(
     out: str | Path,
     *,
-    layers: int = 2,
-    hidden: int = 64,
+    layers: int,
+    hidden: int,
     tied_embeddings: bool = False,
     intermediate: int | None = None,
     max_positions: int = 1024,
-    seed: int = 0,
-) -> Path:
-    """Write a randomly initialised tiny model + tokenizer to ``out`` and return it."""
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    **extra,
+):
+    """Check the shape, create ``out`` and build the tokenizer and Llama config of a tiny model."""
+    from transformers import LlamaConfig
 
     if hidden % HEAD_DIM:
         raise ValueError(f"hidden must be a multiple of {HEAD_DIM}, got hidden={hidden}")
@@ -81,6 +80,32 @@ def build_tiny_model(
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         torch_dtype="float32",
+        **extra,
+    )
+    return out, tok, config
+
+
+def build_tiny_model(
+    out: str | Path,
+    *,
+    layers: int = 2,
+    hidden: int = 64,
+    tied_embeddings: bool = False,
+    intermediate: int | None = None,
+    max_positions: int = 1024,
+    seed: int = 0,
+) -> Path:
+    """Write a randomly initialised tiny model + tokenizer to ``out`` and return it."""
+    import torch
+    from transformers import GenerationConfig, LlamaForCausalLM
+
+    out, tok, config = _prepare(
+        out,
+        layers=layers,
+        hidden=hidden,
+        tied_embeddings=tied_embeddings,
+        intermediate=intermediate,
+        max_positions=max_positions,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).float()
@@ -92,6 +117,21 @@ def build_tiny_model(
     (out / "inpo_tiny.json").write_text(
         json.dumps({"layers": layers, "hidden": hidden, "tied_embeddings": tied_embeddings})
     )
+    return out
+
+
+def build_tiny_reward_model(
+    out: str | Path, *, layers: int = 2, hidden: int = 64, seed: int = 0
+) -> Path:
+    """Write a randomly initialised tiny Bradley-Terry reward model (sequence classification,
+    one label) + tokenizer to ``out`` and return it; the oracle's reward backend loads it."""
+    import torch
+    from transformers import LlamaForSequenceClassification
+
+    out, tok, config = _prepare(out, layers=layers, hidden=hidden, num_labels=1)
+    torch.manual_seed(seed)
+    LlamaForSequenceClassification(config).float().save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
     return out
 
 
