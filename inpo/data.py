@@ -165,3 +165,45 @@ def write_jsonl_atomic(path: str | Path, rows: list[dict[str, Any]]) -> None:
         for row in rows:
             f.write(json.dumps(row) + "\n")
     tmp.replace(path)
+
+
+_TOPICS = (
+    "the sea",
+    "a cat",
+    "rain",
+    "music",
+    "a city",
+    "bread",
+    "the moon",
+    "a garden",
+    "trains",
+    "winter",
+    "a library",
+    "coffee",
+    "mountains",
+    "a river",
+    "friendship",
+    "the sun",
+)
+_ASKS = (
+    "Write one line about {}.",
+    "Describe {} in a few words.",
+    "Say something kind about {}.",
+    "Give a short phrase on {}.",
+    "What comes to mind with {}?",
+    "Name a feeling about {}.",
+    "Invent a title about {}.",
+    "Whisper a secret about {}.",
+)
+
+
+def builtin_prompts(name: str) -> list[Prompt]:
+    """Prompts generated in code (no download), for the quickstart and tests."""
+    if name != "builtin:quickstart":
+        raise DataError(f"data.prompts = {name!r}: unknown builtin (known: builtin:quickstart)")
+    return [
+        [{"role": "user", "content": f"{ask.format(topic)} (#{i})"}]
+        for i in range(4)
+        for topic in _TOPICS
+        for ask in _ASKS
+    ]

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from inpo.config import InpoConfig
 from inpo.data import DataError, read_rows, write_jsonl_atomic
 from inpo.errors import InpoError
+from inpo.faults import crash_point
 from inpo.oracle.base import Oracle, check_probs
 from inpo.pairing import PairResult, make_strategy, max_min, run_pairwise
 
@@ -58,6 +59,7 @@ def select_pairs(
     def ask(prompts, a, b) -> list[float]:
         probs = check_probs(oracle.prob(prompts, a, b), len(prompts), "oracle")
         bar.update(len(prompts))
+        crash_point("judge")
         return probs
 
     try:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from inpo.config import InpoConfig
 from inpo.data import TokenizedPairs
 from inpo.errors import InpoError
+from inpo.faults import crash_point
 from inpo.learner.batching import steps_per_epoch
 from inpo.learner.group import LearnerGroup, cache_from_logps
 from inpo.learner.rank import loss_target
@@ -52,6 +53,7 @@ def cache_logprobs(
             return load_file(str(path))
         path.unlink()  # computed for other pairs: stale
     ref = group.compute_logps(reference_dir, len(pairs))
+    crash_point("logps")
     same = Path(policy_dir).resolve() == Path(reference_dir).resolve()
     prev = ref if same else group.compute_logps(policy_dir, len(pairs))
     cache = cache_from_logps(ref, prev)
@@ -106,19 +108,13 @@ def train_policy(
     desc: str = "learn",
     on_step: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Train E epochs from policy_dir (pi_t) and write out/policy (pi_{t+1}).
+    """Train E epochs from policy_dir (pi_t); the last step is always checkpointed.
 
     The group already holds the pairs (set_data). Resumes from the newest
-    complete checkpoint under out/checkpoints.
+    complete checkpoint under out/checkpoints; `export_policy` then writes pi_{t+1}.
     """
     lc = cfg.learner
-    per_epoch = steps_per_epoch(num_pairs, lc.global_batch_size)
-    if per_epoch == 0:
-        raise InpoError(
-            f"{num_pairs} pairs are fewer than learner.global_batch_size = "
-            f"{lc.global_batch_size}: nothing to train on"
-        )
-    total = per_epoch * lc.epochs
+    total = total_steps(cfg, num_pairs)
     ckpt_root = out / "checkpoints"
     metrics_path = out / "learn_metrics.jsonl"
     group.set_cache(cache)
@@ -130,6 +126,7 @@ def train_policy(
     rows = [r for r in _metrics_rows(metrics_path) if r["step"] <= start]
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     target = loss_target(cfg.loss.model_dump())
+    per_epoch = total // lc.epochs
     bar = tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True)
     with metrics_path.open("a") as mf:
         for step in range(start, total):
@@ -143,29 +140,65 @@ def train_policy(
             rows.append(m)
             if on_step:
                 on_step(m)
+            crash_point(f"learn.step{step + 1}")
             bar.set_postfix(loss=f"{m['loss']:.4g}", margin=f"{m['margin']:.3g}")
             bar.update(1)
-            if lc.checkpoint_every and (step + 1) % lc.checkpoint_every == 0 and step + 1 < total:
+            every = lc.checkpoint_every
+            if step + 1 == total or (every and (step + 1) % every == 0):
                 _save_checkpoint(group, ckpt_root, step + 1, lc.keep_checkpoints)
     bar.close()
-    save_policy_atomic(group, out / "policy")
-    shutil.rmtree(ckpt_root, ignore_errors=True)  # pi_{t+1} is saved: step state is moot
     return rows
+
+
+def total_steps(cfg: InpoConfig, num_pairs: int) -> int:
+    per_epoch = steps_per_epoch(num_pairs, cfg.learner.global_batch_size)
+    if per_epoch == 0:
+        raise InpoError(
+            f"{num_pairs} pairs are fewer than learner.global_batch_size = "
+            f"{cfg.learner.global_batch_size}: nothing to train on"
+        )
+    return per_epoch * cfg.learner.epochs
+
+
+def export_policy(
+    cfg: InpoConfig,
+    group: LearnerGroup,
+    num_pairs: int,
+    policy_dir: str,
+    out: Path,
+    probe: tuple[list[int], int],
+    engine_ready: bool,
+) -> float:
+    """Write out/policy from the final learner state; returns the learner's probe log-prob.
+
+    With ``engine_ready`` False (a resumed run) the engine is rebuilt from the
+    final checkpoint first.
+    """
+    ckpt_root = out / "checkpoints"
+    if not engine_ready:
+        group.build_engine(policy_dir, total_steps(cfg, num_pairs))
+        group.load_checkpoint(str(complete_checkpoints(ckpt_root)[-1][1]))
+    save_policy_atomic(group, out / "policy")
+    expected = group.probe_logprob(*probe)
+    shutil.rmtree(ckpt_root, ignore_errors=True)  # pi_{t+1} is saved: step state is moot
+    return expected
 
 
 def save_policy_atomic(group: LearnerGroup, policy: Path) -> None:
     tmp = policy.with_name(policy.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     group.save_policy(str(tmp))
+    crash_point("save")
     shutil.rmtree(policy, ignore_errors=True)
     tmp.rename(policy)
 
 
-def start_learner(cfg: InpoConfig, device: str) -> LearnerGroup:
+def start_learner(cfg: InpoConfig, device: str, slots=None) -> LearnerGroup:
     from inpo.placement import cluster_gpus, plan_placement
 
-    gpus = cluster_gpus() if device == "cuda" else []
-    slots = plan_placement(gpus, {"learner": (cfg.learner.num_ranks, 1)})["learner"]
+    if slots is None:
+        gpus = cluster_gpus() if device == "cuda" else []
+        slots = plan_placement(gpus, {"learner": (cfg.learner.num_ranks, 1)})["learner"]
     return LearnerGroup(cfg.model_dump(mode="json"), device, slots)
 
 
@@ -193,6 +226,7 @@ def learn_from_pairs(cfg: InpoConfig, pairs_path: Path, out: Path) -> list[dict[
         group.set_data(pairs, _pad_id(tokenizer))
         cache = cache_logprobs(group, pairs, policy, reference, out / "logps.safetensors")
         metrics = train_policy(cfg, group, len(pairs), cache, policy, out)
+        export_policy(cfg, group, len(pairs), policy, out, _probe(tokenizer), engine_ready=True)
     finally:
         group.shutdown()
     first, last = metrics[0], metrics[-1]
@@ -203,6 +237,12 @@ def learn_from_pairs(cfg: InpoConfig, pairs_path: Path, out: Path) -> list[dict[
         + f"; policy in {out / 'policy'}"
     )
     return metrics
+
+
+def _probe(tokenizer):
+    from inpo.rollout.generator import probe_sequence
+
+    return probe_sequence(tokenizer)
 
 
 def _pad_id(tokenizer) -> int:

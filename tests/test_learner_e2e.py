@@ -133,7 +133,8 @@ def _train_in_process(cfg_overrides, pairs_path, policy, out, on_step=None):
     from transformers import AutoTokenizer
 
     from inpo.data import load_pairs, tokenize_pairs
-    from inpo.learn import cache_logprobs, start_learner, train_policy
+    from inpo.learn import cache_logprobs, export_policy, start_learner, train_policy
+    from inpo.rollout.generator import probe_sequence
 
     cfg = load_config(None, cfg_overrides)
     tok = AutoTokenizer.from_pretrained(policy)
@@ -142,7 +143,9 @@ def _train_in_process(cfg_overrides, pairs_path, policy, out, on_step=None):
     try:
         group.set_data(pairs, tok.pad_token_id)
         cache = cache_logprobs(group, pairs, str(policy), str(policy), out / "logps.safetensors")
-        return train_policy(cfg, group, len(pairs), cache, str(policy), out, on_step=on_step)
+        rows = train_policy(cfg, group, len(pairs), cache, str(policy), out, on_step=on_step)
+        export_policy(cfg, group, len(pairs), str(policy), out, probe_sequence(tok), True)
+        return rows
     finally:
         group.shutdown()
 

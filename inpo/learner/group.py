@@ -63,6 +63,9 @@ class LearnerGroup:
     def probe_logprob(self, ids: list[int], prompt_len: int) -> float:
         return self._all("probe_logprob", ids, prompt_len)[0]
 
+    def probe_logprob_dir(self, model_dir: str, ids: list[int], prompt_len: int) -> float:
+        return ray.get(self.ranks[0].probe_logprob_dir.remote(model_dir, ids, prompt_len))
+
     def shutdown(self) -> None:
         try:
             self._all("release")

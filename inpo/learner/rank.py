@@ -337,15 +337,29 @@ class LearnerRank:
         if self.rank == 0:
             save_hf_policy(state, self.hf_config, self.policy_dir, Path(out_dir))
 
-    @torch.no_grad()
     def probe_logprob(self, ids: list[int], prompt_len: int) -> float:
         """Summed log-prob of ids[prompt_len:] under the engine's current weights."""
         self.engine.eval()
+        try:
+            return self._score(self.engine, ids, prompt_len)
+        finally:
+            self.engine.train()
+
+    def probe_logprob_dir(self, model_dir: str, ids: list[int], prompt_len: int) -> float:
+        """The same for a saved model directory (plain Hugging Face load)."""
+        model = self._load_hf(model_dir).eval()
+        try:
+            return self._score(model, ids, prompt_len)
+        finally:
+            del model
+            self._free()
+
+    @torch.no_grad()
+    def _score(self, model, ids: list[int], prompt_len: int) -> float:
         x = torch.tensor([ids], device=self._torch_device())
-        logits = self.engine(input_ids=x, attention_mask=torch.ones_like(x)).logits
+        logits = model(input_ids=x, attention_mask=torch.ones_like(x)).logits
         mask = torch.zeros(1, len(ids) - 1, dtype=torch.long, device=x.device)
         mask[0, prompt_len - 1 :] = 1
-        self.engine.train()
         return L.sequence_logprobs(logits[:, :-1], x[:, 1:], mask).item()
 
     def release(self) -> None:

