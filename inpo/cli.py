@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from inpo.config import config_or_exit, describe_fields
+from inpo.errors import InpoError
 
 
 def _add_config_args(p: argparse.ArgumentParser, config_positional: bool = False) -> None:
@@ -70,10 +71,13 @@ def cmd_judge(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from inpo.pipeline import train
 
+    config = _config_path(args)
     if args.resume:
+        if config:
+            raise InpoError("--resume takes the run's own config.yaml; drop the config file")
         train(resume=Path(args.resume), overrides=args.overrides)
     else:
-        train(config_path=_config_path(args), overrides=args.overrides)
+        train(config_path=config, overrides=args.overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:

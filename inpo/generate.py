@@ -19,7 +19,6 @@ from tqdm import tqdm
 
 from inpo.config import InpoConfig
 from inpo.data import Prompt, prompt_token_ids
-from inpo.faults import crash_point
 
 CHUNK_PER_GENERATOR = 256
 
@@ -86,7 +85,6 @@ def generate_rows(
             )
         bar.update(len(out))
         bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - t0):.0f}")
-        crash_point("generate")
     bar.close()
     return rows
 

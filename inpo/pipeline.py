@@ -34,6 +34,7 @@ from inpo.data import (
     write_jsonl_atomic,
 )
 from inpo.errors import InpoError
+from inpo.faults import crash_point
 from inpo.state import STAGES, RunState, write_json_atomic
 
 CONFIG_FILE = "config.yaml"
@@ -268,6 +269,7 @@ class Trainer:
             rows = self._generate(
                 ids, self.pool, f"generate{t}", g.num_samples, g.temperature, g.max_new_tokens
             )
+            crash_point("generate")
             write_jsonl_atomic(gen_path, rows)
             n_tok = sum(len(x) for r in rows for x in r["response_ids"])
             return {"prompts": len(rows), "skipped": len(ids) - len(rows), "tokens": n_tok}

@@ -1,0 +1,62 @@
+"""Preference oracles P(a > b | x): the interface (base.py) and its backends.
+
+- synthetic: builtin preferences over the response text (synthetic.py), in the driver;
+- pairpm: a pairwise preference model (pairpm.py) and reward: a Bradley-Terry reward model
+  (reward.py), each in Ray actors (actor.py);
+- http: an LLM judge behind an OpenAI-compatible endpoint (http.py), in the driver;
+- python: a user's function "package.module:function" (python_fn.py), in the driver.
+
+Pairwise judges that may prefer a slot (pairpm, http, python) are asked in both orders
+when oracle.debias is set; reward and synthetic preferences are symmetric already.
+Backends are imported on use, so importing this package pulls in neither torch nor Ray.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from inpo.config import InpoConfig
+from inpo.oracle.base import Debiased, Oracle, OracleError, check_probs
+
+if TYPE_CHECKING:
+    from inpo.placement import ActorSlot
+
+__all__ = ["Debiased", "Oracle", "OracleError", "build_oracle", "check_probs"]
+
+
+def build_oracle(cfg: InpoConfig, device: str, slots: list[ActorSlot] | None = None) -> Oracle:
+    """The oracle cfg.oracle describes. Model backends start cfg.oracle.num_actors Ray
+    actors (Ray must be initialised) in ``slots``, by default planned for the oracle
+    alone; pass slots from a joint plan when generators or learner share the GPUs."""
+    oc = cfg.oracle
+    oracle: Oracle
+    if oc.backend in ("pairpm", "reward"):
+        from inpo.oracle.actor import OracleGroup
+        from inpo.placement import cluster_gpus, plan_placement
+
+        if slots is None:
+            gpus = cluster_gpus() if device == "cuda" else []
+            slots = plan_placement(gpus, {"oracle": (oc.num_actors, 1)})["oracle"]
+        oracle = OracleGroup(oc, device, slots)
+    elif oc.backend == "synthetic":
+        from inpo.oracle.synthetic import synthetic_oracle
+
+        oracle = synthetic_oracle(oc.synthetic, oc.sharpness)
+    elif oc.backend == "http":
+        from inpo.oracle.http import HttpJudge
+
+        oracle = HttpJudge(
+            oc.url,
+            oc.http_model,
+            api_key_env=oc.api_key_env,
+            timeout_s=oc.timeout_s,
+            retries=oc.retries,
+            batch_size=oc.batch_size,
+        )
+    elif oc.backend == "python":
+        from inpo.oracle.python_fn import PythonOracle
+
+        oracle = PythonOracle(oc.callable)
+    else:
+        raise OracleError(f"oracle.backend = {oc.backend!r}: unknown")
+    return Debiased(oracle) if oc.debias and oracle.position_biased else oracle

@@ -1,0 +1,253 @@
+"""Model oracles on tiny offline models: pairpm and reward in process and as Ray actors, and
+the http backend against a real local vLLM OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+from test_oracle import free_port
+
+from inpo.config import InpoConfig
+from inpo.oracle import Debiased, OracleError, build_oracle
+from inpo.oracle.actor import OracleGroup
+from inpo.oracle.http import HttpJudge, judge_prompt
+from inpo.oracle.pairpm import PairPM, render_context
+from inpo.oracle.reward import RewardModel
+
+pytestmark = pytest.mark.e2e
+
+CHAT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Name a fruit."},
+]
+PROMPTS = [CHAT, "Write a word:", CHAT, "Count to three.", "x"]
+A = ["apple", "banana split", "", "one two three", "yes"]
+B = ["a pear, I think", "no", "kiwi", "1 2 3", "yes"]
+
+
+def oracle_cfg(**fields) -> InpoConfig:
+    return InpoConfig.model_validate({"oracle": fields})
+
+
+def reference_p_a(model_dir: Path, texts: list[str]) -> list[float]:
+    """Plain HF, one text at a time: softmax over the next-token logits of "A" and "B"."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    choices = tok.convert_tokens_to_ids(["A", "B"])
+    out = []
+    for text in texts:
+        ids = torch.tensor([tok(text, add_special_tokens=False).input_ids])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, -1, choices]
+        out.append(logits.softmax(-1)[0].item())
+    return out
+
+
+# --- pairpm -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pairpm(tiny_model) -> PairPM:
+    return PairPM(str(tiny_model), "cpu", batch_size=2, max_length=2048)
+
+
+def test_pairpm_format_and_batching(pairpm, tiny_model):
+    context = render_context(CHAT)
+    assert context == "\n\n\n<turn> system\n Be brief.\n\n<turn> user\n Name a fruit.\n\n\n"
+    # the exact text the judge reads, through the tiny model's ChatML template
+    text = (
+        f"<|im_start|>user\n[CONTEXT] {context} [RESPONSE A] apple [RESPONSE B] "
+        "a pear, I think \n<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert pairpm.tok.decode(pairpm.fitted_ids(CHAT, A[0], B[0])) == text
+    batched = pairpm.prob(PROMPTS, A, B)  # batches of 2, left padded
+    alone = [pairpm.prob([p], [a], [b])[0] for p, a, b in zip(PROMPTS, A, B, strict=True)]
+    assert batched == pytest.approx(alone, abs=1e-5)
+    assert batched[0] == pytest.approx(reference_p_a(tiny_model, [text])[0], abs=1e-5)
+    assert all(0.0 < p < 1.0 for p in batched)
+
+
+def test_pairpm_truncates_the_context_first(pairpm, monkeypatch):
+    monkeypatch.setattr(pairpm, "max_length", 200)
+    long_chat = [{"role": "user", "content": "old history " * 40 + "the question?"}]
+    ids = pairpm.fitted_ids(long_chat, "answer one", "answer two")
+    assert len(ids) == 200  # the char tokenizer cuts to the exact limit
+    text = pairpm.tok.decode(ids)
+    kept = text.partition("[CONTEXT] ")[2].partition(" [RESPONSE A]")[0]
+    assert 0 < len(kept) < len(render_context(long_chat))
+    assert render_context(long_chat).endswith(kept)
+    assert text.endswith(
+        " [RESPONSE A] answer one [RESPONSE B] answer two \n<|im_end|>\n<|im_start|>assistant\n"
+    )
+    # with no context left to cut, both responses lose their ends equally
+    ids = pairpm.fitted_ids("q", "x" * 300, "y" * 300)
+    text = pairpm.tok.decode(ids)
+    assert len(ids) <= 200 and text.count("x") == text.count("y") > 0
+    assert "[CONTEXT]  [RESPONSE A] xxx" in text
+    monkeypatch.setattr(pairpm, "max_length", 16)
+    with pytest.raises(OracleError, match="oracle.max_length = 16: shorter than the judge"):
+        pairpm.fitted_ids("q", "a", "b")
+
+
+def test_pairpm_in_ray_actors_debiased(ray_session, tiny_model, pairpm):
+    cfg = oracle_cfg(backend="pairpm", model=str(tiny_model), num_actors=2, batch_size=1)
+    oracle = build_oracle(cfg, "cpu")
+    try:
+        assert isinstance(oracle, Debiased) and isinstance(oracle.inner, OracleGroup)
+        assert not oracle.has_scores
+        raw = oracle.inner.prob(PROMPTS, A, B)  # split 3 + 2 over the actors, in order
+        assert raw == pytest.approx(pairpm.prob(PROMPTS, A, B), abs=1e-5)
+        ab, ba = oracle.prob(PROMPTS, A, B), oracle.prob(PROMPTS, B, A)
+        assert all(0.0 <= p <= 1.0 for p in ab + ba)
+        # batch size 1: every (prompt, a, b) is judged alone, so both calls see the same
+        # raw numbers and the debiased pair sums to 1 exactly
+        assert [x + y for x, y in zip(ab, ba, strict=True)] == [1.0] * len(ab)
+        assert ab[-1] == 0.5  # identical responses
+        assert oracle.prob([], [], []) == []
+    finally:
+        oracle.close()
+
+
+# --- reward -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model(tmp_path_factory) -> Path:
+    from inpo.models.tiny import build_tiny_reward_model
+
+    return build_tiny_reward_model(tmp_path_factory.mktemp("models") / "tiny_rm", seed=3)
+
+
+def test_reward_scores_and_batching(tiny_reward_model):
+    rm = RewardModel(str(tiny_reward_model), "cpu", batch_size=2, max_length=512)
+    ids = rm.input_ids(CHAT, "apple")
+    assert rm.tok.decode(ids) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nName a fruit.<|im_end|>\n"
+        "<|im_start|>assistant\napple<|im_end|>\n"
+    )
+    assert rm.tok.decode(rm.input_ids("Write a word:", " pear")) == "Write a word: pear"
+    batched = rm.scores(PROMPTS, A)
+    alone = [rm.scores([p], [a])[0] for p, a in zip(PROMPTS, A, strict=True)]
+    assert batched == pytest.approx(alone, abs=1e-5)
+    short = RewardModel(str(tiny_reward_model), "cpu", batch_size=2, max_length=8)
+    assert short.tok.decode(short.input_ids("a long prompt", " reply")) == "pt reply"
+
+
+def test_reward_in_ray_actor(ray_session, tiny_reward_model):
+    cfg = oracle_cfg(backend="reward", model=str(tiny_reward_model), batch_size=3)
+    oracle = build_oracle(cfg, "cpu")
+    try:
+        assert isinstance(oracle, OracleGroup) and oracle.has_scores  # symmetric: no Debiased
+        ra, rb = oracle.scores(PROMPTS, A), oracle.scores(PROMPTS, B)
+        ab, ba = oracle.prob(PROMPTS, A, B), oracle.prob(PROMPTS, B, A)
+        expected = torch.sigmoid(torch.tensor(ra) - torch.tensor(rb)).tolist()
+        assert ab == pytest.approx(expected, abs=1e-5)
+        assert [x + y for x, y in zip(ab, ba, strict=True)] == pytest.approx([1.0] * len(ab))
+        assert ab[-1] == pytest.approx(0.5)
+    finally:
+        oracle.close()
+
+
+def test_model_oracle_errors_come_back_clean(ray_session, tiny_model, tmp_path):
+    # a causal LM is no reward model: its classifier config has 2 labels
+    cfg = oracle_cfg(backend="reward", model=str(tiny_model))
+    with pytest.raises(OracleError, match=f"oracle.model = {tiny_model}: a reward model has one"):
+        build_oracle(cfg, "cpu")
+    missing = tmp_path / "nothing_here"
+    with pytest.raises(OracleError, match=f"oracle.model = {missing}: no such directory"):
+        PairPM(str(missing), "cpu", batch_size=1, max_length=64)
+
+
+# --- http against a real vLLM server ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def judge_model(tiny_model, tmp_path_factory) -> Path:
+    """The tiny model edited so that "A" and "B" always top its next-token distribution
+    (a random model rarely puts both in the top 20): the final norm keeps one hidden
+    dimension, which every embedding holds at +10, and only "A" and "B" read it strongly."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    with torch.no_grad():
+        model.model.norm.weight.zero_()
+        model.model.norm.weight[0] = 1.0
+        model.model.embed_tokens.weight[:, 0] = 10.0
+        model.lm_head.weight[tok.convert_tokens_to_ids("A"), 0] = 0.5
+        model.lm_head.weight[tok.convert_tokens_to_ids("B"), 0] = 0.45
+    out = tmp_path_factory.mktemp("models") / "judge"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def vllm_server(judge_model, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(judge_model),
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--gpu-memory-utilization",
+        "0.1",
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "1024",
+    ]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "VLLM_LOGGING_LEVEL": "WARNING"}
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"vLLM server did not come up:\n{log.read_text()[-3000:]}")
+            try:
+                if requests.get(f"{url}/models", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_http_judge_against_vllm(vllm_server, judge_model):
+    oracle = build_oracle(oracle_cfg(backend="http", url=vllm_server, batch_size=4), "cpu")
+    try:
+        assert isinstance(oracle, Debiased) and isinstance(oracle.inner, HttpJudge)
+        judge = oracle.inner
+        assert judge.model == str(judge_model)  # the first (only) served model
+        raw = judge.prob(PROMPTS, A, B)
+        texts = [judge_prompt(*t) for t in zip(PROMPTS, A, B, strict=True)]
+        assert raw == pytest.approx(reference_p_a(judge_model, texts), abs=1e-3)
+        assert all(0.5 < p < 0.75 for p in raw)  # the edited model leans to "A"
+        ab, ba = oracle.prob(PROMPTS, A, B), oracle.prob(PROMPTS, B, A)
+        assert [x + y for x, y in zip(ab, ba, strict=True)] == pytest.approx([1.0] * len(ab))
+    finally:
+        oracle.close()
