@@ -94,3 +94,9 @@ def test_shipped_configs_validate():
 
     for f in sorted(Path("configs").glob("*.yaml")):
         load_config(f)
+
+
+def test_readme_config_reference_is_current():
+    from pathlib import Path
+
+    assert describe_fields() in Path("README.md").read_text()
