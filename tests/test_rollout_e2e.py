@@ -117,3 +117,50 @@ def test_train_sync_verify_and_catch_a_sabotaged_sync(
             group.shutdown()
     finally:
         learner.shutdown()
+
+
+def test_generate_and_judge_commands(tmp_path, tiny_model):
+    """`inpo generate` then `inpo judge`, as a user runs them, in fresh processes."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": p} for p in PROMPTS] + [{"prompt": "x" * 400}]  # last one too long
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    gens, pairs = tmp_path / "generations.jsonl", tmp_path / "pairs.jsonl"
+
+    def cli(*args):
+        r = subprocess.run(
+            [sys.executable, "-m", "inpo.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r.stdout
+
+    out = cli(
+        "generate",
+        "--prompts",
+        str(prompts),
+        "--policy",
+        str(tiny_model),
+        "--out",
+        str(gens),
+        "generation.num_samples=4",
+        "generation.max_new_tokens=12",
+    )
+    assert "skipped 1 prompts over data.max_prompt_tokens" in out
+    got = [json.loads(line) for line in gens.read_text().splitlines()]
+    assert [g["prompt_id"] for g in got] == list(range(6))
+    assert {"prompt", "responses", "finish_reasons", "logps"} <= got[0].keys()
+    assert all(len(g["responses"]) == len(g["logps"]) == 4 for g in got)
+    out = cli("judge", "--generations", str(gens), "--out", str(pairs))
+    assert "kept" in out and "of 6 prompts" in out
+    kept = [json.loads(line) for line in pairs.read_text().splitlines()]
+    for p in kept:
+        assert p["n_comparisons"] == 5 and p["p_chosen"] >= 0.5
+        assert p["chosen"] != p["rejected"]
