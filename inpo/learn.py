@@ -223,7 +223,7 @@ def learn_from_pairs(cfg: InpoConfig, pairs_path: Path, out: Path) -> list[dict[
     out.mkdir(parents=True, exist_ok=True)
     group = start_learner(cfg, start_ray(cfg))
     try:
-        group.set_data(pairs, _pad_id(tokenizer))
+        group.set_data(pairs, pad_id_of(tokenizer))
         cache = cache_logprobs(group, pairs, policy, reference, out / "logps.safetensors")
         metrics = train_policy(cfg, group, len(pairs), cache, policy, out)
         export_policy(cfg, group, len(pairs), policy, out, _probe(tokenizer), engine_ready=True)
@@ -245,5 +245,5 @@ def _probe(tokenizer):
     return probe_sequence(tokenizer)
 
 
-def _pad_id(tokenizer) -> int:
+def pad_id_of(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

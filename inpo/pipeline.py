@@ -308,9 +308,9 @@ class Trainer:
             )
         pairs = tokenize_pairs(self.tokenizer, rows)
         if self.learner_iteration != t:
-            from inpo.learn import _pad_id
+            from inpo.learn import pad_id_of
 
-            self.learner.set_data(pairs, _pad_id(self.tokenizer))
+            self.learner.set_data(pairs, pad_id_of(self.tokenizer))
             self.learner_iteration = t
         return pairs
 
