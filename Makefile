@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# A second `make demo` continues (or just reports) the same run instead of failing.
 demo: $(STAMP)
-	$(VENV)/bin/inpo train configs/quickstart.yaml
+	if [ -f runs/quickstart/state.json ]; then \
+	  $(VENV)/bin/inpo train --resume runs/quickstart; \
+	else \
+	  $(VENV)/bin/inpo train configs/quickstart.yaml; \
+	fi
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check inpo tests bench

@@ -432,18 +432,21 @@ class Trainer:
         from inpo.report import plot, table
 
         self.prepare()
-        self.tb = _tensorboard(self.cfg, self.run_dir)
-        self.wandb = _wandb(self.cfg, self.run_dir)
-        device = start_ray(self.cfg)
-        try:
-            self.start_actors(device)
-            self.eval_reference()
-            for t in range(1, self.cfg.run.iterations + 1):
-                if not self.state.iteration_done(t):
+        todo = [
+            t for t in range(1, self.cfg.run.iterations + 1) if not self.state.iteration_done(t)
+        ]
+        if todo:  # a finished run only reports: no actors to start
+            self.tb = _tensorboard(self.cfg, self.run_dir)
+            self.wandb = _wandb(self.cfg, self.run_dir)
+            device = start_ray(self.cfg)
+            try:
+                self.start_actors(device)
+                self.eval_reference()
+                for t in todo:
                     self.iteration(t)
                     self.report()
-        finally:
-            self.shutdown()
+            finally:
+                self.shutdown()
         rows = self.report()
         print(table(rows))
         png = plot(rows, self.run_dir)
