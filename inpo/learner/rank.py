@@ -157,11 +157,11 @@ class LearnerRank:
     def set_cache(self, cache: dict[str, torch.Tensor]) -> None:
         self.cache = cache
 
-    def _load_hf(self, model_dir: str):
+    def _load_hf(self, model_dir: str, to_device: bool = True):
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=self.dtype)
-        return model.to(self._torch_device())
+        return model.to(self._torch_device()) if to_device else model
 
     def _torch_device(self) -> torch.device:
         return torch.device("cuda", 0) if self.device == "cuda" else torch.device("cpu")
@@ -226,7 +226,7 @@ class LearnerRank:
             from transformers.integrations import HfDeepSpeedConfig
 
             self._hf_ds = HfDeepSpeedConfig(ds_config)  # makes from_pretrained partition
-        model = self._load_hf(policy_dir)
+        model = self._load_hf(policy_dir, to_device=False)  # DeepSpeed places (or shards) it
         if lc["gradient_checkpointing"]:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False

@@ -58,7 +58,9 @@ class GeneratorGroup:
             "chunked_prefill": device != "cpu",
         }
         self.sync_timeout = gc["sync_timeout_s"]
-        self.tolerance = gc["sync_tolerance"]
+        # bf16 kernels in vLLM and in the learner round differently; fp32 agrees to ~1e-6.
+        bf16 = engine_kwargs["dtype"] == "bfloat16"
+        self.tolerance = gc["sync_tolerance"] or (0.05 if bf16 else 1e-3)
         actor = ray.remote(Generator)
         self.actors = [
             actor.options(**actor_options(s)).remote(model_dir, engine_kwargs) for s in slots
