@@ -69,7 +69,7 @@ def test_full_run_reports_everything(full_run):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [row["iteration"] for row in rows] == [1, 2]
     for row in rows:
-        assert row["pairs"] > 0 and row["comparisons"] == row["pairs"] * 5 or row["comparisons"]
+        assert row["pairs"] > 0 and row["comparisons"] == row["prompts"] * 5  # K=4: 3K/2-1
         assert 0 <= row["win_vs_ref_ci"][0] <= row["win_vs_ref"] <= row["win_vs_ref_ci"][1] <= 1
         assert row["sync_max_token_diff"] < 1e-4
     assert (run / "summary.png").stat().st_size > 1000
