@@ -52,10 +52,10 @@ def cache_logprobs(
         if meta.get("pairs") == fingerprint:
             return load_file(str(path))
         path.unlink()  # computed for other pairs: stale
-    ref = group.compute_logps(reference_dir, len(pairs))
+    ref = group.compute_logps(reference_dir, len(pairs), desc="logps pi_ref")
     crash_point("logps")
     same = Path(policy_dir).resolve() == Path(reference_dir).resolve()
-    prev = ref if same else group.compute_logps(policy_dir, len(pairs))
+    prev = ref if same else group.compute_logps(policy_dir, len(pairs), desc="logps pi_t")
     cache = cache_from_logps(ref, prev)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -9,6 +9,7 @@ from typing import Any
 
 import ray
 import torch
+from tqdm import tqdm
 
 from inpo.data import TokenizedPairs
 from inpo.learner.rank import CACHE_KEYS, LearnerRank
@@ -20,6 +21,7 @@ class LearnerGroup:
         world = cfg["learner"]["num_ranks"]
         if len(slots) != world:
             raise ValueError(f"{len(slots)} placement slots for {world} learner ranks")
+        self.logprob_batch = cfg["learner"]["logprob_batch_size"]
         env = {"DS_ACCELERATOR": "cpu"} if device == "cpu" else {}
         actor = ray.remote(LearnerRank)
         self.ranks = [
@@ -38,11 +40,17 @@ class LearnerGroup:
     def set_cache(self, cache: dict[str, torch.Tensor]) -> None:
         self._all("set_cache", ray.put(cache))
 
-    def compute_logps(self, model_dir: str, num_pairs: int) -> torch.Tensor:
+    def compute_logps(self, model_dir: str, num_pairs: int, desc: str = "logps") -> torch.Tensor:
         """[num_pairs, 2] chosen/rejected log-probs under the frozen model at model_dir."""
         out = torch.zeros(num_pairs, 2)
-        for indices, logps in self._all("compute_logps", model_dir):
-            out[indices] = logps
+        share = max(self._all("load_frozen", model_dir))
+        chunk = 8 * self.logprob_batch
+        with tqdm(total=num_pairs, desc=desc, unit="pair", dynamic_ncols=True) as bar:
+            for lo in range(0, share, chunk):
+                for indices, logps in self._all("frozen_logps", lo, lo + chunk):
+                    out[indices] = logps
+                    bar.update(len(indices))
+        self._all("drop_frozen")
         return out
 
     def build_engine(self, policy_dir: str, total_steps: int) -> None:

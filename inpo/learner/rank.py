@@ -170,24 +170,29 @@ class LearnerRank:
         return {k: v.to(self._torch_device()) for k, v in batch.items()}
 
     # --- cached log-probs -------------------------------------------------
-    @torch.no_grad()
-    def compute_logps(self, model_dir: str) -> tuple[list[int], torch.Tensor]:
-        """Sequence log-probs under a frozen model for this rank's share of the pairs.
-
-        Returns (pair indices, [n, 2] tensor of chosen/rejected log-probs).
-        """
+    def load_frozen(self, model_dir: str) -> int:
+        """Load a frozen model (pi_ref or pi_t) to score this rank's share of the pairs;
+        returns the size of that share."""
         assert self.pairs is not None
-        model = self._load_hf(model_dir).eval()
-        mine = list(range(self.rank, len(self.pairs), self.world))
+        self.frozen = self._load_hf(model_dir).eval()
+        self.mine = list(range(self.rank, len(self.pairs), self.world))
+        return len(self.mine)
+
+    @torch.no_grad()
+    def frozen_logps(self, lo: int, hi: int) -> tuple[list[int], torch.Tensor]:
+        """(pair indices, [n, 2] chosen/rejected log-probs) for share positions lo..hi."""
+        part = self.mine[lo:hi]
         bs = self.cfg["learner"]["logprob_batch_size"]
-        out = []
-        for i in range(0, len(mine), bs):
-            batch = self._to_device(self._collate(mine[i : i + bs]))
-            c, r = forward_logps(model, batch, self.cfg["loss"]["normalize_length"])
+        out = [torch.zeros(0, 2)]
+        for i in range(0, len(part), bs):
+            batch = self._to_device(self._collate(part[i : i + bs]))
+            c, r = forward_logps(self.frozen, batch, self.cfg["loss"]["normalize_length"])
             out.append(torch.stack([c, r], dim=1).float().cpu())
-        del model
+        return part, torch.cat(out)
+
+    def drop_frozen(self) -> None:
+        self.frozen = None
         self._free()
-        return mine, torch.cat(out) if out else torch.zeros(0, 2)
 
     def _collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
         return collate(self.pairs, indices, self.pad_id, self.cfg["learner"]["max_length"])
