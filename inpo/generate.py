@@ -90,14 +90,13 @@ def generate_rows(
 
 
 def start_generators(cfg: InpoConfig, device: str, model_dir: str, slots=None):
-    from inpo.placement import cluster_gpus, plan_placement
+    from inpo.placement import plan_for
     from inpo.rollout.generator import GeneratorGroup
 
     if slots is None:
-        gpus = cluster_gpus() if device == "cuda" else []
         gen = cfg.generation
-        plan = plan_placement(gpus, {"generator": (gen.num_generators, gen.tensor_parallel_size)})
-        slots = plan["generator"]
+        demand = {"generator": (gen.num_generators, gen.tensor_parallel_size)}
+        slots = plan_for(device, demand)["generator"]
     return GeneratorGroup(model_dir, cfg.model_dump(mode="json"), device, slots)
 
 

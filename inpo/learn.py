@@ -194,11 +194,10 @@ def save_policy_atomic(group: LearnerGroup, policy: Path) -> None:
 
 
 def start_learner(cfg: InpoConfig, device: str, slots=None) -> LearnerGroup:
-    from inpo.placement import cluster_gpus, plan_placement
+    from inpo.placement import plan_for
 
     if slots is None:
-        gpus = cluster_gpus() if device == "cuda" else []
-        slots = plan_placement(gpus, {"learner": (cfg.learner.num_ranks, 1)})["learner"]
+        slots = plan_for(device, {"learner": (cfg.learner.num_ranks, 1)})["learner"]
     return LearnerGroup(cfg.model_dump(mode="json"), device, slots)
 
 

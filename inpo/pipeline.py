@@ -141,7 +141,7 @@ class Trainer:
         from inpo.generate import start_generators
         from inpo.learn import start_learner
         from inpo.oracle import build_oracle
-        from inpo.placement import cluster_gpus, plan_placement
+        from inpo.placement import plan_for
 
         cfg = self.cfg
         demand = {
@@ -150,7 +150,7 @@ class Trainer:
         }
         if cfg.oracle.backend in ("pairpm", "reward"):
             demand["oracle"] = (cfg.oracle.num_actors, 1)
-        plan = plan_placement(cluster_gpus() if device == "cuda" else [], demand)
+        plan = plan_for(device, demand)
         self.oracle = build_oracle(cfg, device, slots=plan.get("oracle"))
         self.learner = start_learner(cfg, device, slots=plan["learner"])
         # Generators hold the newest saved policy; the pending stage decides what happens next.

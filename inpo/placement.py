@@ -96,6 +96,11 @@ def cluster_gpus() -> list[int]:
     return [int(n["Resources"].get("GPU", 0)) for n in cluster_nodes()]
 
 
+def plan_for(device: str, demand: dict[str, tuple[int, int]]) -> dict[str, list[ActorSlot]]:
+    """plan_placement over the Ray cluster's GPUs (none when running on CPU)."""
+    return plan_placement(cluster_gpus() if device == "cuda" else [], demand)
+
+
 def actor_options(slot: ActorSlot, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Ray .options() for an actor in ``slot``."""
     opts: dict[str, Any] = {"num_cpus": 1, "num_gpus": slot.num_gpus}

@@ -24,15 +24,14 @@ from inpo.learner.batching import (
     global_batch_indices,
     rank_micro_batches,
 )
+from inpo.models import dtype_name
 
 CACHE_KEYS = ("ref_chosen", "ref_rejected", "prev_chosen", "prev_rejected")
 SHARD_BYTES = 4 << 30
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    return getattr(torch, dtype_name(dtype, device))
 
 
 def forward_logps(model, batch: dict[str, torch.Tensor], normalize: bool) -> tuple:

@@ -7,6 +7,13 @@ from pathlib import Path
 from inpo.errors import InpoError
 
 
+def dtype_name(dtype: str, device: str) -> str:
+    """model.dtype resolved for a device: auto = bfloat16 on GPU, float32 on CPU."""
+    if dtype == "auto":
+        return "bfloat16" if device == "cuda" else "float32"
+    return dtype
+
+
 def require_model_dir(path: str | Path, field: str) -> Path:
     """A usable Hugging Face directory, or an error naming the config field."""
     p = Path(path)

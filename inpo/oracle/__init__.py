@@ -32,11 +32,10 @@ def build_oracle(cfg: InpoConfig, device: str, slots: list[ActorSlot] | None = N
     oracle: Oracle
     if oc.backend in ("pairpm", "reward"):
         from inpo.oracle.actor import OracleGroup
-        from inpo.placement import cluster_gpus, plan_placement
+        from inpo.placement import plan_for
 
         if slots is None:
-            gpus = cluster_gpus() if device == "cuda" else []
-            slots = plan_placement(gpus, {"oracle": (oc.num_actors, 1)})["oracle"]
+            slots = plan_for(device, {"oracle": (oc.num_actors, 1)})["oracle"]
         oracle = OracleGroup(oc, device, slots)
     elif oc.backend == "synthetic":
         from inpo.oracle.synthetic import synthetic_oracle

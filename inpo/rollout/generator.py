@@ -9,6 +9,7 @@ from typing import Any
 import ray
 
 from inpo.errors import InpoError
+from inpo.models import dtype_name
 from inpo.placement import ActorSlot, actor_options
 
 
@@ -46,10 +47,9 @@ class Generator:
 class GeneratorGroup:
     def __init__(self, model_dir: str, cfg: dict[str, Any], device: str, slots: list[ActorSlot]):
         gc = cfg["generation"]
-        dtype = cfg["model"]["dtype"]
         shared = any(0 < s.num_gpus < 1 for s in slots)
         engine_kwargs = {
-            "dtype": ("bfloat16" if device == "cuda" else "float32") if dtype == "auto" else dtype,
+            "dtype": dtype_name(cfg["model"]["dtype"], device),
             "seed": cfg["run"]["seed"],
             "gpu_memory_utilization": gc["gpu_memory_utilization"]
             or default_memory_fraction(device, shared),
