@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from inpo.config import InpoConfig
 from inpo.data import Prompt, prompt_token_ids
+from inpo.errors import InpoError
 
 CHUNK_PER_GENERATOR = 256
 
@@ -29,15 +30,21 @@ def request_seed(run_seed: int, purpose: str, prompt_id: int) -> int:
 
 
 def tokenize_prompts(
-    tokenizer, prompts: list[Prompt], max_tokens: int
+    tokenizer, prompts: list[Prompt], max_tokens: int, source: str
 ) -> tuple[list[int], list[list[int]]]:
-    """(indices kept, their token ids); prompts longer than max_tokens are left out."""
+    """(indices kept, their token ids); prompts longer than max_tokens are left out, and
+    none left is an error naming ``source``."""
     kept, ids = [], []
     for i, p in enumerate(prompts):
         t = prompt_token_ids(tokenizer, p)
         if len(t) <= max_tokens:
             kept.append(i)
             ids.append(t)
+    if not kept:
+        raise InpoError(
+            f"{source}: all {len(prompts)} prompts are longer than data.max_prompt_tokens = "
+            f"{max_tokens}"
+        )
     return kept, ids
 
 
@@ -111,14 +118,9 @@ def generate_file(cfg: InpoConfig, prompts_path: Path, out: Path) -> None:
     prompts = load_prompts(prompts_path, cfg.data.prompt_field)
     policy = str(require_model_dir(cfg.model.policy, "model.policy"))
     tokenizer = AutoTokenizer.from_pretrained(policy)
-    kept, token_ids = tokenize_prompts(tokenizer, prompts, cfg.data.max_prompt_tokens)
-    if not kept:
-        from inpo.errors import InpoError
-
-        raise InpoError(
-            f"{prompts_path}: all {len(prompts)} prompts are longer than "
-            f"data.max_prompt_tokens = {cfg.data.max_prompt_tokens}"
-        )
+    kept, token_ids = tokenize_prompts(
+        tokenizer, prompts, cfg.data.max_prompt_tokens, source=str(prompts_path)
+    )
     generators = start_generators(cfg, start_ray(cfg), policy)
     try:
         gen = cfg.generation

@@ -150,12 +150,13 @@ def train_policy(
     return rows
 
 
-def total_steps(cfg: InpoConfig, num_pairs: int) -> int:
+def total_steps(cfg: InpoConfig, num_pairs: int, where: str = "", hint: str = "") -> int:
+    """Optimizer steps of one iteration; too few pairs for a batch is an error."""
     per_epoch = steps_per_epoch(num_pairs, cfg.learner.global_batch_size)
     if per_epoch == 0:
         raise InpoError(
-            f"{num_pairs} pairs are fewer than learner.global_batch_size = "
-            f"{cfg.learner.global_batch_size}: nothing to train on"
+            f"{where}{num_pairs} pairs are fewer than learner.global_batch_size = "
+            f"{cfg.learner.global_batch_size}: nothing to train on{hint}"
         )
     return per_epoch * cfg.learner.epochs
 
@@ -214,11 +215,7 @@ def learn_from_pairs(cfg: InpoConfig, pairs_path: Path, out: Path) -> list[dict[
     reference = str(require_model_dir(cfg.model.reference or policy, "model.reference"))
     tokenizer = AutoTokenizer.from_pretrained(policy)
     pairs = tokenize_pairs(tokenizer, rows)
-    if len(pairs) < cfg.learner.global_batch_size:
-        raise InpoError(
-            f"{pairs_path}: {len(pairs)} pairs are fewer than learner.global_batch_size = "
-            f"{cfg.learner.global_batch_size}"
-        )
+    total_steps(cfg, len(pairs), where=f"{pairs_path}: ")  # before Ray or DeepSpeed start
     out.mkdir(parents=True, exist_ok=True)
     group = start_learner(cfg, start_ray(cfg))
     try:

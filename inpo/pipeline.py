@@ -202,12 +202,9 @@ class Trainer:
         from inpo.generate import generate_rows, request_seed, tokenize_prompts
 
         prompts = [pool[i] for i in ids]
-        kept, token_ids = tokenize_prompts(self.tokenizer, prompts, self.cfg.data.max_prompt_tokens)
-        if not kept:
-            raise InpoError(
-                f"every {purpose} prompt is longer than data.max_prompt_tokens = "
-                f"{self.cfg.data.max_prompt_tokens}"
-            )
+        kept, token_ids = tokenize_prompts(
+            self.tokenizer, prompts, self.cfg.data.max_prompt_tokens, source=f"{purpose} prompts"
+        )
         pids = [ids[i] for i in kept]
         return generate_rows(
             self.generators,
@@ -248,8 +245,8 @@ class Trainer:
             return {"prompts": len(rows)}
 
         self.stage(0, "eval_ref", run)
-        if self.gen_policy != self.policy_dir(self._last_saved()):  # pi_ref != pi_1
-            target = self.policy_dir(self._last_saved())
+        target = self.policy_dir(self._last_saved())
+        if self.gen_policy != target:  # the generators held pi_ref != pi_1 for eval_ref
             self.generators.sync(target, self.probe, self._learner_probe_of(target))
             self.gen_policy = target
 
@@ -299,13 +296,16 @@ class Trainer:
     def _load_learner_data(self, t: int):
         if self.state.is_done(t, "save"):
             return None
+        from inpo.learn import total_steps
+
         rows = read_rows(self.iter_dir(t) / "pairs.jsonl")
-        if len(rows) < self.cfg.learner.global_batch_size:
-            raise InpoError(
-                f"iteration {t}: {len(rows)} pairs are fewer than learner.global_batch_size = "
-                f"{self.cfg.learner.global_batch_size}; raise data.prompts_per_iteration or "
-                f"lower the batch (see {self.iter_dir(t) / 'pairs_summary.json'})"
-            )
+        total_steps(
+            self.cfg,
+            len(rows),
+            where=f"iteration {t}: ",
+            hint="; raise data.prompts_per_iteration or lower the batch (dropped prompts by "
+            "reason: the judge stage in state.json)",
+        )
         pairs = tokenize_pairs(self.tokenizer, rows)
         if self.learner_iteration != t:
             from inpo.learn import pad_id_of
