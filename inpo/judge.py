@@ -19,7 +19,7 @@ from inpo.config import InpoConfig
 from inpo.data import DataError, read_rows, write_jsonl_atomic
 from inpo.errors import InpoError
 from inpo.faults import crash_point
-from inpo.oracle.base import Oracle, check_probs
+from inpo.oracle.base import MODEL_BACKENDS, Oracle, check_probs
 from inpo.pairing import PairResult, make_strategy, max_min, run_pairwise
 
 GENERATION_FIELDS = ("prompt_id", "prompt", "responses")
@@ -139,7 +139,7 @@ def judge_file(cfg: InpoConfig, generations: Path, out: Path) -> None:
 
     rows = load_generations(generations)
     device = "cpu"
-    if cfg.oracle.backend in ("pairpm", "reward"):
+    if cfg.oracle.backend in MODEL_BACKENDS:
         from inpo.cluster import start_ray
 
         device = start_ray(cfg)

@@ -141,6 +141,7 @@ class Trainer:
         from inpo.generate import start_generators
         from inpo.learn import start_learner
         from inpo.oracle import build_oracle
+        from inpo.oracle.base import MODEL_BACKENDS
         from inpo.placement import plan_for
 
         cfg = self.cfg
@@ -148,7 +149,7 @@ class Trainer:
             "learner": (cfg.learner.num_ranks, 1),
             "generator": (cfg.generation.num_generators, cfg.generation.tensor_parallel_size),
         }
-        if cfg.oracle.backend in ("pairpm", "reward"):
+        if cfg.oracle.backend in MODEL_BACKENDS:
             demand["oracle"] = (cfg.oracle.num_actors, 1)
         plan = plan_for(device, demand)
         self.oracle = build_oracle(cfg, device, slots=plan.get("oracle"))

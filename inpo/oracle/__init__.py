@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from inpo.config import InpoConfig
-from inpo.oracle.base import Debiased, Oracle, OracleError, check_probs
+from inpo.oracle.base import MODEL_BACKENDS, Debiased, Oracle, OracleError, check_probs
 
 if TYPE_CHECKING:
     from inpo.placement import ActorSlot
@@ -30,7 +30,7 @@ def build_oracle(cfg: InpoConfig, device: str, slots: list[ActorSlot] | None = N
     alone; pass slots from a joint plan when generators or learner share the GPUs."""
     oc = cfg.oracle
     oracle: Oracle
-    if oc.backend in ("pairpm", "reward"):
+    if oc.backend in MODEL_BACKENDS:
         from inpo.oracle.actor import OracleGroup
         from inpo.placement import plan_for
 

@@ -15,10 +15,8 @@ import ray
 from inpo.config import OracleConfig
 from inpo.data import Prompt
 from inpo.errors import InpoError
-from inpo.oracle.base import Oracle, OracleError
+from inpo.oracle.base import MODEL_BACKENDS, Oracle, OracleError
 from inpo.placement import ActorSlot, actor_options
-
-MODEL_BACKENDS = ("pairpm", "reward")
 
 
 def judge_class(backend: str) -> type[Oracle]:

@@ -14,6 +14,9 @@ from typing import Any
 from inpo.data import Prompt
 from inpo.errors import InpoError
 
+#: Backends that hold a judge model, run in Ray actors and may take GPUs.
+MODEL_BACKENDS = ("pairpm", "reward")
+
 
 class OracleError(InpoError):
     """The oracle failed or answered something that is not a probability."""
