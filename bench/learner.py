@@ -8,7 +8,7 @@ same synthetic pairs, in one run on this machine:
                  DeepSpeed rank each, ZeRO stage --zero-stage), driven through
                  set_data / set_cache / build_engine / train_step as `inpo learn` does.
   plain PyTorch  this process, no Ray, no DeepSpeed: the same batches
-                 (global_batch_indices + collate), forward_logps + pair_loss, gradient
+                 (global_batch_indices + collate), forward_logps + objective, gradient
                  accumulation, grad clipping, torch AdamW and the cosine LR schedule,
                  all read from the same config.
 
@@ -38,8 +38,8 @@ import torch
 import transformers
 
 from inpo.data import TokenizedPairs
-from inpo.learner.batching import collate, cosine_lr_lambda, global_batch_indices
-from inpo.learner.rank import forward_logps, pair_loss
+from inpo.learner.batching import collate, cosine_lr_lambda, forward_logps, global_batch_indices
+from inpo.loss import objective
 from inpo.models.tiny import build_tiny_model, build_tokenizer, count_parameters
 
 
@@ -73,6 +73,7 @@ def synthetic_pairs(n: int, vocab: int, seq_len: int, seed: int) -> TokenizedPai
         prompt=[seq(plen) for _ in range(n)],
         chosen=[seq(rlen()) for _ in range(n)],
         rejected=[seq(rlen()) for _ in range(n)],
+        p_label=[1.0] * n,
     )
 
 
@@ -83,8 +84,8 @@ def uniform_cache(pairs: TokenizedPairs, vocab: int) -> dict[str, torch.Tensor]:
     return {
         "ref_chosen": chosen,
         "ref_rejected": rejected,
-        "prev_chosen": chosen,
-        "prev_rejected": rejected,
+        "pi_t_chosen": chosen,
+        "pi_t_rejected": rejected,
     }
 
 
@@ -118,7 +119,7 @@ class PlainLoop:
             tokens += int(batch["attention_mask"].sum())
             chosen, rejected = forward_logps(self.model, batch, loss_cfg["normalize_length"])
             cache = {k: v[mb] for k, v in self.cache.items()}
-            losses, _ = pair_loss(loss_cfg, chosen, rejected, cache)
+            losses, _, _ = objective(loss_cfg, chosen, rejected, cache)
             (losses.mean() / self.accum).backward()
             loss_sum += losses.sum().item()
         if lc.grad_clip > 0:
@@ -178,7 +179,7 @@ def main() -> None:
             group.set_cache(cache)
             group.build_engine(model_dir, total)
             get_threads = [
-                r.__ray_call__.remote(lambda _: torch.get_num_threads()) for r in group.ranks
+                r.__ray_call__.remote(lambda _: torch.get_num_threads()) for r in group.actors
             ]
             threads = ray.get(get_threads)
             load0 = os.getloadavg()[0]

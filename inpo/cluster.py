@@ -33,7 +33,10 @@ def start_ray(cfg: InpoConfig) -> str:
             )
         else:
             cpus = cfg.run.num_cpus or max(8, os.cpu_count() or 1)
+            # "local": a fresh instance even where `ray start` ran (or left a stale record
+            # in Ray's temp dir), which a bare ray.init() would try to join.
             ray.init(
+                address="local",
                 num_cpus=cpus,
                 runtime_env=runtime_env,
                 include_dashboard=False,

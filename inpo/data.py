@@ -10,6 +10,7 @@ scores exactly the tokens vLLM produced, with no re-tokenisation drift.
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,14 @@ def load_pairs(path: str | Path) -> list[dict[str, Any]]:
             _check_text(path, n, field, row.get(field))
         for field in ("prompt_ids", "chosen_ids", "rejected_ids"):
             _check_ids(path, n, field, row.get(field))
+        p = row.get("p_label", 1.0)
+        if not (isinstance(p, int | float) and not isinstance(p, bool) and 0.0 <= p <= 1.0):
+            raise DataError(f"{path}: row {n}: field 'p_label': {p!r} is not a number in [0, 1]")
+        for field in ("chosen_finish_reason", "rejected_finish_reason"):
+            if row.get(field, "stop") not in ("stop", "length"):
+                raise DataError(
+                    f"{path}: row {n}: field '{field}': {row[field]!r} (use 'stop' or 'length')"
+                )
     return rows
 
 
@@ -125,46 +134,120 @@ def response_text(response: str | list[dict[str, str]]) -> str:
     return "".join(m["content"] for m in response if m["role"] == "assistant")
 
 
-def response_token_ids(tokenizer, response: str | list[dict[str, str]]) -> list[int]:
-    """Tokens of a text response, closed with EOS as a finished generation would be."""
+def end_of_turn_id(tokenizer) -> int:
+    """The token that closes an assistant turn in the chat template (<|im_end|> in ChatML,
+    <|eot_id|> in Llama 3), which is what a chat model emits when it stops; EOS if the
+    template shows none."""
+    mark = "\u2063inpo\u2063"
+    if tokenizer.chat_template:
+        try:
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": "hi"}, {"role": "assistant", "content": mark}],
+                tokenize=False,
+            )
+        except Exception:  # a template that rejects this conversation shape
+            text = ""
+        if mark in text:
+            tail = tokenizer(text.split(mark, 1)[1], add_special_tokens=False).input_ids
+            if tail and tail[0] in tokenizer.all_special_ids:
+                return tail[0]
+    return tokenizer.eos_token_id
+
+
+def response_token_ids(
+    tokenizer, response: str | list[dict[str, str]], closing_id: int | None
+) -> list[int]:
+    """Tokens of a text response, closed with ``closing_id`` as a finished generation is
+    (None for a response cut at the length limit, which has no closing token)."""
     ids = tokenizer(response_text(response), add_special_tokens=False).input_ids
-    return ids + [tokenizer.eos_token_id]
+    return ids + ([closing_id] if closing_id is not None else [])
 
 
 @dataclass
 class TokenizedPairs:
-    """Token ids of every pair, in file order; the unit the learner consumes."""
+    """Token ids of every pair, in file order; the unit the learner consumes.
+
+    ``p_label`` is the probability the loss gives to "chosen wins" (1 = hard label)."""
 
     prompt: list[list[int]]
     chosen: list[list[int]]
     rejected: list[list[int]]
+    p_label: list[float]
 
     def __len__(self) -> int:
         return len(self.prompt)
 
+    def longest(self, i: int) -> int:
+        return len(self.prompt[i]) + max(len(self.chosen[i]), len(self.rejected[i]))
+
     def num_tokens(self, i: int) -> int:
         return 2 * len(self.prompt[i]) + len(self.chosen[i]) + len(self.rejected[i])
 
+    def subset(self, keep: list[int]) -> TokenizedPairs:
+        return TokenizedPairs(
+            *([col[i] for i in keep] for col in (self.prompt, self.chosen, self.rejected)),
+            [self.p_label[i] for i in keep],
+        )
+
 
 def tokenize_pairs(tokenizer, rows: list[dict[str, Any]]) -> TokenizedPairs:
-    out = TokenizedPairs([], [], [])
+    """Token ids of pair rows: the exact ids where the row has them, else the text
+    tokenized as generation would have produced it (chat prompts through the template,
+    responses closed by the end-of-turn token unless their finish reason is "length")."""
+    out = TokenizedPairs([], [], [], [])
+    eot, eos = end_of_turn_id(tokenizer), tokenizer.eos_token_id
     for row in rows:
         out.prompt.append(row.get("prompt_ids") or prompt_token_ids(tokenizer, row["prompt"]))
-        out.chosen.append(row.get("chosen_ids") or response_token_ids(tokenizer, row["chosen"]))
-        out.rejected.append(
-            row.get("rejected_ids") or response_token_ids(tokenizer, row["rejected"])
-        )
+        closing = eos if isinstance(row["prompt"], str) else eot
+        for side, col in (("chosen", out.chosen), ("rejected", out.rejected)):
+            ids = row.get(f"{side}_ids")
+            if not ids:
+                cut = row.get(f"{side}_finish_reason") == "length"
+                ids = response_token_ids(tokenizer, row[side], None if cut else closing)
+            col.append(ids)
+        out.p_label.append(float(row.get("p_label", 1.0)))
     return out
 
 
-def write_jsonl_atomic(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """Write all rows or nothing: a crash leaves no half file under the final name."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    tmp.replace(path)
+def split_prompts(
+    pool_size: int, eval_pool_size: int | None, eval_size: int, seed: int, selection: str
+) -> tuple[list[int], list[int]]:
+    """(train ids, eval ids) as indices into the prompt pool (eval ids index the separate
+    eval pool when there is one).
+
+    Held-out prompts are a seeded sample of the pool, taken before any training prompt is
+    drawn; training prompts keep file order ("slice") or a seeded permutation ("sample",
+    i.e. sampling without replacement).
+    """
+    rng = random.Random(f"{seed}/split")
+    ids = list(range(pool_size))
+    if eval_pool_size is not None:
+        eval_ids = list(range(min(eval_size, eval_pool_size)))
+        train = ids
+    else:
+        eval_ids = sorted(rng.sample(ids, min(eval_size, len(ids) - 1)))
+        held = set(eval_ids)
+        train = [i for i in ids if i not in held]
+    if selection == "sample":
+        rng.shuffle(train)
+    return train, eval_ids
+
+
+def iteration_prompts(train_ids: list[int], per_iter: int, t: int) -> list[int]:
+    """Prompt ids of iteration t: the t-th slice, wrapping around an exhausted pool."""
+    start = (t - 1) * per_iter
+    return [train_ids[(start + i) % len(train_ids)] for i in range(min(per_iter, len(train_ids)))]
+
+
+def prompts_from(source: str, field: str) -> list[Prompt]:
+    """The prompts data.prompts (or data.eval_prompts) names: a file or a builtin set."""
+    if source == "builtin:ifeval":
+        from inpo.oracle.constraints import constraint_prompts
+
+        return constraint_prompts()
+    if source.startswith("builtin:"):
+        return builtin_prompts(source)
+    return load_prompts(source, field)
 
 
 _TOPICS = (
@@ -200,7 +283,9 @@ _ASKS = (
 def builtin_prompts(name: str) -> list[Prompt]:
     """Prompts generated in code (no download), for the quickstart and tests."""
     if name != "builtin:quickstart":
-        raise DataError(f"data.prompts = {name!r}: unknown builtin (known: builtin:quickstart)")
+        raise DataError(
+            f"data.prompts = {name!r}: unknown builtin (known: builtin:quickstart, builtin:ifeval)"
+        )
     return [
         [{"role": "user", "content": f"{ask.format(topic)} (#{i})"}]
         for i in range(4)

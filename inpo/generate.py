@@ -104,7 +104,7 @@ def start_generators(cfg: InpoConfig, device: str, model_dir: str, slots=None):
         gen = cfg.generation
         demand = {"generator": (gen.num_generators, gen.tensor_parallel_size)}
         slots = plan_for(device, demand)["generator"]
-    return GeneratorGroup(model_dir, cfg.model_dump(mode="json"), device, slots)
+    return GeneratorGroup(model_dir, cfg, device, slots)
 
 
 def generate_file(cfg: InpoConfig, prompts_path: Path, out: Path) -> None:
@@ -112,7 +112,8 @@ def generate_file(cfg: InpoConfig, prompts_path: Path, out: Path) -> None:
     from transformers import AutoTokenizer
 
     from inpo.cluster import start_ray
-    from inpo.data import load_prompts, write_jsonl_atomic
+    from inpo.data import load_prompts
+    from inpo.durable import write_jsonl_atomic
     from inpo.models import require_model_dir
 
     prompts = load_prompts(prompts_path, cfg.data.prompt_field)

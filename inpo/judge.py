@@ -1,8 +1,10 @@
-"""Stage: the oracle labels each prompt's K responses and pairing keeps one pair.
+"""Stage: the oracle judges each prompt's K responses; pairing keeps and labels pairs.
 
 Output rows are TRL preference rows {"prompt", "chosen", "rejected"} plus
-"p_chosen" (the oracle's P(chosen > rejected)), "n_comparisons", "prompt_id"
-and the exact token ids the learner will score.
+"p_chosen" (the oracle's P(chosen > rejected)), "p_label" (the probability the
+loss gives to "chosen wins": 1 for hard and sampled labels, P for soft ones),
+"n_comparisons" (of the prompt), "prompt_id", the finish reasons and the exact
+token ids the learner will score.
 """
 
 from __future__ import annotations
@@ -16,11 +18,21 @@ from typing import Any
 from tqdm import tqdm
 
 from inpo.config import InpoConfig
-from inpo.data import DataError, read_rows, write_jsonl_atomic
+from inpo.data import DataError, read_rows
+from inpo.durable import write_jsonl_atomic
 from inpo.errors import InpoError
 from inpo.faults import crash_point
 from inpo.oracle.base import MODEL_BACKENDS, Oracle, check_probs
-from inpo.pairing import PairResult, make_strategy, max_min, run_pairwise
+from inpo.pairing import (
+    Labelled,
+    Match,
+    Pair,
+    Selection,
+    label_pair,
+    make_strategy,
+    max_min,
+    run_pairwise,
+)
 
 GENERATION_FIELDS = ("prompt_id", "prompt", "responses")
 
@@ -41,14 +53,14 @@ def load_generations(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _pair_seed(seed: int, prompt_id: Any) -> random.Random:
-    return random.Random(f"{seed}/pair/{prompt_id}")
+def _rng(seed: int, what: str, prompt_id: Any) -> random.Random:
+    return random.Random(f"{seed}/{what}/{prompt_id}")
 
 
 def select_pairs(
     rows: list[dict[str, Any]], oracle: Oracle, strategy: str, seed: int, desc: str = "judge"
-) -> list[PairResult]:
-    """One PairResult per generation row; oracle calls are batched per round."""
+) -> list[Selection]:
+    """One Selection per generation row; oracle calls are batched per round."""
     if strategy == "max_min" and not oracle.has_scores:
         raise InpoError(
             "pairing.strategy=max_min needs pointwise scores, which this oracle backend does "
@@ -56,81 +68,88 @@ def select_pairs(
         )
     bar = tqdm(desc=desc, unit="query", dynamic_ncols=True)
 
-    def ask(prompts, a, b) -> list[float]:
-        probs = check_probs(oracle.prob(prompts, a, b), len(prompts), "oracle")
+    def ask(queries: list[tuple[int, Match]]) -> list[float]:
+        prompts = [rows[idx]["prompt"] for idx, _ in queries]
+        a = [rows[idx]["responses"][i] for idx, (i, _) in queries]
+        b = [rows[idx]["responses"][j] for idx, (_, j) in queries]
+        probs = check_probs(oracle.prob(prompts, a, b), len(prompts), "oracle") if a else []
         bar.update(len(prompts))
         crash_point("judge")
         return probs
 
     try:
-        if strategy == "max_min":
-            flat = [(r["prompt"], resp) for r in rows for resp in r["responses"]]
-            scores = oracle.scores([p for p, _ in flat], [s for _, s in flat])
-            bar.update(len(flat))
-            results, pos = [], 0
-            for r in rows:
-                k = len(r["responses"])
-                results.append(max_min(scores[pos : pos + k]))
-                pos += k
-            kept = [(i, res) for i, res in enumerate(results) if res.dropped is None]
-            probs = (
-                ask(
-                    [rows[i]["prompt"] for i, _ in kept],
-                    [rows[i]["responses"][res.chosen] for i, res in kept],
-                    [rows[i]["responses"][res.rejected] for i, res in kept],
-                )
-                if kept
-                else []
-            )
-            for (i, res), p in zip(kept, probs, strict=True):
-                results[i] = PairResult(res.chosen, res.rejected, p, 1)
-            return results
-
-        def judge(queries):
-            return ask(
-                [rows[idx]["prompt"] for idx, _ in queries],
-                [rows[idx]["responses"][i] for idx, (i, _) in queries],
-                [rows[idx]["responses"][j] for idx, (_, j) in queries],
-            )
-
-        strategies = [
-            make_strategy(strategy, len(r["responses"]), _pair_seed(seed, r["prompt_id"]))
-            for r in rows
+        if strategy != "max_min":
+            strategies = [
+                make_strategy(strategy, len(r["responses"]), _rng(seed, "pair", r["prompt_id"]))
+                for r in rows
+            ]
+            return run_pairwise(strategies, ask)
+        flat = [(r["prompt"], resp) for r in rows for resp in r["responses"]]
+        scores = oracle.scores([p for p, _ in flat], [s for _, s in flat])
+        bar.update(len(flat))
+        extremes, pos = [], 0
+        for r in rows:
+            extremes.append(max_min(scores[pos : pos + len(r["responses"])]))
+            pos += len(r["responses"])
+        kept = [(idx, m) for idx, m in enumerate(extremes) if m is not None]
+        probs = dict(zip((idx for idx, _ in kept), ask(kept), strict=True))
+        return [
+            Selection((Pair(*m, probs[idx]),), 1)
+            if m is not None
+            else Selection((), 0, dropped="equal rewards")
+            for idx, m in enumerate(extremes)
         ]
-        return run_pairwise(strategies, judge)
     finally:
         bar.close()
 
 
-def pair_rows(rows: list[dict[str, Any]], results: list[PairResult]) -> tuple[list[dict], Counter]:
-    """TRL rows for the kept pairs, and the count of dropped prompts by reason."""
+def pair_rows(
+    rows: list[dict[str, Any]], selections: list[Selection], label: str, seed: int
+) -> tuple[list[dict], Counter]:
+    """TRL rows for the kept, labelled pairs, and the count of what was dropped by reason
+    (a prompt with no pair, or a single pair)."""
     out, dropped = [], Counter()
-    for row, res in zip(rows, results, strict=True):
-        reason = res.dropped
-        if reason is None and row["responses"][res.chosen] == row["responses"][res.rejected]:
-            reason = "identical responses"
-        if reason is not None:
-            dropped[reason] += 1
+    for row, sel in zip(rows, selections, strict=True):
+        if sel.dropped is not None:
+            dropped[sel.dropped] += 1
             continue
-        pair = {
-            "prompt_id": row["prompt_id"],
-            "prompt": row["prompt"],
-            "chosen": row["responses"][res.chosen],
-            "rejected": row["responses"][res.rejected],
-            "p_chosen": res.p_chosen,
-            "n_comparisons": res.n_comparisons,
-        }
-        if "response_ids" in row and "prompt_ids" in row:
-            pair["prompt_ids"] = row["prompt_ids"]
-            pair["chosen_ids"] = row["response_ids"][res.chosen]
-            pair["rejected_ids"] = row["response_ids"][res.rejected]
-        out.append(pair)
+        rng = _rng(seed, "label", row["prompt_id"])
+        for pair in sel.pairs:
+            res = label_pair(pair, label, rng)
+            if not isinstance(res, str) and (
+                row["responses"][res.chosen] == row["responses"][res.rejected]
+            ):
+                res = "identical responses"
+            if isinstance(res, str):
+                dropped[res] += 1
+                continue
+            out.append(_pair_row(row, res, sel.n_comparisons))
     return out, dropped
 
 
-def describe_dropped(total: int, kept: int, dropped: Counter) -> str:
+def _pair_row(row: dict[str, Any], res: Labelled, n_comparisons: int) -> dict[str, Any]:
+    pair = {
+        "prompt_id": row["prompt_id"],
+        "prompt": row["prompt"],
+        "chosen": row["responses"][res.chosen],
+        "rejected": row["responses"][res.rejected],
+        "p_chosen": res.p_chosen,
+        "p_label": res.p_label,
+        "n_comparisons": n_comparisons,
+    }
+    if "finish_reasons" in row:
+        pair["chosen_finish_reason"] = row["finish_reasons"][res.chosen]
+        pair["rejected_finish_reason"] = row["finish_reasons"][res.rejected]
+    if "response_ids" in row and "prompt_ids" in row:
+        pair["prompt_ids"] = row["prompt_ids"]
+        pair["chosen_ids"] = row["response_ids"][res.chosen]
+        pair["rejected_ids"] = row["response_ids"][res.rejected]
+    return pair
+
+
+def describe_dropped(prompts: int, kept: int, dropped: Counter) -> str:
     why = ", ".join(f"{n} {reason}" for reason, n in dropped.most_common())
-    return f"kept {kept} of {total} prompts" + (f"; dropped {total - kept}: {why}" if why else "")
+    return f"kept {kept} pairs from {prompts} prompts" + (f"; dropped: {why}" if why else "")
 
 
 def judge_file(cfg: InpoConfig, generations: Path, out: Path) -> None:
@@ -145,10 +164,10 @@ def judge_file(cfg: InpoConfig, generations: Path, out: Path) -> None:
         device = start_ray(cfg)
     oracle = build_oracle(cfg, device)
     try:
-        results = select_pairs(rows, oracle, cfg.pairing.strategy, cfg.run.seed)
+        selections = select_pairs(rows, oracle, cfg.pairing.strategy, cfg.run.seed)
     finally:
         oracle.close()
-    pairs, dropped = pair_rows(rows, results)
+    pairs, dropped = pair_rows(rows, selections, cfg.pairing.label, cfg.run.seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(out, pairs)
     print(describe_dropped(len(rows), len(pairs), dropped) + f"; pairs in {out}")

@@ -23,45 +23,87 @@ from tqdm import tqdm
 
 from inpo.config import InpoConfig
 from inpo.data import TokenizedPairs
+from inpo.durable import write_atomic, write_json_atomic, write_jsonl_atomic
 from inpo.errors import InpoError
 from inpo.faults import crash_point
 from inpo.learner.batching import steps_per_epoch
 from inpo.learner.group import LearnerGroup, cache_from_logps
-from inpo.learner.rank import loss_target
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def model_identity(model_dir: str) -> str:
+    """A model directory's identity: its path and the name, size and mtime of every file.
+    Cheap (no hashing of gigabytes) and changes whenever the weights are rewritten."""
+    root = Path(model_dir).resolve()
+    files = sorted(
+        (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in root.iterdir() if f.is_file()
+    )
+    return digest([str(root), files])
 
 
 def pairs_fingerprint(pairs: TokenizedPairs) -> str:
-    h = hashlib.sha256()
-    for seqs in (pairs.prompt, pairs.chosen, pairs.rejected):
-        h.update(json.dumps(seqs).encode())
-    return h.hexdigest()[:16]
+    return digest([pairs.prompt, pairs.chosen, pairs.rejected, pairs.p_label])
+
+
+def fit_pairs(pairs: TokenizedPairs, max_length: int) -> tuple[TokenizedPairs, int]:
+    """The pairs whose prompt + longer response fit ``max_length``, and how many did not
+    (a cut response is not the response the oracle judged)."""
+    keep = [i for i in range(len(pairs)) if pairs.longest(i) <= max_length]
+    return pairs.subset(keep), len(pairs) - len(keep)
+
+
+def _differs(old: dict[str, str], new: dict[str, str]) -> str:
+    return ", ".join(k for k in new if old.get(k) != new[k]) or "unknown"
 
 
 def cache_logprobs(
-    group: LearnerGroup, pairs: TokenizedPairs, policy_dir: str, reference_dir: str, path: Path
+    group: LearnerGroup, pairs: TokenizedPairs, pi_t_dir: str, reference_dir: str, path: Path
 ) -> dict[str, torch.Tensor]:
-    """log pi_ref and log pi_t of every pair, computed once and kept in ``path``."""
+    """log pi_ref and log pi_t of every pair, computed once and kept in ``path``; a cache
+    computed from other inputs (pairs, models, dtype, length normalisation) is redone."""
     from safetensors.torch import load_file, save_file
 
-    fingerprint = pairs_fingerprint(pairs)
+    inputs = {
+        "pairs": pairs_fingerprint(pairs),
+        "pi_t": model_identity(pi_t_dir),
+        "pi_ref": model_identity(reference_dir),
+        "dtype": group.dtype,
+        "normalize_length": str(group.cfg.loss.normalize_length),
+    }
     if path.exists():
         from safetensors import safe_open
 
         with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("pairs") == fingerprint:
+            old = json.loads((f.metadata() or {}).get("inputs", "{}"))
+        if old == inputs:
             return load_file(str(path))
-        path.unlink()  # computed for other pairs: stale
+        print(f"{path}: computed for other inputs ({_differs(old, inputs)}); recomputing")
     ref = group.compute_logps(reference_dir, len(pairs), desc="logps pi_ref")
     crash_point("logps")
-    same = Path(policy_dir).resolve() == Path(reference_dir).resolve()
-    prev = ref if same else group.compute_logps(policy_dir, len(pairs), desc="logps pi_t")
-    cache = cache_from_logps(ref, prev)
+    same = inputs["pi_t"] == inputs["pi_ref"]
+    pi_t = ref if same else group.compute_logps(pi_t_dir, len(pairs), desc="logps pi_t")
+    cache = cache_from_logps(ref, pi_t)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(cache, str(tmp), metadata={"pairs": fingerprint})
-    tmp.replace(path)
+    meta = {"inputs": json.dumps(inputs)}
+    write_atomic(path, lambda tmp: save_file(cache, str(tmp), metadata=meta))
     return cache
+
+
+def learn_inputs(cfg: InpoConfig, cache: dict[str, torch.Tensor], pairs: TokenizedPairs) -> dict:
+    """Everything that changes the trajectory of a learn stage, by component."""
+    dropped = {"logprob_batch_size", "checkpoint_every", "keep_checkpoints"}
+    return {
+        "pairs": pairs_fingerprint(pairs),
+        "logps": hashlib.sha256(torch.stack(list(cache.values())).numpy().tobytes()).hexdigest(),
+        "learner": digest(cfg.learner.model_dump(mode="json", exclude=dropped)),
+        "loss": digest(cfg.loss.model_dump(mode="json")),
+        "deepspeed": digest(cfg.deepspeed.model_dump(mode="json")),
+        "model.dtype": cfg.model.dtype,
+        "run.seed": str(cfg.run.seed),
+    }
 
 
 def complete_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
@@ -76,12 +118,11 @@ def complete_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
 
 
 def _save_checkpoint(group: LearnerGroup, ckpt_root: Path, step: int, keep: int) -> None:
-    final = ckpt_root / f"step_{step:06d}"
-    tmp = ckpt_root / f"step_{step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    group.save_checkpoint(str(tmp), step)
-    tmp.rename(final)
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        group.save_checkpoint(str(tmp), step)
+
+    write_atomic(ckpt_root / f"step_{step:06d}", write)
     for _, old in complete_checkpoints(ckpt_root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -97,10 +138,30 @@ def _metrics_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _resume_step(group: LearnerGroup, ckpt_root: Path, inputs: dict[str, str]) -> int:
+    """The step to continue from: the newest complete checkpoint written for these inputs,
+    else 0 (checkpoints of other inputs are removed, saying so)."""
+    stamp = ckpt_root / "inputs.json"
+    done = complete_checkpoints(ckpt_root)
+    old = json.loads(stamp.read_text()) if stamp.exists() else {}
+    if done and old != inputs:
+        print(
+            f"{ckpt_root}: step checkpoints of other inputs ({_differs(old, inputs)}); "
+            "starting from step 0"
+        )
+        shutil.rmtree(ckpt_root)
+        done = []
+    if not done:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(stamp, inputs)
+        return 0
+    return group.load_checkpoint(str(done[-1][1]))
+
+
 def train_policy(
     cfg: InpoConfig,
     group: LearnerGroup,
-    num_pairs: int,
+    pairs: TokenizedPairs,
     cache: dict[str, torch.Tensor],
     policy_dir: str,
     out: Path,
@@ -110,22 +171,19 @@ def train_policy(
 ) -> list[dict[str, Any]]:
     """Train E epochs from policy_dir (pi_t); the last step is always checkpointed.
 
-    The group already holds the pairs (set_data). Resumes from the newest
-    complete checkpoint under out/checkpoints; `export_policy` then writes pi_{t+1}.
+    The group already holds the pairs (set_data). Resumes from the newest complete
+    checkpoint under out/checkpoints written for the same inputs; `export_policy`
+    then writes pi_{t+1}.
     """
     lc = cfg.learner
-    total = total_steps(cfg, num_pairs)
+    total = total_steps(cfg, len(pairs))
     ckpt_root = out / "checkpoints"
     metrics_path = out / "learn_metrics.jsonl"
     group.set_cache(cache)
     group.build_engine(policy_dir, total)
-    start = 0
-    done = complete_checkpoints(ckpt_root)
-    if done:
-        start = group.load_checkpoint(str(done[-1][1]))
+    start = _resume_step(group, ckpt_root, learn_inputs(cfg, cache, pairs))
     rows = [r for r in _metrics_rows(metrics_path) if r["step"] <= start]
-    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    target = loss_target(cfg.loss.model_dump())
+    write_jsonl_atomic(metrics_path, rows)
     per_epoch = total // lc.epochs
     bar = tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True)
     with metrics_path.open("a") as mf:
@@ -133,8 +191,6 @@ def train_policy(
             t0 = time.perf_counter()
             m = group.train_step(step)
             m.update(step=step + 1, epoch=step // per_epoch + 1, seconds=time.perf_counter() - t0)
-            if target is not None:
-                m["margin_target"] = target
             mf.write(json.dumps(m) + "\n")
             mf.flush()
             rows.append(m)
@@ -148,6 +204,18 @@ def train_policy(
                 _save_checkpoint(group, ckpt_root, step + 1, lc.keep_checkpoints)
     bar.close()
     return rows
+
+
+def epoch_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean loss and mean |h - target| over the first and the last epoch of a learn stage:
+    whether the iteration solved its sub-problem, not only how its last batch did."""
+    first, last = rows[0]["epoch"], rows[-1]["epoch"]
+    out = {}
+    for key in ("loss", "margin_error"):
+        for name, epoch in (("first", first), ("last", last)):
+            values = [r[key] for r in rows if r["epoch"] == epoch]
+            out[f"{key}_{name}_epoch"] = sum(values) / len(values)
+    return out
 
 
 def total_steps(cfg: InpoConfig, num_pairs: int, where: str = "", hint: str = "") -> int:
@@ -169,29 +237,35 @@ def export_policy(
     out: Path,
     probe: tuple[list[int], int],
     engine_ready: bool,
-) -> float:
-    """Write out/policy from the final learner state; returns the learner's probe log-prob.
+) -> dict[str, Any]:
+    """Write out/policy from the final learner state; returns the learner's probe log-prob
+    (probe_logp) and the hash of the saved tensors (weights_sha256), which every weight
+    sync checks.
 
-    With ``engine_ready`` False (a resumed run) the engine is rebuilt from the
-    final checkpoint first.
+    With ``engine_ready`` False (a resumed run) the engine is rebuilt from the final
+    checkpoint first. The step checkpoints stay until the caller has recorded that the
+    policy is saved (`drop_checkpoints`), so a crash in between can redo this.
     """
-    ckpt_root = out / "checkpoints"
     if not engine_ready:
+        done = complete_checkpoints(out / "checkpoints")
+        if not done:
+            raise InpoError(f"{out / 'checkpoints'}: no step checkpoint to save the policy from")
         group.build_engine(policy_dir, total_steps(cfg, num_pairs))
-        group.load_checkpoint(str(complete_checkpoints(ckpt_root)[-1][1]))
-    save_policy_atomic(group, out / "policy")
-    expected = group.probe_logprob(*probe)
-    shutil.rmtree(ckpt_root, ignore_errors=True)  # pi_{t+1} is saved: step state is moot
-    return expected
+        group.load_checkpoint(str(done[-1][1]))
+
+    saved = {}
+
+    def write(tmp: Path) -> None:
+        saved["weights_sha256"] = group.save_policy(str(tmp))
+        crash_point("save")
+
+    write_atomic(out / "policy", write)
+    return {"probe_logp": group.probe_logprob(*probe), **saved}
 
 
-def save_policy_atomic(group: LearnerGroup, policy: Path) -> None:
-    tmp = policy.with_name(policy.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    group.save_policy(str(tmp))
-    crash_point("save")
-    shutil.rmtree(policy, ignore_errors=True)
-    tmp.rename(policy)
+def drop_checkpoints(out: Path) -> None:
+    """Step state is moot once pi_{t+1} is saved and recorded."""
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
 
 
 def start_learner(cfg: InpoConfig, device: str, slots=None) -> LearnerGroup:
@@ -199,7 +273,7 @@ def start_learner(cfg: InpoConfig, device: str, slots=None) -> LearnerGroup:
 
     if slots is None:
         slots = plan_for(device, {"learner": (cfg.learner.num_ranks, 1)})["learner"]
-    return LearnerGroup(cfg.model_dump(mode="json"), device, slots)
+    return LearnerGroup(cfg, device, slots)
 
 
 def learn_from_pairs(cfg: InpoConfig, pairs_path: Path, out: Path) -> list[dict[str, Any]]:
@@ -214,23 +288,29 @@ def learn_from_pairs(cfg: InpoConfig, pairs_path: Path, out: Path) -> list[dict[
     policy = str(require_model_dir(cfg.model.policy, "model.policy"))
     reference = str(require_model_dir(cfg.model.reference or policy, "model.reference"))
     tokenizer = AutoTokenizer.from_pretrained(policy)
-    pairs = tokenize_pairs(tokenizer, rows)
+    pairs, too_long = fit_pairs(tokenize_pairs(tokenizer, rows), cfg.learner.max_length)
+    if too_long:
+        print(
+            f"{pairs_path}: dropped {too_long} of {len(rows)} pairs longer than "
+            f"learner.max_length = {cfg.learner.max_length} tokens (prompt + response)"
+        )
     total_steps(cfg, len(pairs), where=f"{pairs_path}: ")  # before Ray or DeepSpeed start
     out.mkdir(parents=True, exist_ok=True)
     group = start_learner(cfg, start_ray(cfg))
     try:
         group.set_data(pairs, pad_id_of(tokenizer))
         cache = cache_logprobs(group, pairs, policy, reference, out / "logps.safetensors")
-        metrics = train_policy(cfg, group, len(pairs), cache, policy, out)
+        metrics = train_policy(cfg, group, pairs, cache, policy, out)
         export_policy(cfg, group, len(pairs), policy, out, _probe(tokenizer), engine_ready=True)
+        drop_checkpoints(out)
     finally:
         group.shutdown()
-    first, last = metrics[0], metrics[-1]
+    summary = epoch_summary(metrics)
     print(
-        f"learned {len(metrics)} steps on {len(pairs)} pairs: loss {first['loss']:.4g} -> "
-        f"{last['loss']:.4g}, margin {first['margin']:.3g} -> {last['margin']:.3g}"
-        + (f" (target {last['margin_target']:.3g})" if "margin_target" in last else "")
-        + f"; policy in {out / 'policy'}"
+        f"learned {len(metrics)} steps on {len(pairs)} pairs: mean loss "
+        f"{summary['loss_first_epoch']:.4g} (first epoch) -> {summary['loss_last_epoch']:.4g} "
+        f"(last), mean |h - target| {summary['margin_error_first_epoch']:.3g} -> "
+        f"{summary['margin_error_last_epoch']:.3g}; policy in {out / 'policy'}"
     )
     return metrics
 

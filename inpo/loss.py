@@ -10,13 +10,30 @@ INPO (Zhang et al., 2025, Algorithm 1 / Eq. 11), one pair (y_w, y_l) from pi_t:
         - (tau/eta)     * [log pi_ref(y_w) - log pi_ref(y_l)]
         - (1 - tau/eta) * [log pi_t(y_w)   - log pi_t(y_l)]
     loss = (h - 1/(2*eta))^2
+
+Labels. The derivation draws the winner of a sampled pair with probability
+P = P(y_w > y_l) (the paper's lambda_P). ``p_label`` is the probability the
+loss gives to "chosen wins": 1 for a hard or a sampled label, P for a soft
+label, where the loss is the exact expectation over that draw,
+
+    P (h - c)^2 + (1 - P) (h + c)^2,   c = 1/(2*eta),
+
+minimized at h = (2P - 1) c; over pairs drawn from pi_t its minimizer is the
+mirror-descent step pi_{t+1} ~ pi_t^(1-tau/eta) pi_ref^(tau/eta) exp(P(y > pi_t)/eta).
+The IPO and DPO baselines take the same soft form (IPO's soft target, and the
+label-smoothed DPO of conservative DPO).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 Tensor = torch.Tensor
+
+#: Cached log-probs of each pair under the frozen pi_ref and pi_t, by name.
+CACHE_KEYS = ("ref_chosen", "ref_rejected", "pi_t_chosen", "pi_t_rejected")
 
 
 def _check_inpo_knobs(eta: float, tau: float) -> None:
@@ -28,24 +45,38 @@ def _check_inpo_knobs(eta: float, tau: float) -> None:
         raise ValueError(f"tau must be < eta, got tau={tau} with eta={eta}")
 
 
+def _check_p(p_label: Tensor | None) -> None:
+    if p_label is not None and ((p_label < 0) | (p_label > 1)).any():
+        raise ValueError(f"p_label must lie in [0, 1], got {p_label.min()}..{p_label.max()}")
+
+
+def square_loss(margin: Tensor, target: float, p_label: Tensor | None = None) -> Tensor:
+    """P (m - c)^2 + (1 - P) (m + c)^2 per pair: the expected square loss of a label that
+    says "chosen wins" with probability P (P = 1, the default, is a hard label)."""
+    if p_label is None:
+        return (margin - target) ** 2
+    _check_p(p_label)
+    return p_label * (margin - target) ** 2 + (1 - p_label) * (margin + target) ** 2
+
+
 def inpo_margin(
     policy_chosen_logps: Tensor,
     policy_rejected_logps: Tensor,
     ref_chosen_logps: Tensor,
     ref_rejected_logps: Tensor,
-    prev_chosen_logps: Tensor,
-    prev_rejected_logps: Tensor,
+    pi_t_chosen_logps: Tensor,
+    pi_t_rejected_logps: Tensor,
     *,
     eta: float,
     tau: float,
 ) -> Tensor:
-    """The implicit margin h of each pair; training drives it to 1/(2*eta)."""
+    """The implicit margin h of each pair; training drives it to (2P - 1)/(2*eta)."""
     _check_inpo_knobs(eta, tau)
     ratio = tau / eta
     return (
         (policy_chosen_logps - policy_rejected_logps)
         - ratio * (ref_chosen_logps - ref_rejected_logps)
-        - (1.0 - ratio) * (prev_chosen_logps - prev_rejected_logps)
+        - (1.0 - ratio) * (pi_t_chosen_logps - pi_t_rejected_logps)
     )
 
 
@@ -54,36 +85,41 @@ def inpo_loss(
     policy_rejected_logps: Tensor,
     ref_chosen_logps: Tensor,
     ref_rejected_logps: Tensor,
-    prev_chosen_logps: Tensor,
-    prev_rejected_logps: Tensor,
+    pi_t_chosen_logps: Tensor,
+    pi_t_rejected_logps: Tensor,
     *,
     eta: float,
     tau: float,
+    p_label: Tensor | None = None,
 ) -> Tensor:
-    """Per-pair INPO loss (h - 1/(2*eta))^2; pi_ref and pi_t log-probs are constants."""
+    """Per-pair INPO loss (h - 1/(2*eta))^2, or its expectation over a soft label;
+    pi_ref and pi_t log-probs are constants."""
     h = inpo_margin(
         policy_chosen_logps,
         policy_rejected_logps,
         ref_chosen_logps,
         ref_rejected_logps,
-        prev_chosen_logps,
-        prev_rejected_logps,
+        pi_t_chosen_logps,
+        pi_t_rejected_logps,
         eta=eta,
         tau=tau,
     )
-    return (h - 1.0 / (2.0 * eta)) ** 2
+    return square_loss(h, 1.0 / (2.0 * eta), p_label)
 
 
-def _ref_margin(
+def ref_margin(
     policy_chosen_logps: Tensor,
     policy_rejected_logps: Tensor,
     ref_chosen_logps: Tensor,
     ref_rejected_logps: Tensor,
-    beta: float,
 ) -> Tensor:
+    """DPO's implicit reward margin against a fixed reference (beta not applied)."""
+    return (policy_chosen_logps - policy_rejected_logps) - (ref_chosen_logps - ref_rejected_logps)
+
+
+def _check_beta(beta: float) -> None:
     if not beta > 0:
         raise ValueError(f"beta must be > 0, got beta={beta}")
-    return (policy_chosen_logps - policy_rejected_logps) - (ref_chosen_logps - ref_rejected_logps)
 
 
 def dpo_loss(
@@ -93,12 +129,19 @@ def dpo_loss(
     ref_rejected_logps: Tensor,
     *,
     beta: float,
+    p_label: Tensor | None = None,
 ) -> Tensor:
-    """Per-pair DPO loss -log sigmoid(beta * margin) against a fixed reference."""
-    margin = _ref_margin(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta
+    """Per-pair DPO loss -log sigmoid(beta * margin) against a fixed reference; with a
+    soft label, -[P log sigmoid(beta m) + (1 - P) log sigmoid(-beta m)]."""
+    _check_beta(beta)
+    z = beta * ref_margin(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
     )
-    return -torch.nn.functional.logsigmoid(beta * margin)
+    logsig = torch.nn.functional.logsigmoid
+    if p_label is None:
+        return -logsig(z)
+    _check_p(p_label)
+    return -(p_label * logsig(z) + (1 - p_label) * logsig(-z))
 
 
 def ipo_loss(
@@ -108,12 +151,51 @@ def ipo_loss(
     ref_rejected_logps: Tensor,
     *,
     beta: float,
+    p_label: Tensor | None = None,
 ) -> Tensor:
-    """Per-pair IPO loss (margin - 1/(2*beta))^2 against a fixed reference."""
-    margin = _ref_margin(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta
+    """Per-pair IPO loss (margin - 1/(2*beta))^2 against a fixed reference (soft label:
+    its expectation, minimized at the soft target (2P - 1)/(2*beta))."""
+    _check_beta(beta)
+    margin = ref_margin(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
     )
-    return (margin - 1.0 / (2.0 * beta)) ** 2
+    return square_loss(margin, 1.0 / (2.0 * beta), p_label)
+
+
+def margin_scale(loss_type: str, eta: float, beta: float) -> float | None:
+    """c of the square losses: a hard-labelled margin is pulled to c, a soft one to
+    (2P - 1) c. None for DPO, which has no target margin."""
+    return {"inpo": 0.5 / eta, "ipo": 0.5 / beta}.get(loss_type)
+
+
+def objective(
+    loss_cfg: Mapping,
+    chosen: Tensor,
+    rejected: Tensor,
+    cache: Mapping[str, Tensor],
+    p_label: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(per-pair loss, per-pair margin, per-pair target margin or None) of the configured
+    objective (loss.type, loss.eta, loss.tau, loss.beta) given the policy's log-probs and
+    the cached ones (CACHE_KEYS)."""
+    kind = loss_cfg["type"]
+    ref = (cache["ref_chosen"], cache["ref_rejected"])
+    if kind == "inpo":
+        knobs = {"eta": loss_cfg["eta"], "tau": loss_cfg["tau"]}
+        pi_t = (cache["pi_t_chosen"], cache["pi_t_rejected"])
+        margin = inpo_margin(chosen, rejected, *ref, *pi_t, **knobs)
+        loss = inpo_loss(chosen, rejected, *ref, *pi_t, **knobs, p_label=p_label)
+    elif kind in ("ipo", "dpo"):
+        fn = ipo_loss if kind == "ipo" else dpo_loss
+        margin = ref_margin(chosen, rejected, *ref)
+        loss = fn(chosen, rejected, *ref, beta=loss_cfg["beta"], p_label=p_label)
+    else:
+        raise ValueError(f"loss.type = {kind!r}: unknown (inpo, ipo, dpo)")
+    c = margin_scale(kind, loss_cfg["eta"], loss_cfg["beta"])
+    if c is None:
+        return loss, margin, None
+    p = p_label if p_label is not None else torch.ones_like(margin)
+    return loss, margin, (2 * p - 1) * c
 
 
 def sequence_logprobs(

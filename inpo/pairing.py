@@ -1,18 +1,29 @@
-"""Picking one (chosen, rejected) pair from K responses: pure functions.
+"""Choosing preference pairs from K responses, and labelling them: pure functions.
 
-A pairwise strategy is a generator that yields a round of matches (i, j) and
-receives P(response i > response j) for each; `run_pairwise` plays the
-strategies of many prompts in lockstep so every round is one batched oracle
-call. A tie (P = 0.5) goes to the first response of the match.
+Selection. A pairwise strategy is a generator that yields a round of matches
+(i, j) and receives P(response i > response j) for each; `run_pairwise` plays
+the strategies of many prompts in lockstep so every round is one batched oracle
+call. Inside a strategy a tie (P = 0.5) goes to the first response of a match.
 
     tournament   the paper's: K/2 first-round matches; winners play a
                  single-elimination bracket (-> y_w), losers a bracket of
                  losers (-> y_l); a final y_w vs y_l keeps the pair only if y_w
-                 wins. 3K/2 - 1 comparisons for K a power of two (odd brackets
-                 give a bye to their last entrant).
+                 wins (a tied final gives no pair). 3K/2 - 1 comparisons for K a
+                 power of two (odd brackets give a bye to their last entrant).
     round_robin  all K(K-1)/2 matches; most wins vs fewest wins.
-    random       two distinct responses, one match.
+    random       two distinct responses, one match (pairs drawn from pi_t, as the
+                 theory's estimator wants).
+    disjoint     K/2 disjoint random pairs: every response in one pair, K/2 matches.
     max_min      pointwise scores (reward models): highest vs lowest.
+
+Labelling (`label_pair`), for a selected pair (a, b) with P = P(a > b):
+
+    hard    the winner is the side with P > 1/2, trained toward the full margin;
+            a tie (P = 1/2) is dropped (trained as a full-margin pair it is noise).
+    sample  the paper's lambda_P: the winner is drawn with probability P (seeded per
+            prompt, so a redone stage draws the same winners).
+    soft    the pair keeps P and the loss takes the expectation over the draw
+            (same minimizer as sample, lower variance; a tie's target margin is 0).
 """
 
 from __future__ import annotations
@@ -22,16 +33,36 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 
 Match = tuple[int, int]
-Strategy = Generator[list[Match], list[float], "PairResult"]
+LABELS = ("soft", "sample", "hard")
 
 
 @dataclass(frozen=True)
-class PairResult:
-    chosen: int | None
-    rejected: int | None
-    p_chosen: float | None  # the oracle's P(chosen > rejected)
+class Pair:
+    """Two responses of one prompt and the oracle's P(first > second)."""
+
+    first: int
+    second: int
+    p: float
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a strategy kept for one prompt."""
+
+    pairs: tuple[Pair, ...]
     n_comparisons: int
     dropped: str | None = None  # why no pair was kept
+
+
+Strategy = Generator[list[Match], list[float], Selection]
+
+
+@dataclass(frozen=True)
+class Labelled:
+    chosen: int
+    rejected: int
+    p_chosen: float  # the oracle's P(chosen > rejected)
+    p_label: float  # the probability the loss gives to "chosen wins"
 
 
 def _first_wins(p: float) -> bool:
@@ -65,9 +96,11 @@ def tournament(k: int) -> Strategy:
     y_w, y_l = winners[0], losers[0]
     (p,) = yield [(y_w, y_l)]
     n += 1
-    if not _first_wins(p):
-        return PairResult(None, None, p, n, dropped="final check lost")
-    return PairResult(y_w, y_l, p, n)
+    if p == 0.5:
+        return Selection((), n, dropped="final check tied")
+    if p < 0.5:
+        return Selection((), n, dropped="final check lost")
+    return Selection((Pair(y_w, y_l, p),), n)
 
 
 def round_robin(k: int) -> Strategy:
@@ -83,49 +116,72 @@ def round_robin(k: int) -> Strategy:
     best = max(range(k), key=lambda i: (wins[i], -i))
     worst = min(range(k), key=lambda i: (wins[i], i))
     if wins[best] == wins[worst]:
-        return PairResult(None, None, None, len(matches), dropped="all responses tied")
-    p = p_of[best, worst]
-    if not _first_wins(p):
-        return PairResult(None, None, p, len(matches), dropped="most wins lost to fewest wins")
-    return PairResult(best, worst, p, len(matches))
+        return Selection((), len(matches), dropped="all responses tied")
+    return Selection((Pair(best, worst, p_of[best, worst]),), len(matches))
 
 
 def random_pair(k: int, rng: _random.Random) -> Strategy:
     a, b = rng.sample(range(k), 2)
     (p,) = yield [(a, b)]
-    if _first_wins(p):
-        return PairResult(a, b, p, 1)
-    return PairResult(b, a, 1.0 - p, 1)
+    return Selection((Pair(a, b, p),), 1)
 
 
-def max_min(scores: Sequence[float]) -> PairResult:
-    """Highest vs lowest score (first on ties); equal extremes give no pair."""
+def disjoint_pairs(k: int, rng: _random.Random) -> Strategy:
+    order = list(range(k))
+    rng.shuffle(order)
+    matches = [(order[i], order[i + 1]) for i in range(0, k - 1, 2)]
+    probs = yield matches
+    return Selection(tuple(Pair(a, b, p) for (a, b), p in zip(matches, probs, strict=True)), k // 2)
+
+
+def max_min(scores: Sequence[float]) -> Match | None:
+    """(highest, lowest) score (first on ties), or None when the extremes are equal. The
+    caller asks the oracle for P of the returned match."""
     best = max(range(len(scores)), key=lambda i: (scores[i], -i))
     worst = min(range(len(scores)), key=lambda i: (scores[i], i))
     if scores[best] == scores[worst]:
-        return PairResult(None, None, None, 0, dropped="equal rewards")
-    return PairResult(best, worst, None, 0)
+        return None
+    return best, worst
+
+
+PAIRWISE = {
+    "tournament": lambda k, rng: tournament(k),
+    "round_robin": lambda k, rng: round_robin(k),
+    "random": random_pair,
+    "disjoint": disjoint_pairs,
+}
 
 
 def make_strategy(name: str, k: int, rng: _random.Random) -> Strategy:
-    if name == "tournament":
-        return tournament(k)
-    if name == "round_robin":
-        return round_robin(k)
-    if name == "random":
-        return random_pair(k, rng)
-    raise ValueError(f"pairing.strategy={name!r} is not a pairwise strategy")
+    if name not in PAIRWISE:
+        raise ValueError(f"pairing.strategy={name!r} is not a pairwise strategy")
+    return PAIRWISE[name](k, rng)
+
+
+def label_pair(pair: Pair, label: str, rng: _random.Random) -> Labelled | str:
+    """The labelled pair, or the reason it is dropped (see the module docstring)."""
+    a, b, p = pair.first, pair.second, pair.p
+    if label == "sample":
+        if rng.random() < p:
+            return Labelled(a, b, p, 1.0)
+        return Labelled(b, a, 1.0 - p, 1.0)
+    if label == "hard" and p == 0.5:
+        return "tie"
+    if label not in ("hard", "soft"):
+        raise ValueError(f"pairing.label={label!r}: unknown (use one of {LABELS})")
+    chosen, rejected, p_chosen = (a, b, p) if p >= 0.5 else (b, a, 1.0 - p)
+    return Labelled(chosen, rejected, p_chosen, p_chosen if label == "soft" else 1.0)
 
 
 def run_pairwise(
     strategies: list[Strategy], judge: Callable[[list[tuple[int, Match]]], list[float]]
-) -> list[PairResult]:
+) -> list[Selection]:
     """Play every strategy to the end; each round of all prompts is one judge call.
 
     ``judge`` gets (prompt index, (i, j)) for every match of the round and
     returns P(i > j) for each, in order.
     """
-    results: list[PairResult | None] = [None] * len(strategies)
+    results: list[Selection | None] = [None] * len(strategies)
     pending: dict[int, list[Match]] = {}
     for idx, s in enumerate(strategies):
         pending[idx] = next(s)

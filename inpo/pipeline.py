@@ -1,143 +1,123 @@
 """The online INPO loop: one driver, T iterations, every stage resumable.
 
-    for t in 1..T:
+    setup     eval_ref   pi_ref's responses to the held-out prompts
+              eval_init  pi_1's, and its win rate vs pi_ref (only when pi_1 != pi_ref)
+    for t in 1..T (pi_t generated iteration t's samples; pi_1 = model.policy):
         generate  K samples per prompt from pi_t (vLLM generators)
-        judge     oracle + pairing -> (y_w, y_l) per prompt
+        judge     oracle + pairing -> labelled (y_w, y_l) pairs
         logps     log pi_ref, log pi_t of every pair (cached)
         learn     E epochs of the INPO loss (DeepSpeed ranks; step checkpoints)
         save      pi_{t+1} as a Hugging Face directory
-        sync      push pi_{t+1} into the generators, verified on a probe sequence
+        sync      pi_{t+1} into the generators, verified (tensor hash + probe log-prob)
         eval      win rate of pi_{t+1} vs pi_ref and vs pi_t on held-out prompts
 
-Each stage writes under run_dir/iter_<t>/ and is then marked done in
-state.json; a resumed run skips what is done. The learner checkpoints every N
-steps, so a crash mid-epoch loses at most N steps.
+The stages are the table in `inpo.state`; each has one method `_<name>` here. A stage
+writes under run_dir/iter_<t>/, flushes its files to disk and records their checksums,
+then is marked done in state.json; a resumed run checks the checksums of what it will
+read, redoes a stage whose output is damaged, and continues at the first stage not done.
+A stage redone after a crash between "written" and "marked done" gives the same output
+(seeded sampling, deterministic data order). Actors start when a stage first needs them.
 """
 
 from __future__ import annotations
 
-import json
-import random
-import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from inpo.config import TINY, InpoConfig
-from inpo.data import (
-    Prompt,
-    builtin_prompts,
-    load_prompts,
-    read_rows,
-    tokenize_pairs,
+from inpo.config import ConfigError, InpoConfig
+from inpo.data import iteration_prompts, prompts_from, read_rows, split_prompts, tokenize_pairs
+from inpo.durable import (
+    damaged,
+    fsync_tree,
+    manifest,
+    write_json_atomic,
     write_jsonl_atomic,
+    write_text_atomic,
 )
 from inpo.errors import InpoError
 from inpo.faults import crash_point
-from inpo.state import STAGES, RunState, write_json_atomic
+from inpo.state import ITERATION, STAGES, RunState, stages_of
 
 CONFIG_FILE = "config.yaml"
 STATE_FILE = "state.json"
 
 
-def split_prompts(
-    cfg: InpoConfig, pool: list[Prompt], eval_pool: list[Prompt] | None
-) -> tuple[list[int], list[int]]:
-    """(train ids, eval ids) as indices into ``pool`` (eval ids index ``eval_pool`` if given).
-
-    Held-out prompts are a seeded sample of the pool, taken before any
-    training prompt is drawn; training prompts keep file order ("slice") or
-    a seeded permutation ("sample", i.e. sampling without replacement).
-    """
-    rng = random.Random(f"{cfg.run.seed}/split")
-    ids = list(range(len(pool)))
-    if eval_pool is not None:
-        eval_ids = list(range(min(cfg.data.eval_size, len(eval_pool))))
-        train = ids
-    else:
-        eval_ids = sorted(rng.sample(ids, min(cfg.data.eval_size, len(ids) - 1)))
-        held = set(eval_ids)
-        train = [i for i in ids if i not in held]
-    if cfg.data.selection == "sample":
-        rng.shuffle(train)
-    return train, eval_ids
-
-
-def iteration_prompts(train_ids: list[int], per_iter: int, t: int) -> list[int]:
-    """Prompt ids of iteration t: the t-th slice, wrapping around an exhausted pool."""
-    start = (t - 1) * per_iter
-    return [train_ids[(start + i) % len(train_ids)] for i in range(min(per_iter, len(train_ids)))]
-
-
 class Trainer:
     def __init__(self, cfg: InpoConfig, run_dir: Path, state: RunState):
         self.cfg, self.run_dir, self.state = cfg, run_dir, state
+        self.device: str | None = None
+        self.plan: dict | None = None
         self.generators = None
-        self.gen_policy: str | None = None
-        self.learner = None
-        self.learner_iteration: int | None = None  # whose pairs the learner holds
-        self.engine_iteration: int | None = None  # whose trained engine is live
         self.oracle = None
-        self.tb = self.wandb = None
+        self.learner = None
+        self.gen_policy: str | None = None  # the directory the generators' weights are from
+        self.learner_pairs: int | None = None  # the iteration whose pairs the learner holds
+        self.engine_iteration: int | None = None  # the iteration the learner's engine trained
+        self.reporter = None
+        self.pairs: dict[int, Any] = {}
+        self.base_policy = self.reference = ""
+        self.tokenizer = self.probe = None
+        self.pool: list = []
+        self.eval_pool: list | None = None
+        self.train_ids: list[int] = []
+        self.eval_ids: list[int] = []
 
-    # --- paths --------------------------------------------------------------
+    # --- paths ----------------------------------------------------------------
     def iter_dir(self, t: int) -> Path:
         return self.run_dir / f"iter_{t}"
 
-    def policy_dir(self, t: int) -> str:
-        """pi_{t+1}'s directory; t = 0 is the initial policy pi_1."""
-        return str(self.iter_dir(t) / "policy") if t > 0 else self.base_policy
+    def policy(self, t: int) -> str:
+        """pi_t's directory: the initial policy for t = 1, else iteration t-1's output."""
+        return self.base_policy if t == 1 else str(self.iter_dir(t - 1) / "policy")
+
+    def _saved_by(self, model_dir: str) -> int | None:
+        """The iteration whose save stage wrote ``model_dir``, if any."""
+        for t in range(1, self.cfg.run.iterations + 1):
+            if model_dir == self.policy(t + 1) and self.state.is_done(t, "save"):
+                return t
+        return None
 
     # --- set-up ---------------------------------------------------------------
     def prepare(self) -> None:
         from transformers import AutoTokenizer
 
-        from inpo.models import require_model_dir
+        from inpo.models import resolve_model
         from inpo.rollout.generator import probe_sequence
 
         cfg = self.cfg
-        if cfg.model.policy == TINY:
-            base = self.run_dir / "base_model"
-            if not (base / "config.json").exists():
-                from inpo.models.tiny import build_tiny_model
-
-                tmp = self.run_dir / "base_model.tmp"
-                shutil.rmtree(tmp, ignore_errors=True)
-                build_tiny_model(
-                    tmp,
-                    layers=cfg.model.tiny_layers,
-                    hidden=cfg.model.tiny_hidden,
-                    tied_embeddings=cfg.model.tiny_tied_embeddings,
-                    seed=cfg.run.seed,
-                )
-                tmp.rename(base)
-            self.base_policy = str(base)
-        else:
-            self.base_policy = str(require_model_dir(cfg.model.policy, "model.policy"))
+        tiny = {
+            "layers": cfg.model.tiny_layers,
+            "hidden": cfg.model.tiny_hidden,
+            "tied_embeddings": cfg.model.tiny_tied_embeddings,
+            "seed": cfg.run.seed,
+        }
+        self.base_policy = str(resolve_model(cfg.model.policy, "model.policy", self.run_dir, tiny))
         ref = cfg.model.reference or cfg.model.policy
-        self.reference = (
-            self.base_policy
-            if ref == cfg.model.policy
-            else str(require_model_dir(ref, "model.reference"))
-        )
+        self.reference = str(resolve_model(ref, "model.reference", self.run_dir, tiny))
         self.tokenizer = AutoTokenizer.from_pretrained(self.base_policy)
         self.probe = probe_sequence(self.tokenizer)
-        self.pool = self._prompts(cfg.data.prompts)
-        self.eval_pool = self._prompts(cfg.data.eval_prompts) if cfg.data.eval_prompts else None
-        self.train_ids, self.eval_ids = split_prompts(cfg, self.pool, self.eval_pool)
+        self.pool = prompts_from(cfg.data.prompts, cfg.data.prompt_field)
+        if cfg.data.eval_prompts:
+            self.eval_pool = prompts_from(cfg.data.eval_prompts, cfg.data.prompt_field)
+        self.train_ids, self.eval_ids = split_prompts(
+            len(self.pool),
+            len(self.eval_pool) if self.eval_pool is not None else None,
+            cfg.data.eval_size,
+            cfg.run.seed,
+            cfg.data.selection,
+        )
         if not self.train_ids:
             raise InpoError(f"data.prompts = {cfg.data.prompts!r}: no training prompts left")
         write_json_atomic(
             self.run_dir / "splits.json", {"train": self.train_ids, "eval": self.eval_ids}
         )
 
-    def _prompts(self, source: str) -> list[Prompt]:
-        if source.startswith("builtin:"):
-            return builtin_prompts(source)
-        return load_prompts(source, self.cfg.data.prompt_field)
-
-    def start_actors(self, device: str) -> None:
+    def _actors(self, roles: tuple[str, ...], policy: str | None = None) -> None:
+        """Start the actors of ``roles`` that are not running; new generators load
+        ``policy`` (the one the calling stage needs)."""
         from inpo.generate import start_generators
         from inpo.learn import start_learner
         from inpo.oracle import build_oracle
@@ -145,60 +125,105 @@ class Trainer:
         from inpo.placement import plan_for
 
         cfg = self.cfg
-        demand = {
-            "learner": (cfg.learner.num_ranks, 1),
-            "generator": (cfg.generation.num_generators, cfg.generation.tensor_parallel_size),
-        }
-        if cfg.oracle.backend in MODEL_BACKENDS:
-            demand["oracle"] = (cfg.oracle.num_actors, 1)
-        plan = plan_for(device, demand)
-        self.oracle = build_oracle(cfg, device, slots=plan.get("oracle"))
-        self.learner = start_learner(cfg, device, slots=plan["learner"])
-        # Generators hold the newest saved policy; the pending stage decides what happens next.
-        self.gen_policy = self.policy_dir(self._last_saved())
-        if (
-            self.eval_ids
-            and not self.state.is_done(0, "eval_ref")
-            and (self.reference != self.gen_policy)
-        ):
-            self.gen_policy = self.reference
-        self.generators = start_generators(cfg, device, self.gen_policy, slots=plan["generator"])
+        if self.plan is None:  # one plan for every role, so GPUs are never handed out twice
+            demand = {
+                "learner": (cfg.learner.num_ranks, 1),
+                "generator": (cfg.generation.num_generators, cfg.generation.tensor_parallel_size),
+            }
+            if cfg.oracle.backend in MODEL_BACKENDS:
+                demand["oracle"] = (cfg.oracle.num_actors, 1)
+            self.plan = plan_for(self.device, demand)
+        if "learner" in roles and self.learner is None:
+            self.learner = start_learner(cfg, self.device, slots=self.plan["learner"])
+        if "oracle" in roles and self.oracle is None:
+            self.oracle = build_oracle(cfg, self.device, slots=self.plan.get("oracle"))
+        if "generators" in roles and self.generators is None:
+            self.generators = start_generators(
+                cfg, self.device, policy, slots=self.plan["generator"]
+            )
+            self.gen_policy = policy
 
-    def _last_saved(self) -> int:
-        saved = [t for t in range(1, self.cfg.run.iterations + 1) if self.state.is_done(t, "save")]
-        return max(saved, default=0)
+    def _hold(self, target: str) -> dict[str, Any]:
+        """Make the generators hold ``target``: start them from it, or reload it in place
+        and verify the reload. Returns the sync metrics."""
+        self._actors(("generators",), policy=target)
+        t = self._saved_by(target)
+        if t is not None:
+            info = self.state.info(t, "save")
+            expected, digest = info["probe_logp"], info["weights_sha256"]
+        else:  # pi_ref or pi_1 from the user: the learner scores the probe
+            self._actors(("learner",))
+            expected, digest = self.learner.probe_logprob_dir(target, *self.probe), None
+        if self.gen_policy == target:
+            return self.generators.verify(self.probe, expected)
+        info = self.generators.sync(target, self.probe, expected, digest)
+        self.gen_policy = target
+        return info
 
     def shutdown(self) -> None:
-        for actor in (self.generators, self.learner):
-            if actor is not None:
-                actor.shutdown()
+        for group in (self.generators, self.learner):
+            if group is not None:
+                group.shutdown()
         if self.oracle is not None:
             self.oracle.close()
-        if self.tb is not None:
-            self.tb.close()
+        if self.reporter is not None:
+            self.reporter.close()
 
-    # --- stages ---------------------------------------------------------------
+    # --- the stage runner -------------------------------------------------------
     def stage(self, t: int, name: str, fn: Callable[[], dict[str, Any] | None]) -> dict:
+        """Run a stage unless done: time it, flush and checksum its outputs, mark it done
+        and print one line."""
         if self.state.is_done(t, name):
             return self.state.info(t, name)
+        spec = next(s for s in stages_of(t) if s.name == name)
         self.state.start(t, name)
         t0 = time.perf_counter()
         info = fn() or {}
+        root = self.iter_dir(t) if t else self.run_dir
+        outputs = [root / o for o in spec.outputs if (root / o).exists()]
+        for path in outputs:
+            fsync_tree(path)
         info["seconds"] = time.perf_counter() - t0
+        info["outputs"] = manifest(root, outputs)
+        crash_point(f"{name}.written")
         self.state.finish(t, name, info)
         label = f"iter {t}" if t else "setup"
-        extra = ", ".join(f"{k}={_fmt(v)}" for k, v in info.items() if k != "seconds")
+        shown = {k: v for k, v in info.items() if k not in ("seconds", "outputs")}
+        extra = ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items())
         print(f"[{label}] {name} done in {info['seconds']:.1f}s" + (f" ({extra})" if extra else ""))
         return info
 
-    def _generate(
-        self,
-        ids: list[int],
-        pool: list[Prompt],
-        purpose: str,
-        n: int,
-        temperature: float,
-        max_tokens: int,
+    def validate(self) -> None:
+        """Redo what a resumed run would read but is no longer whole on disk (a power loss
+        after the mark, a file changed by hand): the setup stages and the done stages of
+        the first unfinished iteration and the one before it."""
+        from inpo.learn import complete_checkpoints
+
+        first = next(
+            (t for t in range(1, self.cfg.run.iterations + 1) if not self.state.iteration_done(t)),
+            None,
+        )
+        if first is None:
+            return
+        for t in (0, *range(max(1, first - 1), first + 1)):
+            root = self.iter_dir(t) if t else self.run_dir
+            for spec in stages_of(t):
+                if not self.state.is_done(t, spec.name):
+                    continue
+                why = damaged(root, self.state.info(t, spec.name).get("outputs", {}))
+                if why is None:
+                    continue
+                redo = spec.name
+                if redo == "save" and not complete_checkpoints(root / "checkpoints"):
+                    redo = "learn"  # the step checkpoints were dropped once pi_{t+1} was saved
+                where = f"iteration {t}" if t else "setup"
+                print(f"{where}: stage {spec.name} is marked done but {why}; redoing from {redo}")
+                self.state.undo_from(t, redo)
+                break
+
+    # --- stages -----------------------------------------------------------------
+    def _generate_rows(
+        self, ids: list[int], pool: list, purpose: str, n: int, temperature: float, max_tokens: int
     ) -> list[dict]:
         from inpo.generate import generate_rows, request_seed, tokenize_prompts
 
@@ -220,14 +245,14 @@ class Trainer:
             desc=purpose,
         )
 
-    def _eval_generate(self, purpose: str) -> list[dict]:
+    def _eval_rows(self, purpose: str, policy: str) -> list[dict]:
         from inpo.evaluate import eval_rows
 
+        self._hold(policy)
         cfg = self.cfg
-        pool = self.eval_pool if self.eval_pool is not None else self.pool
-        rows = self._generate(
+        rows = self._generate_rows(
             self.eval_ids,
-            pool,
+            self.eval_pool if self.eval_pool is not None else self.pool,
             purpose,
             1,
             cfg.eval.temperature,
@@ -235,224 +260,209 @@ class Trainer:
         )
         return eval_rows(rows)
 
-    def eval_reference(self) -> None:
-        """pi_ref's held-out responses, sampled once, before any training."""
-        if not self.eval_ids:
-            return
+    def _compare(self, new: list[dict], old: dict[str, list[dict]]) -> dict[str, Any]:
+        """Win rates of ``new`` against each set of ``old`` rows; P is stored in the rows."""
+        from inpo.evaluate import compare, mean_length, win_rate
 
-        def run():
-            rows = self._eval_generate("eval_ref")
-            write_jsonl_atomic(self.run_dir / "eval_ref.jsonl", rows)
-            return {"prompts": len(rows)}
+        self._actors(("oracle",))
+        info: dict[str, Any] = {}
+        for name, rows in old.items():
+            probs = compare(self.oracle, new, rows)
+            for row, p in zip(new, probs, strict=True):
+                row[f"p_vs_{name}"] = p
+            w = win_rate(probs)
+            info[f"win_vs_{name}"] = w["mean"]
+            info[f"win_vs_{name}_ci"] = [w["ci_low"], w["ci_high"]]
+        info["mean_length"] = mean_length(new)
+        info.update(_extra_eval(self.cfg, new))
+        return info
 
-        self.stage(0, "eval_ref", run)
-        target = self.policy_dir(self._last_saved())
-        if self.gen_policy != target:  # the generators held pi_ref != pi_1 for eval_ref
-            self.generators.sync(target, self.probe, self._learner_probe_of(target))
-            self.gen_policy = target
+    def _eval_ref(self) -> dict:
+        rows = self._eval_rows("eval_ref", self.reference)
+        write_jsonl_atomic(self.run_dir / "eval_ref.jsonl", rows)
+        return {"prompts": len(rows), **_extra_eval(self.cfg, rows)}
 
-    def _learner_probe_of(self, model_dir: str) -> float:
-        return self.learner.probe_logprob_dir(model_dir, *self.probe)
+    def _eval_init(self) -> dict:
+        rows = self._eval_rows("eval_init", self.policy(1))
+        info = self._compare(rows, {"ref": read_rows(self.run_dir / "eval_ref.jsonl")})
+        write_jsonl_atomic(self.run_dir / "eval_init.jsonl", rows)
+        return info
 
-    def iteration(self, t: int) -> None:
+    def _generate(self, t: int) -> dict:
+        self._hold(self.policy(t))
+        g = self.cfg.generation
+        ids = iteration_prompts(self.train_ids, self.cfg.data.prompts_per_iteration, t)
+        rows = self._generate_rows(
+            ids, self.pool, f"generate{t}", g.num_samples, g.temperature, g.max_new_tokens
+        )
+        crash_point("generate")
+        write_jsonl_atomic(self.iter_dir(t) / "generations.jsonl", rows)
+        n_tok = sum(len(x) for r in rows for x in r["response_ids"])
+        return {"prompts": len(rows), "skipped": len(ids) - len(rows), "tokens": n_tok}
+
+    def _judge(self, t: int) -> dict:
         from inpo.judge import pair_rows, select_pairs
 
-        cfg, d = self.cfg, self.iter_dir(t)
-        d.mkdir(parents=True, exist_ok=True)
-        gen_path, pairs_path = d / "generations.jsonl", d / "pairs.jsonl"
-
-        def generate():
-            ids = iteration_prompts(self.train_ids, cfg.data.prompts_per_iteration, t)
-            g = cfg.generation
-            rows = self._generate(
-                ids, self.pool, f"generate{t}", g.num_samples, g.temperature, g.max_new_tokens
-            )
-            crash_point("generate")
-            write_jsonl_atomic(gen_path, rows)
-            n_tok = sum(len(x) for r in rows for x in r["response_ids"])
-            return {"prompts": len(rows), "skipped": len(ids) - len(rows), "tokens": n_tok}
-
-        def judge():
-            rows = read_rows(gen_path)
-            results = select_pairs(
-                rows, self.oracle, cfg.pairing.strategy, cfg.run.seed, desc=f"judge{t}"
-            )
-            pairs, dropped = pair_rows(rows, results)
-            write_jsonl_atomic(pairs_path, pairs)
-            return {
-                "pairs": len(pairs),
-                "dropped": dict(dropped),
-                "comparisons": sum(r.n_comparisons for r in results),
-            }
-
-        self.stage(t, "generate", generate)
-        self.stage(t, "judge", judge)
-        pairs = self._load_learner_data(t)
-        self.stage(t, "logps", lambda: {"pairs": len(self._logps(t, pairs)["ref_chosen"])})
-        self.stage(t, "learn", lambda: self._learn(t, pairs))
-        save = self.stage(t, "save", lambda: self._save(t, pairs))
-        self.stage(t, "sync", lambda: self._sync(t, save["probe_logp"]))
-        self.stage(t, "eval", lambda: self._eval(t))
-
-    def _load_learner_data(self, t: int):
-        if self.state.is_done(t, "save"):
-            return None
-        from inpo.learn import total_steps
-
-        rows = read_rows(self.iter_dir(t) / "pairs.jsonl")
-        total_steps(
-            self.cfg,
-            len(rows),
-            where=f"iteration {t}: ",
-            hint="; raise data.prompts_per_iteration or lower the batch (dropped prompts by "
-            "reason: the judge stage in state.json)",
+        cfg = self.cfg
+        self._actors(("oracle",))
+        rows = read_rows(self.iter_dir(t) / "generations.jsonl")
+        selections = select_pairs(
+            rows, self.oracle, cfg.pairing.strategy, cfg.run.seed, desc=f"judge{t}"
         )
-        pairs = tokenize_pairs(self.tokenizer, rows)
-        if self.learner_iteration != t:
-            from inpo.learn import pad_id_of
+        pairs, dropped = pair_rows(rows, selections, cfg.pairing.label, cfg.run.seed)
+        write_jsonl_atomic(self.iter_dir(t) / "pairs.jsonl", pairs)
+        return {
+            "pairs": len(pairs),
+            "dropped": dict(dropped),
+            "comparisons": sum(s.n_comparisons for s in selections),
+        }
 
-            self.learner.set_data(pairs, pad_id_of(self.tokenizer))
-            self.learner_iteration = t
-        return pairs
+    def _learner_pairs(self, t: int):
+        """Iteration t's pairs, held by the learner."""
+        from inpo.learn import pad_id_of, total_steps
 
-    def _logps(self, t: int, pairs):
+        if t not in self.pairs:
+            pairs = tokenize_pairs(self.tokenizer, read_rows(self.iter_dir(t) / "pairs.jsonl"))
+            total_steps(
+                self.cfg,
+                len(pairs),
+                where=f"iteration {t}: ",
+                hint="; raise data.prompts_per_iteration or lower the batch (dropped pairs "
+                "by reason: the judge stage in state.json)",
+            )
+            self.pairs = {t: pairs}
+        self._actors(("learner",))
+        if self.learner_pairs != t:
+            self.learner.set_data(self.pairs[t], pad_id_of(self.tokenizer))
+            self.learner_pairs = t
+        return self.pairs[t]
+
+    def _cache(self, t: int):
         from inpo.learn import cache_logprobs
 
-        return cache_logprobs(
-            self.learner,
-            pairs,
-            self.policy_dir(t - 1),
-            self.reference,
-            self.iter_dir(t) / "logps.safetensors",
-        )
+        pairs = self._learner_pairs(t)
+        path = self.iter_dir(t) / "logps.safetensors"
+        return cache_logprobs(self.learner, pairs, self.policy(t), self.reference, path)
 
-    def _learn(self, t: int, pairs) -> dict:
-        from inpo.learn import train_policy
+    def _logps(self, t: int) -> dict:
+        return {"pairs": len(self._cache(t)["ref_chosen"])}
 
+    def _learn(self, t: int) -> dict:
+        from inpo.learn import epoch_summary, train_policy
+
+        cache = self._cache(t)
         rows = train_policy(
             self.cfg,
             self.learner,
-            len(pairs),
-            self._logps(t, pairs),
-            self.policy_dir(t - 1),
+            self._learner_pairs(t),
+            cache,
+            self.policy(t),
             self.iter_dir(t),
             desc=f"learn{t}",
-            on_step=lambda m: self._tb_step(t, m),
+            on_step=lambda m: self.reporter.learn_step(t, m),
         )
         self.engine_iteration = t
-        first, last = rows[0], rows[-1]
-        return {
-            "steps": len(rows),
-            "loss_first": first["loss"],
-            "loss_last": last["loss"],
-            "margin_last": last["margin"],
-            "margin_target": last.get("margin_target"),
-        }
+        return {"steps": len(rows), **epoch_summary(rows), "margin_last": rows[-1]["margin"]}
 
-    def _save(self, t: int, pairs) -> dict:
+    def _save(self, t: int) -> dict:
         from inpo.learn import export_policy
 
-        expected = export_policy(
+        pairs = self._learner_pairs(t)
+        return export_policy(
             self.cfg,
             self.learner,
             len(pairs),
-            self.policy_dir(t - 1),
+            self.policy(t),
             self.iter_dir(t),
             self.probe,
             engine_ready=self.engine_iteration == t,
         )
-        return {"probe_logp": expected}
 
-    def _sync(self, t: int, expected: float) -> dict:
-        target = self.policy_dir(t)
-        if self.gen_policy == target:  # a resumed run started the generators from it
-            info = self.generators.verify(self.probe, expected)
-        else:
-            info = self.generators.sync(target, self.probe, expected)
-        self.gen_policy = target
-        return info
+    def _sync(self, t: int) -> dict:
+        return self._hold(self.policy(t + 1))
 
     def _eval(self, t: int) -> dict:
-        from inpo.evaluate import compare, mean_length, win_rate
-
         if not self.eval_ids:
             return {}
-        new = self._eval_generate(f"eval{t}")
+        new = self._eval_rows(f"eval{t}", self.policy(t + 1))
         ref = read_rows(self.run_dir / "eval_ref.jsonl")
-        prev = ref if t == 1 else read_rows(self.iter_dir(t - 1) / "eval.jsonl")
-        p_ref = compare(self.oracle, new, ref)
-        p_prev = p_ref if t == 1 else compare(self.oracle, new, prev)
-        for row, a, b in zip(new, p_ref, p_prev, strict=True):
-            row["p_vs_ref"], row["p_vs_prev"] = a, b
+        if t > 1:
+            prev = read_rows(self.iter_dir(t - 1) / "eval.jsonl")
+        elif self.state.is_done(0, "eval_init"):
+            prev = read_rows(self.run_dir / "eval_init.jsonl")
+        else:
+            prev = ref  # pi_1 = pi_ref
+        info = self._compare(new, {"ref": ref, "prev": prev})
         write_jsonl_atomic(self.iter_dir(t) / "eval.jsonl", new)
-        vs_ref, vs_prev = win_rate(p_ref), win_rate(p_prev)
-        return {
-            "win_vs_ref": vs_ref["mean"],
-            "win_vs_ref_ci": [vs_ref["ci_low"], vs_ref["ci_high"]],
-            "win_vs_prev": vs_prev["mean"],
-            "win_vs_prev_ci": [vs_prev["ci_low"], vs_prev["ci_high"]],
-            "mean_length": mean_length(new),
-            "ref_mean_length": mean_length(ref),
-        }
+        return info
 
-    # --- reporting ------------------------------------------------------------
-    def _tb_step(self, t: int, m: dict) -> None:
-        if self.tb is not None:
-            step = (t - 1) * 100_000 + m["step"]  # separates iterations on one axis
-            for k in ("loss", "margin", "grad_norm", "lr"):
-                self.tb.add_scalar(f"learn/{k}", m[k], step)
+    # --- the loop -----------------------------------------------------------------
+    def setup(self) -> None:
+        if not self.eval_ids:
+            return
+        self.stage(0, "eval_ref", self._eval_ref)
+        if self.reference != self.policy(1):
+            self.stage(0, "eval_init", self._eval_init)
 
-    def iteration_metrics(self, t: int) -> dict[str, Any]:
-        row: dict[str, Any] = {"iteration": t}
-        for stage in STAGES:
-            if self.state.is_done(t, stage):
-                info = self.state.info(t, stage)
-                row[f"{stage}_seconds"] = info.get("seconds")
-                row.update({k: v for k, v in info.items() if k != "seconds"})
-        return row
+    def iteration(self, t: int) -> None:
+        from inpo.learn import drop_checkpoints
 
-    def report(self) -> list[dict[str, Any]]:
-        rows = [
-            self.iteration_metrics(t)
+        self.iter_dir(t).mkdir(parents=True, exist_ok=True)
+        for spec in ITERATION:
+            self.stage(t, spec.name, lambda run=getattr(self, f"_{spec.name}"): run(t))
+            if spec.name == "save":  # only once pi_{t+1} is saved and recorded
+                drop_checkpoints(self.iter_dir(t))
+
+    def rows(self) -> list[dict[str, Any]]:
+        from inpo.report import init_row, iteration_row
+
+        rows = [init_row(self.state)] if init_row(self.state) else []
+        return rows + [
+            iteration_row(self.state, t)
             for t in range(1, self.cfg.run.iterations + 1)
             if self.state.iteration_done(t)
         ]
-        write_jsonl_atomic(self.run_dir / "metrics.jsonl", rows)
-        if self.tb is not None and rows:
-            r = rows[-1]
-            for k in ("win_vs_ref", "win_vs_prev", "mean_length", "loss_last", "pairs"):
-                if r.get(k) is not None:
-                    self.tb.add_scalar(f"iteration/{k}", r[k], r["iteration"])
-            self.tb.flush()
-        if self.wandb is not None and rows:
-            self.wandb.log({k: v for k, v in rows[-1].items() if isinstance(v, int | float)})
-        return rows
 
     def run(self) -> list[dict[str, Any]]:
         from inpo.cluster import start_ray
-        from inpo.report import plot, table
+        from inpo.report import Reporter, plot, table
 
         self.prepare()
+        self.validate()
         todo = [
             t for t in range(1, self.cfg.run.iterations + 1) if not self.state.iteration_done(t)
         ]
         if todo:  # a finished run only reports: no actors to start
-            self.tb = _tensorboard(self.cfg, self.run_dir)
-            self.wandb = _wandb(self.cfg, self.run_dir)
-            device = start_ray(self.cfg)
+            self.reporter = Reporter(self.cfg, self.run_dir, self.state.data["run_id"])
+            self.device = start_ray(self.cfg)
             try:
-                self.start_actors(device)
-                self.eval_reference()
+                self.setup()
                 for t in todo:
                     self.iteration(t)
-                    self.report()
+                    rows = self.rows()
+                    write_jsonl_atomic(self.run_dir / "metrics.jsonl", rows)
+                    self.reporter.iteration(rows[-1])
             finally:
                 self.shutdown()
-        rows = self.report()
+        rows = self.rows()
+        write_jsonl_atomic(self.run_dir / "metrics.jsonl", rows)
         print(table(rows))
         png = plot(rows, self.run_dir)
-        print(f"final policy: {self.policy_dir(self.cfg.run.iterations)}; plot: {png}")
+        print(f"final policy: {self.policy(self.cfg.run.iterations + 1)}; plot: {png}")
         return rows
+
+
+def _extra_eval(cfg: InpoConfig, rows: list[dict]) -> dict[str, Any]:
+    """Oracle-specific eval numbers: the instruction pass rate under the ifeval oracle."""
+    if cfg.oracle.backend != "synthetic" or cfg.oracle.synthetic != "ifeval":
+        return {}
+    from inpo.oracle.constraints import constraint_pass_rate
+
+    return {
+        "pass_rate": constraint_pass_rate(
+            [r["prompt"] for r in rows], [r["response"] for r in rows]
+        )
+    }
 
 
 def _fmt(v: Any) -> str:
@@ -460,31 +470,9 @@ def _fmt(v: Any) -> str:
         return f"{v:.4g}"
     if isinstance(v, list):
         return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items()) + "}"
     return str(v)
-
-
-def _tensorboard(cfg: InpoConfig, run_dir: Path):
-    if not cfg.run.tensorboard:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(run_dir / "tb"))
-
-
-def _wandb(cfg: InpoConfig, run_dir: Path):
-    if not cfg.run.wandb_project:
-        return None
-    try:
-        import wandb
-    except ImportError as e:
-        raise InpoError("run.wandb_project is set but wandb is not installed") from e
-    return wandb.init(
-        project=cfg.run.wandb_project,
-        dir=str(run_dir),
-        config=cfg.model_dump(mode="json"),
-        resume="allow",
-        id=json.loads((run_dir / STATE_FILE).read_text())["run_id"],
-    )
 
 
 def train(
@@ -509,6 +497,11 @@ def train(
         print(f"resuming {run_dir}: {_describe_progress(state, cfg)}")
     else:
         cfg = config_or_exit(config_path, overrides)
+        try:
+            cfg.check_train_lengths()
+        except ConfigError as e:
+            print(str(e), file=sys.stderr)
+            raise SystemExit(2) from None
         run_dir = Path(cfg.run.dir)
         if (run_dir / STATE_FILE).exists():
             raise InpoError(
@@ -516,7 +509,7 @@ def train(
                 f"`inpo train --resume {run_dir}` or choose another run.dir"
             )
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG_FILE).write_text(cfg.to_yaml())
+        write_text_atomic(run_dir / CONFIG_FILE, cfg.to_yaml())
         state = RunState(run_dir / STATE_FILE)
         state.data["run_id"] = f"inpo-{int(time.time())}"
         state.save()

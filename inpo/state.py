@@ -1,34 +1,56 @@
-"""The run state: which stages of which iteration are done, kept in state.json.
+"""The stages of a run and the run state: which stages of which iteration are done.
 
-Written atomically (temp file, fsync, rename), so a crash leaves either the old
-or the new state, never a torn one. Resume = continue at the first stage that
-is not marked done.
+The state lives in state.json, written atomically (temp file, fsync, rename), so a crash
+leaves either the old or the new state, never a torn one. Resume = continue at the first
+stage that is not marked done. Each done stage also records a manifest (size and sha256)
+of the files it wrote, so a resumed run can prove they are still whole.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-STAGES = ("generate", "judge", "logps", "learn", "save", "sync", "eval")
+from inpo.durable import write_json_atomic
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    needs: tuple[str, ...]  # actor roles it uses: generators, oracle, learner
+    outputs: tuple[str, ...]  # what it writes: under iter_<t>/ (setup stages: run dir)
+
+
+#: Before the first iteration (t = 0): pi_ref's held-out responses, and pi_1's when
+#: model.reference differs from model.policy.
+SETUP = (
+    Stage("eval_ref", ("generators",), ("eval_ref.jsonl",)),
+    Stage("eval_init", ("generators", "oracle"), ("eval_init.jsonl",)),
+)
+#: One iteration t: pi_t generates, the oracle judges, the learner makes pi_{t+1}.
+ITERATION = (
+    Stage("generate", ("generators",), ("generations.jsonl",)),
+    Stage("judge", ("oracle",), ("pairs.jsonl",)),
+    Stage("logps", ("learner",), ("logps.safetensors",)),
+    Stage("learn", ("learner",), ("learn_metrics.jsonl",)),
+    Stage("save", ("learner",), ("policy",)),
+    Stage("sync", ("generators",), ()),
+    Stage("eval", ("generators", "oracle"), ("eval.jsonl",)),
+)
+STAGES = tuple(s.name for s in ITERATION)
+
+
+def stages_of(iteration: int) -> tuple[Stage, ...]:
+    return SETUP if iteration == 0 else ITERATION
 
 
 class RunState:
     def __init__(self, path: Path, data: dict[str, Any] | None = None):
         self.path = path
-        self.data = data or {"version": 1, "done": {}, "running": None, "setup": []}
+        self.data = data or {"version": 2, "done": {}, "running": None}
 
     @classmethod
     def load(cls, path: Path) -> RunState:
@@ -50,6 +72,14 @@ class RunState:
     def finish(self, iteration: int, stage: str, info: dict[str, Any] | None = None) -> None:
         self.data["done"].setdefault(str(iteration), {})[stage] = info or {}
         self.data["running"] = None
+        self.save()
+
+    def undo_from(self, iteration: int, stage: str) -> None:
+        """Forget ``stage`` of ``iteration`` and every later stage of that iteration."""
+        names = [s.name for s in stages_of(iteration)]
+        done = self.data["done"].get(str(iteration), {})
+        for name in names[names.index(stage) :]:
+            done.pop(name, None)
         self.save()
 
     def iteration_done(self, iteration: int) -> bool:

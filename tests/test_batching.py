@@ -38,7 +38,10 @@ def test_too_few_pairs():
 
 def test_collate_masks_only_response_tokens():
     pairs = TokenizedPairs(
-        prompt=[[1, 2, 3], [4]], chosen=[[5, 6], [7, 8, 9]], rejected=[[10], [11]]
+        prompt=[[1, 2, 3], [4]],
+        chosen=[[5, 6], [7, 8, 9]],
+        rejected=[[10], [11]],
+        p_label=[1.0, 1.0],
     )
     b = collate(pairs, [0, 1], pad_id=0, max_length=100)
     assert b["input_ids"].tolist() == [
@@ -52,11 +55,28 @@ def test_collate_masks_only_response_tokens():
     assert b["attention_mask"].sum(1).tolist() == [5, 4, 4, 2]
 
 
-def test_collate_truncates():
-    pairs = TokenizedPairs(prompt=[[1, 2]], chosen=[[3, 4, 5, 6]], rejected=[[7]])
-    b = collate(pairs, [0], pad_id=0, max_length=4)
-    assert b["input_ids"][0].tolist() == [1, 2, 3, 4]
-    assert b["loss_mask"][0].tolist() == [0, 1, 1]
+def test_collate_never_cuts_a_response():
+    pairs = TokenizedPairs(prompt=[[1, 2]], chosen=[[3, 4, 5, 6]], rejected=[[7]], p_label=[1.0])
+    assert collate(pairs, [0], pad_id=0, max_length=6)["input_ids"].shape == (2, 6)
+    with pytest.raises(ValueError, match=r"pair 0: 2 prompt \+ 4 response tokens"):
+        collate(pairs, [0], pad_id=0, max_length=5)
+    empty = TokenizedPairs(prompt=[[1, 2]], chosen=[[]], rejected=[[7]], p_label=[1.0])
+    with pytest.raises(ValueError, match="empty"):
+        collate(empty, [0], pad_id=0, max_length=50)
+
+
+def test_fit_pairs_drops_and_counts_what_does_not_fit():
+    from inpo.learn import fit_pairs
+
+    pairs = TokenizedPairs(
+        prompt=[[1] * 3, [1] * 8, [1] * 2],
+        chosen=[[2] * 2, [2] * 1, [2] * 6],
+        rejected=[[3] * 4, [3] * 1, [3] * 1],
+        p_label=[0.9, 1.0, 0.6],
+    )
+    kept, dropped = fit_pairs(pairs, max_length=8)
+    assert dropped == 1  # 8 + 1 > 8
+    assert kept.prompt == [[1] * 3, [1] * 2] and kept.p_label == [0.9, 0.6]
 
 
 def test_cosine_schedule():

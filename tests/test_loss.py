@@ -114,3 +114,88 @@ def test_sequence_logprobs_ignores_padding_length():
         torch.testing.assert_close(
             sequence_logprobs(padded_logits, padded_labels, padded_mask), base
         )
+
+
+def test_soft_label_is_the_expectation_over_the_label():
+    # eta = 0.5 -> c = 1; h = 1.5 as in the hand example above; P = 0.8.
+    pc, pr, rc, rr, qc, qr = t(-3.0), t(-5.0), t(-4.0), t(-4.5), t(-3.5), t(-4.0)
+    soft = inpo_loss(pc, pr, rc, rr, qc, qr, eta=0.5, tau=0.1, p_label=t(0.8))
+    assert soft.item() == pytest.approx(0.8 * 0.5**2 + 0.2 * 2.5**2)  # 1.45
+    # = (h - (2P - 1) c)^2 + 4 P (1 - P) c^2: minimized at h = (2P - 1) c
+    assert soft.item() == pytest.approx((1.5 - 0.6) ** 2 + 4 * 0.8 * 0.2)
+    hard = inpo_loss(pc, pr, rc, rr, qc, qr, eta=0.5, tau=0.1, p_label=t(1.0))
+    assert hard.item() == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="p_label"):
+        inpo_loss(pc, pr, rc, rr, qc, qr, eta=0.5, tau=0.1, p_label=t(1.2))
+
+
+def test_soft_gradient_equals_the_mean_gradient_of_sampled_labels():
+    import random
+
+    from inpo.pairing import Pair, label_pair
+
+    eta, tau, p = 0.25, 0.05, 0.7
+    logps = {0: -3.0, 1: -4.5}  # policy log-probs of responses 0 and 1
+    ref = {0: -3.2, 1: -4.0}
+    prev = {0: -3.1, 1: -4.4}
+
+    def grad(chosen, rejected, p_label):
+        x = torch.tensor([logps[0], logps[1]], dtype=torch.float64, requires_grad=True)
+        loss = inpo_loss(
+            x[chosen : chosen + 1],
+            x[rejected : rejected + 1],
+            t(ref[chosen]),
+            t(ref[rejected]),
+            t(prev[chosen]),
+            t(prev[rejected]),
+            eta=eta,
+            tau=tau,
+            p_label=p_label,
+        )
+        loss.sum().backward()
+        return x.grad
+
+    soft = grad(0, 1, t(p))
+    # Exact expectation over the sampled label: 0 wins with probability p.
+    exact = p * grad(0, 1, None) + (1 - p) * grad(1, 0, None)
+    torch.testing.assert_close(soft, exact)
+    # And through the real sampler, within Monte Carlo error.
+    rng = random.Random(3)
+    draws = [label_pair(Pair(0, 1, p), "sample", rng) for _ in range(4000)]
+    mc = sum(grad(d.chosen, d.rejected, None) for d in draws) / len(draws)
+    spread = (grad(0, 1, None) - grad(1, 0, None)).abs()
+    assert ((mc - soft).abs() <= 4 * spread * (p * (1 - p) / len(draws)) ** 0.5).all()
+
+
+def test_soft_ipo_and_dpo():
+    pc, pr, rc, rr = t(-1.0), t(-2.0), t(-1.5), t(-1.5)  # margin = 1
+    # IPO, beta = 0.25 -> c = 2: 0.9 (1 - 2)^2 + 0.1 (1 + 2)^2 = 1.8
+    assert ipo_loss(pc, pr, rc, rr, beta=0.25, p_label=t(0.9)).item() == pytest.approx(1.8)
+    # DPO, beta = 0.5: -(0.9 log s(0.5) + 0.1 log s(-0.5))
+    want = -(0.9 * math.log(1 / (1 + math.exp(-0.5))) + 0.1 * math.log(1 / (1 + math.exp(0.5))))
+    assert dpo_loss(pc, pr, rc, rr, beta=0.5, p_label=t(0.9)).item() == pytest.approx(want)
+    assert dpo_loss(pc, pr, rc, rr, beta=0.5, p_label=t(1.0)).item() == pytest.approx(
+        dpo_loss(pc, pr, rc, rr, beta=0.5).item()
+    )
+
+
+def test_objective_dispatch_and_targets():
+    from inpo.loss import objective
+
+    cfg = {"type": "inpo", "eta": 0.5, "tau": 0.1, "beta": 0.1}
+    cache = {
+        "ref_chosen": t(-4.0, -1.0),
+        "ref_rejected": t(-4.5, -1.0),
+        "pi_t_chosen": t(-3.5, -1.0),
+        "pi_t_rejected": t(-4.0, -1.0),
+    }
+    chosen, rejected = t(-3.0, -1.0), t(-5.0, -1.0)
+    loss, margin, target = objective(cfg, chosen, rejected, cache, t(1.0, 0.5))
+    torch.testing.assert_close(margin, t(1.5, 0.0))
+    torch.testing.assert_close(target, t(1.0, 0.0))  # (2P - 1) / (2 eta); a tie's is 0
+    torch.testing.assert_close(loss, t(0.25, 1.0))  # a tie at h = 0 still costs c^2
+    ipo = objective({**cfg, "type": "ipo", "beta": 0.25}, chosen, rejected, cache)
+    torch.testing.assert_close(ipo[2], t(2.0, 2.0))
+    assert objective({**cfg, "type": "dpo"}, chosen, rejected, cache)[2] is None
+    with pytest.raises(ValueError, match="loss.type"):
+        objective({**cfg, "type": "kto"}, chosen, rejected, cache)

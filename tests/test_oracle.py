@@ -118,9 +118,9 @@ def test_debiased_removes_a_constant_slot_bias_exactly():
     fair = Debiased(SlotABiased())
     ab, ba = fair.prob(["p"] * 3, a, b), fair.prob(["p"] * 3, b, a)
     for i in range(3):
-        assert ab[i] == pytest.approx(raw[i] - 0.2, abs=1e-12)
-        assert ab[i] + ba[i] == pytest.approx(1.0, abs=1e-12)
-    assert ab[2] == pytest.approx(0.5)
+        assert ab[i] == pytest.approx(raw[i] - 0.2, abs=1e-12)  # the bias is gone
+        assert ba[i] == pytest.approx(1.0 - raw[i] + 0.2, abs=1e-12)
+    assert raw[2] == pytest.approx(0.7) and ab[2] == pytest.approx(0.5)
 
 
 def test_check_probs_errors():

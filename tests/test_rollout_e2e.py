@@ -25,7 +25,7 @@ PROMPTS = [
 
 def start(model, n, cfg):
     slots = plan_placement([], {"generator": (n, 1)})["generator"]
-    return GeneratorGroup(str(model), cfg.model_dump(mode="json"), "cpu", slots)
+    return GeneratorGroup(str(model), cfg, "cpu", slots)
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,7 @@ def test_same_seed_same_samples_whatever_the_batch_or_generator(two_generators, 
 
 
 def _train_one_step(cfg, model, out, pairs_path):
+    """(learner, tokenizer, hash of the saved tensors) after one step from ``model``."""
     tok = AutoTokenizer.from_pretrained(model)
     pairs = tokenize_pairs(tok, load_pairs(pairs_path))
     learner = start_learner(cfg, "cpu")
@@ -77,8 +78,8 @@ def _train_one_step(cfg, model, out, pairs_path):
     learner.set_cache(cache_logprobs(learner, pairs, str(model), str(model), out / "logps"))
     learner.build_engine(str(model), total_steps=1)
     learner.train_step(0)
-    learner.save_policy(str(out / "policy"))
-    return learner, tok
+    digest = learner.save_policy(str(out / "policy"))
+    return learner, tok, digest
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -87,7 +88,9 @@ def test_train_sync_verify_and_catch_a_sabotaged_sync(
 ):
     model = tiny_tied_model if tied else tiny_model
     cfg = load_config(None, ["learner.lr=1e-2", "learner.global_batch_size=8"])
-    learner, tok = _train_one_step(cfg, model, tmp_path, write_pairs(tmp_path / "p.jsonl", 8))
+    learner, tok, digest = _train_one_step(
+        cfg, model, tmp_path, write_pairs(tmp_path / "p.jsonl", 8)
+    )
     try:
         group = start(model, 1, cfg) if tied else two_generators
         probe = probe_sequence(tok)
@@ -106,8 +109,10 @@ def test_train_sync_verify_and_catch_a_sabotaged_sync(
         save_file(state, str(broken / "model.safetensors"), metadata={"format": "pt"})
         with pytest.raises(SyncError, match="generation.sync_tolerance"):
             group.sync(str(broken), probe, expected)
+        with pytest.raises(SyncError, match="loaded other weights than the learner saved"):
+            group.sync(str(broken), probe, expected, digest)
 
-        info = group.sync(str(tmp_path / "policy"), probe, expected)
+        info = group.sync(str(tmp_path / "policy"), probe, expected, digest)
         assert info["sync_max_token_diff"] < 1e-4 and info["sync_seconds"] > 0
 
         with pytest.raises(SyncError, match=r"generator 0 does not hold the learner's weights"):
@@ -115,6 +120,27 @@ def test_train_sync_verify_and_catch_a_sabotaged_sync(
         group.sync(str(tmp_path / "policy"), probe, expected)  # and back in sync
         if tied:
             group.shutdown()
+    finally:
+        learner.shutdown()
+
+
+def test_a_reload_that_changed_nothing_is_caught_even_for_a_tiny_update(
+    two_generators, tiny_model, tmp_path, ray_session
+):
+    """An update far below the probe tolerance: only the tensor hash can tell the stale
+    weights (the directory the generators already hold) from the learner's."""
+    cfg = load_config(None, ["learner.lr=1e-7", "learner.global_batch_size=8"])
+    learner, tok, digest = _train_one_step(
+        cfg, tiny_model, tmp_path, write_pairs(tmp_path / "p.jsonl", 8)
+    )
+    try:
+        probe = probe_sequence(tok)
+        expected = learner.probe_logprob(*probe)
+        two_generators.sync(str(tiny_model), probe, expected)  # the probe alone cannot tell
+        with pytest.raises(SyncError, match="generator 0 loaded other weights"):
+            two_generators.sync(str(tiny_model), probe, expected, digest)
+        two_generators.sync(str(tmp_path / "policy"), probe, expected, digest)
+        two_generators.sync(str(tiny_model), probe, expected)  # leave the fixture as it was
     finally:
         learner.shutdown()
 
@@ -159,8 +185,19 @@ def test_generate_and_judge_commands(tmp_path, tiny_model):
     assert {"prompt", "responses", "finish_reasons", "logps"} <= got[0].keys()
     assert all(len(g["responses"]) == len(g["logps"]) == 4 for g in got)
     out = cli("judge", "--generations", str(gens), "--out", str(pairs))
-    assert "kept" in out and "of 6 prompts" in out
+    summary = json.loads((tmp_path / "pairs_summary.json").read_text())
     kept = [json.loads(line) for line in pairs.read_text().splitlines()]
+    assert summary["prompts"] == 6 and summary["pairs"] == len(kept) > 0
+    assert len(kept) + sum(summary["dropped"].values()) == 6  # tournament: one pair a prompt
+    from collections import Counter
+
+    from inpo.judge import describe_dropped
+
+    assert describe_dropped(6, len(kept), Counter(summary["dropped"])) in out
+    # The labels are the vowels oracle's own P, recomputed here (soft labels by default).
+    from inpo.oracle.synthetic import VOWEL_SCALE, sigmoid, vowel_score
+
     for p in kept:
-        assert p["n_comparisons"] == 5 and p["p_chosen"] >= 0.5
-        assert p["chosen"] != p["rejected"]
+        want = sigmoid(4.0 * VOWEL_SCALE * (vowel_score(p["chosen"]) - vowel_score(p["rejected"])))
+        assert p["p_chosen"] == pytest.approx(want, abs=1e-12) and p["p_label"] == p["p_chosen"]
+        assert p["n_comparisons"] == 5  # K = 4: 3K/2 - 1

@@ -1,4 +1,4 @@
-"""Data order and padding for the learner: pure functions, no DeepSpeed.
+"""Data order, padding and batch log-probs for the learner: no DeepSpeed.
 
 The order is a function of (seed, step) only, so a run resumed at step s sees
 exactly the batches an uninterrupted run would, and 1 rank or N ranks see the
@@ -12,6 +12,7 @@ import math
 import torch
 
 from inpo.data import TokenizedPairs
+from inpo.loss import sequence_logprobs
 
 
 def steps_per_epoch(num_pairs: int, global_batch: int) -> int:
@@ -45,14 +46,20 @@ def collate(
     """Right-padded [2B, T] batch: rows 0..B-1 are chosen, B..2B-1 rejected.
 
     ``loss_mask`` is aligned with the shifted labels (position i scores token i+1)
-    and is 1 exactly on response tokens that survive truncation.
+    and is 1 exactly on response tokens. A pair longer than ``max_length`` is an
+    error, never cut: the oracle judged the whole response.
     """
     seqs, prompt_lens = [], []
     for side in (pairs.chosen, pairs.rejected):
         for i in indices:
-            seq = (pairs.prompt[i] + side[i])[:max_length]
+            seq = pairs.prompt[i] + side[i]
+            if len(seq) > max_length or len(seq) == len(pairs.prompt[i]):
+                raise ValueError(
+                    f"pair {i}: {len(pairs.prompt[i])} prompt + {len(side[i])} response tokens "
+                    f"do not fit learner.max_length = {max_length} (or the response is empty)"
+                )
             seqs.append(seq)
-            prompt_lens.append(min(len(pairs.prompt[i]), len(seq)))
+            prompt_lens.append(len(pairs.prompt[i]))
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -62,6 +69,16 @@ def collate(
         attn[row, : len(seq)] = 1
         loss_mask[row, max(p - 1, 0) : len(seq) - 1] = 1
     return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss_mask}
+
+
+def forward_logps(model, batch: dict[str, torch.Tensor], normalize: bool) -> tuple:
+    """(chosen, rejected) sequence log-probs of a collated batch under ``model``."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logps = sequence_logprobs(
+        logits[:, :-1], batch["input_ids"][:, 1:], batch["loss_mask"], normalize=normalize
+    )
+    half = logps.shape[0] // 2
+    return logps[:half], logps[half:]
 
 
 def cosine_lr_lambda(total_steps: int, warmup_ratio: float, min_ratio: float = 0.0):

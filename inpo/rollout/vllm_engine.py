@@ -6,6 +6,7 @@ line; both import as `vllm`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 
@@ -17,6 +18,29 @@ class Sample:
     logp: float  # summed log-prob of token_ids under the engine's weights
 
 
+def _reload_hashed(worker, weights_dir: str) -> str:
+    """Runs inside a vLLM worker: reload weights in place from the safetensors files of
+    ``weights_dir``, hashing every tensor as it is handed to the engine."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    from inpo.models import tensor_digest, weights_digest
+
+    seen: list[tuple[str, str]] = []
+
+    def tensors():
+        for f in sorted(Path(weights_dir).glob("*.safetensors")):
+            with safe_open(str(f), "pt") as sf:
+                for name in sf.keys():
+                    t = sf.get_tensor(name)
+                    seen.append((name, tensor_digest(t)))
+                    yield name, t
+
+    worker.model_runner.reload_weights(weights_iterator=tensors())
+    return weights_digest(seen)
+
+
 class VLLMEngine:
     def __init__(
         self,
@@ -25,11 +49,15 @@ class VLLMEngine:
         dtype: str,
         seed: int,
         gpu_memory_utilization: float,
+        max_model_len: int,
         tensor_parallel_size: int = 1,
         enforce_eager: bool = False,
-        max_model_len: int | None = None,
         chunked_prefill: bool = True,
     ):
+        # The engine core in this process: its errors (KV cache too small, ...) reach the
+        # caller as themselves instead of "Engine core initialization failed. See root
+        # cause above", and weight reloads can run a function in the worker.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
 
         extra = {}
@@ -100,7 +128,11 @@ class VLLMEngine:
         plp = out[0].prompt_logprobs
         return sum(plp[i][ids[i]].logprob for i in range(prompt_len, len(ids)))
 
-    def reload(self, weights_dir: str) -> None:
-        """Load new weights in place from a Hugging Face directory (no engine restart)."""
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": weights_dir})
+    def reload(self, weights_dir: str) -> str:
+        """Load new weights in place from a Hugging Face directory (no engine restart);
+        returns the hash of the tensors loaded (every tensor-parallel worker must agree)."""
+        digests = set(self.llm.collective_rpc(_reload_hashed, args=(weights_dir,)))
         self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
+        if len(digests) != 1:
+            raise RuntimeError(f"vLLM workers loaded different weights from {weights_dir}")
+        return digests.pop()

@@ -1,0 +1,108 @@
+"""One group of Ray actors for every role (generators, judges, learner ranks).
+
+A role's actors are started in their placement slots, set up with one call (so a
+failure surfaces as an exception, not as a dead actor), called all at once or with
+the work split evenly in order, and killed together. Any failure inside an actor
+reaches the driver as one line naming the role, the actor and the root cause; the
+full traceback stays in the actor's log under Ray's session directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ray
+
+from inpo.errors import InpoError
+from inpo.placement import ActorSlot, actor_options
+
+
+class ActorError(InpoError):
+    """An actor failed; the message names it and the root cause."""
+
+
+def root_cause(e: BaseException) -> str:
+    """The innermost exception's message, on one line."""
+    while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    text = lines[-1] if lines else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+class ActorGroup:
+    """``cls`` instances as Ray actors, one per slot, built with ``init_args(index)``
+    (keep constructors light: an error there only leaves a dead actor); the heavy part
+    goes in the method ``setup``, called on every actor with ``setup_args`` right after."""
+
+    def __init__(
+        self,
+        role: str,
+        cls: type,
+        slots: list[ActorSlot],
+        *,
+        init_args: Callable[[int], tuple] = lambda index: (),
+        setup: str | None = None,
+        setup_args: tuple = (),
+        env: dict[str, str] | None = None,
+    ):
+        if not slots:
+            raise ActorError(f"no placement slots for the {role} actors")
+        self.role = role
+        remote = ray.remote(cls)
+        self.actors = [
+            remote.options(**actor_options(s, env)).remote(*init_args(i))
+            for i, s in enumerate(slots)
+        ]
+        if setup is not None:
+            try:
+                self.call(setup, *setup_args)
+            except BaseException:
+                self.shutdown()
+                raise
+
+    def get(self, refs: list) -> list:
+        """ray.get of one future per actor (in actor order), failures as one line."""
+        try:
+            return ray.get(refs)
+        except ray.exceptions.RayTaskError as e:
+            cause = e.cause if isinstance(e.cause, BaseException) else e
+            if isinstance(cause, InpoError):
+                raise cause from None
+            who = self._who(refs, e)
+            raise ActorError(f"{who} failed: {root_cause(cause)}") from None
+        except ray.exceptions.RayActorError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ActorError(f"{self._who(refs, e)} died: {first}") from None
+
+    def _who(self, refs: list, e: Exception) -> str:
+        # Ray does not say which future failed; the first that is not done fine is it.
+        for i, ref in enumerate(refs):
+            try:
+                ray.get(ref, timeout=0)
+            except Exception:
+                return f"{self.role} {i}"
+        return self.role
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> list:
+        """The same call on every actor; their answers in actor order."""
+        return self.get([getattr(a, method).remote(*args, **kwargs) for a in self.actors])
+
+    def map(self, method: str, *columns: Sequence, **kwargs: Any) -> list:
+        """Split equal-length ``columns`` evenly across the actors (in order), call
+        ``method`` on each part and concatenate the answers in order."""
+        n = len(columns[0])
+        if n == 0:
+            return []
+        size = -(-n // len(self.actors))
+        futures = [
+            getattr(actor, method).remote(*(list(c[lo : lo + size]) for c in columns), **kwargs)
+            for actor, lo in zip(self.actors, range(0, n, size), strict=False)
+        ]
+        return [x for part in self.get(futures) for x in part]
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []

@@ -1,0 +1,140 @@
+"""Prompt splits, file loaders and tokenisation of pairs (inpo.data)."""
+
+import json
+
+import pytest
+
+from inpo.data import (
+    DataError,
+    iteration_prompts,
+    load_pairs,
+    load_prompts,
+    read_rows,
+    split_prompts,
+    tokenize_pairs,
+)
+
+
+def test_holdout_is_disjoint_and_slices_are_fresh():
+    train, held = split_prompts(100, None, eval_size=10, seed=3, selection="slice")
+    assert len(held) == 10 and not set(held) & set(train) and len(train) == 90
+    assert train == sorted(train)  # slice mode keeps file order
+    its = [iteration_prompts(train, 30, t) for t in (1, 2, 3)]
+    assert sum(its, []) == train  # three fresh slices cover the pool exactly once
+    assert iteration_prompts(train, 30, 4) == its[0]  # then wrap around
+    assert split_prompts(100, None, 10, 3, "slice") == (train, held)
+    assert split_prompts(100, None, 10, 4, "slice")[1] != held  # the seed matters
+
+
+def test_sample_mode_permutes_without_replacement():
+    train, held = split_prompts(50, None, eval_size=0, seed=0, selection="sample")
+    assert held == [] and sorted(train) == list(range(50)) and train != sorted(train)
+
+
+def test_separate_eval_file():
+    train, held = split_prompts(20, 8, eval_size=5, seed=0, selection="slice")
+    assert train == list(range(20)) and held == [0, 1, 2, 3, 4]
+
+
+def test_read_rows_names_file_and_row(tmp_path):
+    f = tmp_path / "x.jsonl"
+    f.write_text('{"a": 1}\n\n[1, 2]\n')
+    with pytest.raises(DataError, match=r"x.jsonl: row 3: expected a JSON object, got list"):
+        read_rows(f)
+    f.write_text('{"a": 1}\n{"a": \n')
+    with pytest.raises(DataError, match=r"x.jsonl: row 2: not valid JSON"):
+        read_rows(f)
+    with pytest.raises(DataError, match="does not exist"):
+        read_rows(tmp_path / "nope.jsonl")
+    with pytest.raises(DataError, match="unknown format '.txt'"):
+        (tmp_path / "p.txt").write_text("hi")
+        read_rows(tmp_path / "p.txt")
+
+
+def test_load_prompts_checks_every_row(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text(
+        json.dumps({"prompt": "hi"})
+        + "\n"
+        + json.dumps({"prompt": [{"role": "user", "content": "a"}, {"role": "user"}]})
+        + "\n"
+    )
+    with pytest.raises(DataError, match=r"row 2: field 'prompt': message 1 must be"):
+        load_prompts(f)
+    f.write_text(json.dumps({"text": "hi"}) + "\n")
+    assert load_prompts(f, "text") == ["hi"]
+    with pytest.raises(DataError, match=r"row 1: field 'prompt': missing"):
+        load_prompts(f)
+
+
+@pytest.mark.parametrize(
+    "row,needle",
+    [
+        ({"prompt": "p", "chosen": "a"}, "field 'rejected': missing"),
+        ({"prompt": "p", "chosen": "a", "rejected": "b", "p_label": 1.5}, "field 'p_label'"),
+        ({"prompt": "p", "chosen": "a", "rejected": "b", "p_label": "x"}, "field 'p_label'"),
+        (
+            {"prompt": "p", "chosen": "a", "rejected": "b", "chosen_ids": [1, -2]},
+            "field 'chosen_ids'",
+        ),
+        (
+            {"prompt": "p", "chosen": "a", "rejected": "b", "rejected_finish_reason": "abort"},
+            "field 'rejected_finish_reason': 'abort'",
+        ),
+    ],
+)
+def test_load_pairs_names_the_bad_field(tmp_path, row, needle):
+    f = tmp_path / "pairs.jsonl"
+    good = {"prompt": "p", "chosen": "a", "rejected": "b"}
+    f.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=rf"pairs.jsonl: row 2: {needle}"):
+        load_pairs(f)
+
+
+def _tokenizer():
+    from inpo.models.tiny import build_tokenizer
+
+    return build_tokenizer()
+
+
+def test_text_pairs_end_with_the_end_of_turn_token_unless_cut():
+    tok = _tokenizer()
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    chat = [{"role": "user", "content": "hi"}]
+    rows = [
+        {"prompt": chat, "chosen": "ab", "rejected": "c", "rejected_finish_reason": "length"},
+        {"prompt": "plain", "chosen": "ab", "rejected": "c", "p_label": 0.7},
+    ]
+    pairs = tokenize_pairs(tok, rows)
+    ab, c = (
+        tok("ab", add_special_tokens=False).input_ids,
+        tok("c", add_special_tokens=False).input_ids,
+    )
+    assert pairs.chosen[0] == ab + [eot]
+    assert pairs.rejected[0] == c  # cut at the length limit: no closing token
+    assert pairs.chosen[1] == ab + [tok.eos_token_id]  # a plain prompt: the model's EOS
+    assert pairs.p_label == [1.0, 0.7]
+    ids_row = {
+        "prompt": "p",
+        "chosen": "x",
+        "rejected": "y",
+        "prompt_ids": [5, 6],
+        "chosen_ids": [7],
+        "rejected_ids": [8, 9],
+    }
+    exact = tokenize_pairs(tok, [ids_row])
+    assert (exact.prompt[0], exact.chosen[0], exact.rejected[0]) == ([5, 6], [7], [8, 9])
+
+
+def test_end_of_turn_is_read_from_the_chat_template():
+    from inpo.data import end_of_turn_id
+
+    tok = _tokenizer()
+    # A Llama-3-style template whose turns end with a token that is not EOS.
+    tok.add_special_tokens({"additional_special_tokens": ["<|eot_id|>"]})
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}<|eot_id|>{% endfor %}"
+    )
+    assert end_of_turn_id(tok) == tok.convert_tokens_to_ids("<|eot_id|>") != tok.eos_token_id
+    tok.chat_template = None
+    assert end_of_turn_id(tok) == tok.eos_token_id

