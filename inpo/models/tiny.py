@@ -95,21 +95,24 @@ def build_tiny_model(
     intermediate: int | None = None,
     max_positions: int = 1024,
     seed: int = 0,
+    **config: object,
 ) -> Path:
-    """Write a randomly initialised tiny model + tokenizer to ``out`` and return it."""
+    """Write a randomly initialised tiny model + tokenizer to ``out`` and return it;
+    ``config`` adds LlamaConfig fields (attention_dropout=0.1, ...)."""
     import torch
     from transformers import GenerationConfig, LlamaForCausalLM
 
-    out, tok, config = _prepare(
+    out, tok, llama = _prepare(
         out,
         layers=layers,
         hidden=hidden,
         tied_embeddings=tied_embeddings,
         intermediate=intermediate,
         max_positions=max_positions,
+        **config,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).float()
+    model = LlamaForCausalLM(llama).float()
     model.generation_config = GenerationConfig(
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
     )
