@@ -96,7 +96,7 @@ def generate_rows(
     return rows
 
 
-def start_generators(cfg: InpoConfig, device: str, model_dir: str, slots=None):
+def start_generators(cfg: InpoConfig, device: str, model_dir: str, slots=None, probe_len=0):
     from inpo.placement import plan_for
     from inpo.rollout.generator import GeneratorGroup
 
@@ -104,7 +104,7 @@ def start_generators(cfg: InpoConfig, device: str, model_dir: str, slots=None):
         gen = cfg.generation
         demand = {"generator": (gen.num_generators, gen.tensor_parallel_size)}
         slots = plan_for(device, demand)["generator"]
-    return GeneratorGroup(model_dir, cfg, device, slots)
+    return GeneratorGroup(model_dir, cfg, device, slots, probe_len)
 
 
 def generate_file(cfg: InpoConfig, prompts_path: Path, out: Path) -> None:

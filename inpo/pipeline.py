@@ -139,7 +139,7 @@ class Trainer:
             self.oracle = build_oracle(cfg, self.device, slots=self.plan.get("oracle"))
         if "generators" in roles and self.generators is None:
             self.generators = start_generators(
-                cfg, self.device, policy, slots=self.plan["generator"]
+                cfg, self.device, policy, self.plan["generator"], len(self.probe[0])
             )
             self.gen_policy = policy
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import hf_logprob, write_pairs
+from helpers import hf_logprob, write_pairs
 from safetensors.torch import load_file
 
 from inpo.config import load_config

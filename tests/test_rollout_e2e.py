@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from conftest import write_pairs
+from helpers import write_pairs
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 

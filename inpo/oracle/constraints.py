@@ -11,7 +11,8 @@ where score is 1 for a satisfied constraint and PARTIAL_WEIGHT * degree (< 0.5) 
 violated one, so that any success beats any near miss while partial credit still orders
 the failures. Equal scores give exactly 0.5: there is no tie-breaker.
 
-Kinds (`KINDS`): max_words, lowercase, no_commas, keyword, start_word, one_sentence.
+Kinds (`KINDS`): max_words, lowercase, no_commas, keyword, forbidden_word, start_word,
+one_sentence; the generator leaves lowercase out by default (see `DEFAULT_KINDS`).
 An empty response (no word at all) satisfies nothing: otherwise stopping at once would
 trivially obey "no commas" or "at most N words".
 """
@@ -22,6 +23,7 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from inpo.data import Prompt
 from inpo.oracle.base import Oracle, OracleError
@@ -36,10 +38,15 @@ TEMPLATES: dict[str, str] = {
     "lowercase": "Write your whole answer in lowercase letters only.",
     "no_commas": "Do not use any commas in your answer.",
     "keyword": "Include the word '{word}' in your answer.",
+    "forbidden_word": "Do not use the word '{word}' in your answer.",
     "start_word": "Start your answer with the word '{word}'.",
     "one_sentence": "Answer in one sentence.",
 }
 KINDS: tuple[str, ...] = tuple(TEMPLATES)
+# What `constraint_prompts` draws from. Lowercase stays parseable but is left out: a small
+# chat model capitalises its first letter almost always (SmolLM2-135M: 3% pass), too rare
+# a success to learn from in a few iterations.
+DEFAULT_KINDS: tuple[str, ...] = tuple(k for k in KINDS if k != "lowercase")
 
 
 def _template_regex(template: str) -> re.Pattern[str]:
@@ -48,6 +55,7 @@ def _template_regex(template: str) -> re.Pattern[str]:
     return re.compile(pattern.replace(r"\ ", r"\s+"), re.IGNORECASE)
 
 
+_WORD_KINDS = ("keyword", "forbidden_word", "start_word")
 _PATTERNS = {kind: _template_regex(t) for kind, t in TEMPLATES.items()}
 
 # A word: letters/digits, with inner apostrophes or hyphens ("don't", "well-known").
@@ -57,6 +65,22 @@ _COMMAS = ",，"  # ASCII and full-width
 # followed by whitespace; a line break also ends one (lists, headings).
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"'”’)*])\s+|\n+")
 _TERMINATED = re.compile(r"[.!?][\"'”’)*]*$")
+
+
+def _base(word: str) -> str:
+    """Lowercased, without a possessive 's: "Sea's" counts as "sea"."""
+    w = word.lower()
+    for suffix in ("'s", "’s"):
+        w = w.removesuffix(suffix)
+    return w
+
+
+def _forms(word: str) -> set[str]:
+    """A word and its regular plurals."""
+    forms = {word, word + "s", word + "es"}
+    if word.endswith("y"):
+        forms.add(word[:-1] + "ies")
+    return forms
 
 
 def words(text: str) -> list[str]:
@@ -71,7 +95,8 @@ def sentences(text: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Constraint:
-    """One checkable constraint: ``n`` for max_words, ``word`` for keyword and start_word."""
+    """One checkable constraint: ``n`` for max_words, ``word`` for keyword, forbidden_word
+    and start_word."""
 
     kind: str
     n: int = 0
@@ -82,7 +107,7 @@ class Constraint:
             raise ValueError(f"constraint kind {self.kind!r}: unknown (known: {', '.join(KINDS)})")
         if self.kind == "max_words" and self.n < 1:
             raise ValueError(f"max_words needs n >= 1, got {self.n}")
-        if self.kind in ("keyword", "start_word") and not re.fullmatch(r"[A-Za-z]+", self.word):
+        if self.kind in _WORD_KINDS and not re.fullmatch(r"[A-Za-z]+", self.word):
             raise ValueError(f"{self.kind} needs a single word of letters, got {self.word!r}")
 
     def instruction(self) -> str:
@@ -109,12 +134,15 @@ class Constraint:
         if self.kind == "no_commas":
             return 1.0 / (1.0 + sum(text.count(c) for c in _COMMAS))
         target = self.word.lower()
-        lowered = [w.lower() for w in ws]
+        lowered = [_base(w) for w in ws]
         if self.kind == "keyword":
             if target in lowered:
                 return 1.0
             # An inflected form ("waves" for "wave") is close but not the word asked for.
             return 0.5 if any(w.startswith(target) for w in lowered) else 0.0
+        if self.kind == "forbidden_word":
+            # Its plural is the same word to a reader: "seas" breaks "do not use 'sea'".
+            return 1.0 / (1.0 + sum(w in _forms(target) for w in lowered))
         if self.kind == "start_word":
             # Case-insensitive, and leading quotes or markdown (**Yes**) do not count as words.
             # Credit decays with how late the word first appears: "Well, yes" gets 1/2.
@@ -146,7 +174,7 @@ def parse_constraint(prompt: Prompt) -> Constraint | None:
         for m in pattern.finditer(text):
             if kind == "max_words":
                 found.add(Constraint(kind, n=int(m.group(1))))
-            elif kind in ("keyword", "start_word"):
+            elif kind in _WORD_KINDS:
                 found.add(Constraint(kind, word=m.group(1)))
             else:
                 found.add(Constraint(kind))
@@ -208,58 +236,59 @@ def constraint_pass_rate(prompts: Sequence[Prompt], responses: Sequence[str]) ->
 
 # --- prompt generator -----------------------------------------------------------------
 
-# (topic, words related to it) for the keyword constraint.
-_TOPICS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("the sea", ("water", "waves", "salt")),
-    ("a cat", ("fur", "paws", "purr")),
-    ("rain", ("clouds", "wet", "umbrella")),
-    ("music", ("song", "rhythm", "melody")),
-    ("a big city", ("streets", "traffic", "buildings")),
-    ("bread", ("flour", "oven", "crust")),
-    ("the moon", ("night", "light", "orbit")),
-    ("a garden", ("flowers", "soil", "seeds")),
-    ("trains", ("tracks", "station", "travel")),
-    ("winter", ("snow", "cold", "ice")),
-    ("a library", ("books", "quiet", "reading")),
-    ("coffee", ("morning", "beans", "cup")),
-    ("mountains", ("peak", "climb", "rocks")),
-    ("a river", ("flow", "fish", "bank")),
-    ("friendship", ("trust", "kindness", "together")),
-    ("the sun", ("warm", "star", "bright")),
-    ("dogs", ("loyal", "bark", "walk")),
-    ("the forest", ("trees", "leaves", "green")),
-    ("cooking", ("recipe", "kitchen", "taste")),
-    ("summer", ("heat", "beach", "holiday")),
-    ("birds", ("wings", "feathers", "sing")),
-    ("the internet", ("online", "computer", "websites")),
-    ("football", ("ball", "team", "goal")),
-    ("chocolate", ("sweet", "cocoa", "dessert")),
-    ("the desert", ("sand", "dry", "camel")),
-    ("a birthday party", ("cake", "gifts", "friends")),
-    ("bicycles", ("wheels", "ride", "pedal")),
-    ("the ocean floor", ("deep", "dark", "creatures")),
-    ("learning a language", ("words", "practice", "grammar")),
-    ("a thunderstorm", ("lightning", "thunder", "wind")),
-    ("apples", ("fruit", "tree", "red")),
-    ("the night sky", ("stars", "dark", "planets")),
-    ("sleep", ("dreams", "bed", "rest")),
-    ("a museum", ("art", "history", "paintings")),
-    ("tea", ("leaves", "hot", "cup")),
-    ("autumn", ("leaves", "harvest", "orange")),
-    ("a small village", ("houses", "quiet", "neighbors")),
-    ("robots", ("machines", "metal", "program")),
-    ("the beach", ("sand", "waves", "shells")),
-    ("honey bees", ("hive", "honey", "flowers")),
-    ("a rainy day", ("puddles", "umbrella", "grey")),
-    ("volcanoes", ("lava", "eruption", "heat")),
-    ("a good book", ("story", "pages", "characters")),
-    ("the wind", ("air", "blow", "breeze")),
-    ("snow", ("white", "cold", "flakes")),
-    ("a market", ("food", "people", "prices")),
-    ("the human heart", ("blood", "beat", "body")),
-    ("pizza", ("cheese", "dough", "tomato")),
-    ("space travel", ("rocket", "astronauts", "planets")),
-    ("a quiet morning", ("sunrise", "calm", "birds")),
+# (topic, its subject word, words related to it): the subject is what "Do not use the word"
+# forbids (the model says it by habit), the related words are keyword candidates.
+_TOPICS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("the sea", "sea", ("water", "waves", "salt")),
+    ("a cat", "cat", ("fur", "paws", "purr")),
+    ("rain", "rain", ("clouds", "wet", "umbrella")),
+    ("music", "music", ("song", "rhythm", "melody")),
+    ("a big city", "city", ("streets", "traffic", "buildings")),
+    ("bread", "bread", ("flour", "oven", "crust")),
+    ("the moon", "moon", ("night", "light", "orbit")),
+    ("a garden", "garden", ("flowers", "soil", "seeds")),
+    ("trains", "train", ("tracks", "station", "travel")),
+    ("winter", "winter", ("snow", "cold", "ice")),
+    ("a library", "library", ("books", "quiet", "reading")),
+    ("coffee", "coffee", ("morning", "beans", "cup")),
+    ("mountains", "mountain", ("peak", "climb", "rocks")),
+    ("a river", "river", ("flow", "fish", "bank")),
+    ("friendship", "friendship", ("trust", "kindness", "together")),
+    ("the sun", "sun", ("warm", "star", "bright")),
+    ("dogs", "dog", ("loyal", "bark", "walk")),
+    ("the forest", "forest", ("trees", "leaves", "green")),
+    ("cooking", "cooking", ("recipe", "kitchen", "taste")),
+    ("summer", "summer", ("heat", "beach", "holiday")),
+    ("birds", "bird", ("wings", "feathers", "sing")),
+    ("the internet", "internet", ("online", "computer", "websites")),
+    ("football", "football", ("ball", "team", "goal")),
+    ("chocolate", "chocolate", ("sweet", "cocoa", "dessert")),
+    ("the desert", "desert", ("sand", "dry", "camel")),
+    ("a birthday party", "party", ("cake", "gifts", "friends")),
+    ("bicycles", "bicycle", ("wheels", "ride", "pedal")),
+    ("the ocean floor", "ocean", ("deep", "dark", "creatures")),
+    ("learning a language", "language", ("words", "practice", "grammar")),
+    ("a thunderstorm", "thunderstorm", ("lightning", "thunder", "wind")),
+    ("apples", "apple", ("fruit", "tree", "red")),
+    ("the night sky", "sky", ("stars", "dark", "planets")),
+    ("sleep", "sleep", ("dreams", "bed", "rest")),
+    ("a museum", "museum", ("art", "history", "paintings")),
+    ("tea", "tea", ("leaves", "hot", "cup")),
+    ("autumn", "autumn", ("leaves", "harvest", "orange")),
+    ("a small village", "village", ("houses", "quiet", "neighbors")),
+    ("robots", "robot", ("machines", "metal", "program")),
+    ("the beach", "beach", ("sand", "waves", "shells")),
+    ("honey bees", "bee", ("hive", "honey", "flowers")),
+    ("a rainy day", "rain", ("puddles", "umbrella", "grey")),
+    ("volcanoes", "volcano", ("lava", "eruption", "heat")),
+    ("a good book", "book", ("story", "pages", "characters")),
+    ("the wind", "wind", ("air", "blow", "breeze")),
+    ("snow", "snow", ("white", "cold", "flakes")),
+    ("a market", "market", ("food", "people", "prices")),
+    ("the human heart", "heart", ("blood", "beat", "body")),
+    ("pizza", "pizza", ("cheese", "dough", "tomato")),
+    ("space travel", "space", ("rocket", "astronauts", "planets")),
+    ("a quiet morning", "morning", ("sunrise", "calm", "birds")),
 )
 
 _TASKS_ON_TOPIC = (
@@ -273,48 +302,48 @@ _TASKS_ON_TOPIC = (
     "Write a few words about {}.",
 )
 
-# Standalone everyday tasks, with related words for the keyword constraint.
-_TASKS_ALONE: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Give advice for a job interview.", ("prepare", "confident", "questions")),
-    ("Explain why the sky is blue.", ("light", "sun", "air")),
-    ("Suggest a name for a pet dog.", ("name", "puppy", "friend")),
-    ("Explain how to make a cup of tea.", ("water", "boil", "leaves")),
-    ("Give a tip for sleeping better.", ("bed", "night", "rest")),
-    ("Describe your ideal weekend.", ("relax", "friends", "morning")),
-    ("Explain what a computer does.", ("data", "program", "screen")),
-    ("Give advice to a new student.", ("study", "friends", "classes")),
-    ("Explain why exercise is healthy.", ("body", "heart", "strong")),
-    ("Suggest a hobby for a rainy day.", ("reading", "painting", "games")),
-    ("Describe how plants grow.", ("sunlight", "water", "roots")),
-    ("Give a tip for saving money.", ("budget", "spend", "save")),
-    ("Explain why people travel.", ("places", "culture", "adventure")),
-    ("Describe a perfect breakfast.", ("eggs", "coffee", "toast")),
-    ("Give advice for learning to cook.", ("recipe", "practice", "kitchen")),
-    ("Explain why we need water.", ("drink", "body", "life")),
-    ("Suggest a gift for a friend.", ("book", "card", "flowers")),
-    ("Describe what makes a good teacher.", ("patient", "students", "kind")),
-    ("Give a tip for staying calm.", ("breathe", "slowly", "relax")),
-    ("Explain why leaves change color in autumn.", ("trees", "cold", "yellow")),
-    ("Give advice for a first day at work.", ("colleagues", "listen", "early")),
-    ("Explain how rainbows form.", ("light", "rain", "colors")),
-    ("Suggest a way to make new friends.", ("club", "talk", "smile")),
-    ("Describe how to plant a tree.", ("hole", "soil", "water")),
-    ("Give a tip for writing a letter.", ("clear", "short", "pen")),
-    ("Explain why people keep pets.", ("company", "love", "animals")),
-    ("Give advice for a long car trip.", ("snacks", "music", "rest")),
-    ("Explain what clouds are made of.", ("water", "droplets", "sky")),
-    ("Suggest a name for a new cafe.", ("coffee", "cozy", "bean")),
-    ("Give a tip for reading more books.", ("daily", "library", "time")),
-    ("Explain why the sea is salty.", ("salt", "rivers", "rocks")),
-    ("Describe a walk in the park.", ("trees", "path", "grass")),
-    ("Give advice for a rainy holiday.", ("indoors", "museum", "umbrella")),
-    ("Explain why people laugh.", ("funny", "joy", "friends")),
-    ("Suggest a quick healthy snack.", ("fruit", "nuts", "yogurt")),
-    ("Give a tip for keeping a room tidy.", ("clean", "shelf", "daily")),
-    ("Explain how a bicycle works.", ("pedals", "chain", "wheels")),
-    ("Describe the smell of fresh bread.", ("warm", "oven", "sweet")),
-    ("Give advice for speaking in public.", ("practice", "audience", "calm")),
-    ("Explain why the moon changes shape.", ("sun", "light", "orbit")),
+# Standalone everyday tasks, with their subject word and related words.
+_TASKS_ALONE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("Give advice for a job interview.", "interview", ("prepare", "confident", "questions")),
+    ("Explain why the sky is blue.", "sky", ("light", "sun", "air")),
+    ("Suggest a name for a pet dog.", "dog", ("name", "puppy", "friend")),
+    ("Explain how to make a cup of tea.", "tea", ("water", "boil", "leaves")),
+    ("Give a tip for sleeping better.", "sleep", ("bed", "night", "rest")),
+    ("Describe your ideal weekend.", "weekend", ("relax", "friends", "morning")),
+    ("Explain what a computer does.", "computer", ("data", "program", "screen")),
+    ("Give advice to a new student.", "student", ("study", "friends", "classes")),
+    ("Explain why exercise is healthy.", "exercise", ("body", "heart", "strong")),
+    ("Suggest a hobby for a rainy day.", "hobby", ("reading", "painting", "games")),
+    ("Describe how plants grow.", "plant", ("sunlight", "water", "roots")),
+    ("Give a tip for saving money.", "money", ("budget", "spend", "save")),
+    ("Explain why people travel.", "travel", ("places", "culture", "adventure")),
+    ("Describe a perfect breakfast.", "breakfast", ("eggs", "coffee", "toast")),
+    ("Give advice for learning to cook.", "cook", ("recipe", "practice", "kitchen")),
+    ("Explain why we need water.", "water", ("drink", "body", "life")),
+    ("Suggest a gift for a friend.", "gift", ("book", "card", "flowers")),
+    ("Describe what makes a good teacher.", "teacher", ("patient", "students", "kind")),
+    ("Give a tip for staying calm.", "calm", ("breathe", "slowly", "relax")),
+    ("Explain why leaves change color in autumn.", "leaves", ("trees", "cold", "yellow")),
+    ("Give advice for a first day at work.", "work", ("colleagues", "listen", "early")),
+    ("Explain how rainbows form.", "rainbow", ("light", "rain", "colors")),
+    ("Suggest a way to make new friends.", "friend", ("club", "talk", "smile")),
+    ("Describe how to plant a tree.", "tree", ("hole", "soil", "water")),
+    ("Give a tip for writing a letter.", "letter", ("clear", "short", "pen")),
+    ("Explain why people keep pets.", "pet", ("company", "love", "animals")),
+    ("Give advice for a long car trip.", "car", ("snacks", "music", "rest")),
+    ("Explain what clouds are made of.", "cloud", ("water", "droplets", "sky")),
+    ("Suggest a name for a new cafe.", "cafe", ("coffee", "cozy", "bean")),
+    ("Give a tip for reading more books.", "book", ("daily", "library", "time")),
+    ("Explain why the sea is salty.", "sea", ("rivers", "rocks", "minerals")),
+    ("Describe a walk in the park.", "park", ("trees", "path", "grass")),
+    ("Give advice for a rainy holiday.", "holiday", ("indoors", "museum", "umbrella")),
+    ("Explain why people laugh.", "laugh", ("funny", "joy", "friends")),
+    ("Suggest a quick healthy snack.", "snack", ("fruit", "nuts", "yogurt")),
+    ("Give a tip for keeping a room tidy.", "room", ("clean", "shelf", "daily")),
+    ("Explain how a bicycle works.", "bicycle", ("pedals", "chain", "wheels")),
+    ("Describe the smell of fresh bread.", "bread", ("warm", "oven", "sweet")),
+    ("Give advice for speaking in public.", "public", ("practice", "audience", "calm")),
+    ("Explain why the moon changes shape.", "moon", ("sun", "light", "orbit")),
 )
 
 # Words unrelated to any task: including them takes following the instruction, not the topic.
@@ -326,52 +355,67 @@ _START_WORDS = ("Yes", "No", "Sure", "Well", "Honestly", "Certainly", "Indeed", 
 _MAX_WORDS = range(8, 21)
 
 
-def _tasks() -> list[tuple[str, tuple[str, ...]]]:
-    on_topic = [(t.format(topic), rel) for topic, rel in _TOPICS for t in _TASKS_ON_TOPIC]
-    return on_topic + list(_TASKS_ALONE)
+class _Task(NamedTuple):
+    text: str
+    subject: str
+    related: tuple[str, ...]
 
 
-def _draw(kind: str, related: tuple[str, ...], rng: random.Random) -> Constraint:
+def _tasks() -> list[_Task]:
+    on_topic = [
+        _Task(t.format(topic), subject, related)
+        for topic, subject, related in _TOPICS
+        for t in _TASKS_ON_TOPIC
+    ]
+    return on_topic + [_Task(*row) for row in _TASKS_ALONE]
+
+
+def _draw(kind: str, task: _Task, rng: random.Random) -> Constraint:
     if kind == "max_words":
         return Constraint(kind, n=rng.choice(_MAX_WORDS))
     if kind == "keyword":
         # Half related to the task (often said anyway), half unrelated (needs following).
-        pool = related if rng.random() < 0.5 else _UNRELATED
+        pool = task.related if rng.random() < 0.5 else _UNRELATED
         return Constraint(kind, word=rng.choice(pool))
+    if kind == "forbidden_word":
+        return Constraint(kind, word=task.subject)
     if kind == "start_word":
         return Constraint(kind, word=rng.choice(_START_WORDS))
     return Constraint(kind)
 
 
-def constraint_prompts(n: int | None = None, seed: int = 0) -> list[list[dict[str, str]]]:
-    """``n`` distinct chat prompts (one user turn: a task, then one constraint); by default
-    one per task (440). Deterministic for ``seed``; the kinds take turns, so any slice of
-    consecutive prompts is balanced across them. Slice one call for disjoint train and
-    held-out sets: two seeds may share prompts."""
+def constraint_prompts(
+    n: int | None = None, seed: int = 0, kinds: Sequence[str] = DEFAULT_KINDS
+) -> list[list[dict[str, str]]]:
+    """``n`` distinct chat prompts (one user turn: a task, then one constraint of
+    ``kinds``); by default one per task (440). Deterministic for ``seed``; the kinds take
+    turns, so any slice of consecutive prompts is balanced across them, and a shorter list
+    is a prefix of a longer one: slice one call for disjoint train and held-out sets (two
+    seeds may share prompts)."""
     tasks = _tasks()
+    kinds = list(dict.fromkeys(kinds))
+    if not kinds or any(k not in TEMPLATES for k in kinds):
+        raise ValueError(f"constraint_prompts: kinds = {kinds}: choose from {', '.join(KINDS)}")
     total = len(tasks) if n is None else n
-    if not 0 <= total <= len(tasks) * len(KINDS):
-        raise ValueError(f"constraint_prompts: n = {n}: must lie in [0, {len(tasks) * len(KINDS)}]")
+    if not 0 <= total <= len(tasks) * len(kinds):
+        raise ValueError(f"constraint_prompts: n = {n}: must lie in [0, {len(tasks) * len(kinds)}]")
     rng = random.Random(seed)
     order = list(range(len(tasks)))
     rng.shuffle(order)
-    used_kinds: dict[str, set[str]] = {}
+    used: list[set[str]] = [set() for _ in tasks]  # kinds each task has had
     out: list[list[dict[str, str]]] = []
-    kinds: list[str] = []
-    i = 0
-    while len(out) < total:
-        if not kinds:  # a fresh shuffled round of every kind keeps prefixes balanced
-            kinds = list(KINDS)
-            rng.shuffle(kinds)
-        task, related = tasks[order[i % len(tasks)]]
-        i += 1
-        kind = kinds.pop()
+    turn: list[str] = []
+    for i in range(total):
+        if not turn:  # a fresh shuffled round of every kind keeps prefixes balanced
+            turn = list(kinds)
+            rng.shuffle(turn)
+        j = order[i % len(tasks)]
+        kind = turn.pop()
         # Past one pass over the tasks a task comes back with a kind it has not had yet,
-        # so prompts stay distinct even where a kind has few parameters (lowercase).
-        if kind in used_kinds.get(task, set()):
-            free = [k for k in KINDS if k not in used_kinds[task]]
-            kind = rng.choice(free)
-        used_kinds.setdefault(task, set()).add(kind)
-        c = _draw(kind, related, rng)
-        out.append([{"role": "user", "content": f"{task} {c.instruction()}"}])
+        # so prompts stay distinct even where a kind has no parameter (one_sentence).
+        if kind in used[j]:
+            kind = rng.choice([k for k in kinds if k not in used[j]])
+        used[j].add(kind)
+        c = _draw(kind, tasks[j], rng)
+        out.append([{"role": "user", "content": f"{tasks[j].text} {c.instruction()}"}])
     return out

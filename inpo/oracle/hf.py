@@ -23,7 +23,7 @@ def load_judge(model_dir: str, device: str, *, reward: bool) -> tuple[Any, Any]:
         AutoTokenizer,
     )
 
-    from inpo.learner.rank import resolve_dtype
+    from inpo.models import torch_dtype
 
     if model_dir.startswith(("/", ".")) and not Path(model_dir).is_dir():
         # Else transformers takes it for a malformed hub id and says so, confusingly.
@@ -31,7 +31,7 @@ def load_judge(model_dir: str, device: str, *, reward: bool) -> tuple[Any, Any]:
     cls = AutoModelForSequenceClassification if reward else AutoModelForCausalLM
     try:
         tok = AutoTokenizer.from_pretrained(model_dir)
-        model = cls.from_pretrained(model_dir, dtype=resolve_dtype("auto", device))
+        model = cls.from_pretrained(model_dir, dtype=torch_dtype("auto", device))
     except (OSError, ValueError) as e:
         raise OracleError(f"oracle.model = {model_dir}: cannot load the judge: {e}") from e
     if tok.pad_token_id is None:

@@ -31,12 +31,13 @@ def default_memory_fraction(device: str, shared_gpu: bool) -> float:
     return 0.35 if shared_gpu else 0.85
 
 
-def max_model_len(cfg: InpoConfig) -> int:
+def max_model_len(cfg: InpoConfig, probe_len: int = 0) -> int:
     """The longest sequence a run asks of vLLM: the longest prompt plus the longest
-    response (generation or eval). vLLM would otherwise reserve KV cache for the model's
-    whole context (8192 tokens for SmolLM2, 128K for Llama 3) and may not start."""
+    response (generation or eval), or the sync probe. vLLM would otherwise reserve KV
+    cache for the model's whole context (8192 tokens for SmolLM2, 128K for Llama 3) and
+    may not start."""
     longest_response = max(cfg.generation.max_new_tokens, cfg.eval.max_new_tokens or 0)
-    return cfg.data.max_prompt_tokens + longest_response
+    return max(cfg.data.max_prompt_tokens + longest_response, probe_len + 1)  # + 1 sampled
 
 
 class Generator:
@@ -62,7 +63,14 @@ class Generator:
 
 
 class GeneratorGroup(ActorGroup):
-    def __init__(self, model_dir: str, cfg: InpoConfig, device: str, slots: list[ActorSlot]):
+    def __init__(
+        self,
+        model_dir: str,
+        cfg: InpoConfig,
+        device: str,
+        slots: list[ActorSlot],
+        probe_len: int = 0,
+    ):
         gc = cfg.generation
         shared = any(0 < s.num_gpus < 1 for s in slots)
         engine_kwargs = {
@@ -73,7 +81,7 @@ class GeneratorGroup(ActorGroup):
             "tensor_parallel_size": gc.tensor_parallel_size,
             "enforce_eager": gc.enforce_eager or device == "cpu",
             "chunked_prefill": device != "cpu",
-            "max_model_len": max_model_len(cfg),
+            "max_model_len": max_model_len(cfg, probe_len),
         }
         self.sync_timeout = gc.sync_timeout_s
         # bf16 kernels in vLLM and in the learner round differently; fp32 agrees to ~1e-6.
