@@ -27,6 +27,16 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
+class LoraConfig(_Section):
+    r: int = Field(0, ge=0, description="LoRA rank; 0 = full fine-tuning.")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha: the update is scaled by alpha/r.")
+    target_modules: str | list[str] = Field(
+        "all-linear",
+        description="Modules that get adapters: 'all-linear' (every linear layer of attention "
+        "and MLP, not the output head) or a list of module names (q_proj, v_proj, ...).",
+    )
+
+
 class ModelConfig(_Section):
     policy: str = Field(
         TINY,
@@ -47,6 +57,7 @@ class ModelConfig(_Section):
     tiny_tied_embeddings: bool = Field(
         False, description="Tie input and output embeddings in the builtin tiny model."
     )
+    lora: LoraConfig = Field(default_factory=LoraConfig)
 
 
 class DataConfig(_Section):
@@ -90,7 +101,8 @@ class GenerationConfig(_Section):
         gt=0.0,
         le=1.0,
         description="vLLM memory fraction for weights + KV cache (on CPU: of host memory). "
-        "Default 0.85 on a GPU of its own, 0.35 when sharing one, 0.1 on CPU.",
+        "Default 0.85 on a GPU of its own, 0.35 when sharing one; on CPU by default an "
+        "explicit KV cache for 256 sequences of the run's longest (at most 2 GiB).",
     )
     enforce_eager: bool = Field(False, description="Disable CUDA graphs in vLLM.")
     sync_timeout_s: float = Field(600.0, gt=0, description="Timeout of one weight sync.")
@@ -380,10 +392,13 @@ def config_or_exit(path: str | Path | None, overrides: list[str] | None) -> Inpo
 def describe_fields() -> str:
     """Markdown reference of every field, from the schema's descriptions."""
     lines = ["| key | default | meaning |", "| --- | --- | --- |"]
-    defaults = InpoConfig().model_dump(mode="json")
-    for section, field in InpoConfig.model_fields.items():
-        cls = field.default_factory().__class__
+
+    def walk(cls: type[BaseModel], defaults: dict, prefix: str) -> None:
         for name, f in cls.model_fields.items():
-            default = defaults[section][name]
-            lines.append(f"| `{section}.{name}` | `{default}` | {f.description} |")
+            if f.default_factory is not None and isinstance(f.default_factory(), BaseModel):
+                walk(f.default_factory().__class__, defaults[name], f"{prefix}{name}.")
+            else:
+                lines.append(f"| `{prefix}{name}` | `{defaults[name]}` | {f.description} |")
+
+    walk(InpoConfig, InpoConfig().model_dump(mode="json"), "")
     return "\n".join(lines)

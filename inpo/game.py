@@ -191,6 +191,64 @@ def inpo_step(
     return _softmax_log(z)
 
 
+def token_class_shares(probs: ArrayLike, classes: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
+    """Class shares of next-token distributions: ``probs`` [..., V] over the vocabulary,
+    ``classes`` [V] the class of each token (`response_class` of its decoded text). Each
+    distribution's mass goes to its tokens' classes; the result [..., n] is normalised."""
+    p = np.asarray(probs, dtype=float)
+    cls = _token_classes(classes, n, p.shape[-1])
+    shares = p @ np.eye(n)[cls]
+    return shares / shares.sum(axis=-1, keepdims=True)
+
+
+def inpo_token_step(
+    pi_t: ArrayLike,
+    pi_ref: ArrayLike,
+    classes: Sequence[int] | np.ndarray,
+    m: ArrayLike,
+    eta: float,
+    tau: float,
+) -> np.ndarray:
+    """One exact INPO step at the token level, for a policy whose response is one token:
+    pi_{t+1}(y) ∝ pi_t(y)^(1 - tau/eta) * pi_ref(y)^(tau/eta) * exp(P(class(y) > pi_t) / eta)
+    over every token y, with P(c > pi_t) = M[c] . (class shares of pi_t). Unlike
+    `inpo_step` it is exact whether or not pi_t / pi_ref is constant within each class,
+    so it is the step to hold a learned policy to. ``pi_t`` and ``pi_ref`` are [..., V]
+    (one row per prompt, say), ``classes`` [V]; returns [..., V]."""
+    mat = check_matrix(m)
+    n = mat.shape[0]
+    p, ref = np.asarray(pi_t, dtype=float), np.asarray(pi_ref, dtype=float)
+    if p.shape != ref.shape:
+        raise ValueError(f"inpo_token_step: pi_t {p.shape} and pi_ref {ref.shape} differ")
+    for name, a in (("pi_t", p), ("pi_ref", ref)):
+        if not (np.all(a >= 0.0) and np.all(np.isfinite(a))):
+            raise ValueError(f"inpo_token_step: {name} has negative or non-finite entries")
+        if np.any(np.abs(a.sum(axis=-1) - 1.0) > 1e-6):
+            raise ValueError(f"inpo_token_step: a row of {name} does not sum to 1")
+    if not eta > 0.0 or not math.isfinite(eta):
+        raise ValueError(f"inpo_token_step: eta = {eta} must be > 0")
+    if not 0.0 <= tau < eta:
+        raise ValueError(f"inpo_token_step: tau = {tau} must be in [0, eta = {eta})")
+    cls = _token_classes(classes, n, p.shape[-1])
+    alpha = tau / eta
+    wins = token_class_shares(p, cls, n) @ mat.T  # [..., n]: P(c > pi_t) per class
+    z = (1.0 - alpha) * _log(p) + wins[..., cls] / eta
+    if alpha > 0.0:  # as in inpo_step: pi_ref^0 = 1 even where pi_ref is 0
+        z = z + alpha * _log(ref)
+    z = z - np.max(z, axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _token_classes(classes: Sequence[int] | np.ndarray, n: int, vocab: int) -> np.ndarray:
+    cls = np.asarray(classes)
+    if cls.shape != (vocab,) or not np.issubdtype(cls.dtype, np.integer):
+        raise ValueError(f"token classes: expected {vocab} integers, got {cls.dtype} {cls.shape}")
+    if vocab and (cls.min() < 0 or cls.max() >= n):
+        raise ValueError(f"token classes must lie in 0..{n - 1}")
+    return cls
+
+
 def inpo_trajectory(
     pi_0: ArrayLike, pi_ref: ArrayLike, m: ArrayLike, eta: float, tau: float, steps: int
 ) -> list[np.ndarray]:

@@ -63,15 +63,25 @@ def cache_logprobs(
     group: LearnerGroup, pairs: TokenizedPairs, pi_t_dir: str, reference_dir: str, path: Path
 ) -> dict[str, torch.Tensor]:
     """log pi_ref and log pi_t of every pair, computed once and kept in ``path``; a cache
-    computed from other inputs (pairs, models, dtype, length normalisation) is redone."""
+    computed from other inputs (pairs, models, dtype, length normalisation) is redone.
+
+    pi_t is the training model itself before its first step (the engine is built here and
+    kept for the learn stage), so no frozen copy of pi_t is ever loaded. pi_ref is pi_t in
+    iteration 1, the same model with its adapter off under LoRA, and only otherwise (full
+    fine-tuning from iteration 2 on) a frozen copy, scored before the engine exists.
+    """
     from safetensors.torch import load_file, save_file
 
+    from inpo.learner.rank import adapter_base
+
+    cfg = group.cfg
     inputs = {
         "pairs": pairs_fingerprint(pairs),
         "pi_t": model_identity(pi_t_dir),
         "pi_ref": model_identity(reference_dir),
         "dtype": group.dtype,
-        "normalize_length": str(group.cfg.loss.normalize_length),
+        "normalize_length": str(cfg.loss.normalize_length),
+        "lora": digest(cfg.model.lora.model_dump(mode="json")),
     }
     if path.exists():
         from safetensors import safe_open
@@ -81,10 +91,19 @@ def cache_logprobs(
         if old == inputs:
             return load_file(str(path))
         print(f"{path}: computed for other inputs ({_differs(old, inputs)}); recomputing")
-    ref = group.compute_logps(reference_dir, len(pairs), desc="logps pi_ref")
+    n = len(pairs)
+    ref_is_pi_t = inputs["pi_t"] == inputs["pi_ref"]
+    ref_is_base = bool(cfg.model.lora.r) and (
+        Path(adapter_base(pi_t_dir)).resolve() == Path(reference_dir).resolve()
+    )
+    ref = None
+    if not (ref_is_pi_t or ref_is_base):
+        ref = group.compute_logps(n, "frozen", reference_dir, desc="logps pi_ref")
+    group.build_engine(pi_t_dir, total_steps(cfg, n))
+    pi_t = group.compute_logps(n, "engine", desc="logps pi_t")
     crash_point("logps")
-    same = inputs["pi_t"] == inputs["pi_ref"]
-    pi_t = ref if same else group.compute_logps(pi_t_dir, len(pairs), desc="logps pi_t")
+    if ref is None:
+        ref = pi_t if ref_is_pi_t else group.compute_logps(n, "base", desc="logps pi_ref")
     cache = cache_from_logps(ref, pi_t)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"inputs": json.dumps(inputs)}

@@ -278,9 +278,15 @@ class Trainer:
         return info
 
     def _eval_ref(self) -> dict:
+        from inpo.evaluate import mean_length
+
         rows = self._eval_rows("eval_ref", self.reference)
         write_jsonl_atomic(self.run_dir / "eval_ref.jsonl", rows)
-        return {"prompts": len(rows), **_extra_eval(self.cfg, rows)}
+        return {
+            "prompts": len(rows),
+            "mean_length": mean_length(rows),
+            **_extra_eval(self.cfg, rows),
+        }
 
     def _eval_init(self) -> dict:
         rows = self._eval_rows("eval_init", self.policy(1))
@@ -416,8 +422,8 @@ class Trainer:
     def rows(self) -> list[dict[str, Any]]:
         from inpo.report import init_row, iteration_row
 
-        rows = [init_row(self.state)] if init_row(self.state) else []
-        return rows + [
+        first = init_row(self.state)
+        return ([first] if first else []) + [
             iteration_row(self.state, t)
             for t in range(1, self.cfg.run.iterations + 1)
             if self.state.iteration_done(t)

@@ -19,6 +19,7 @@ COLUMNS = (
     ("win vs ref [95% CI]", "win_vs_ref", None),
     ("win vs prev [95% CI]", "win_vs_prev", None),
     ("len", "mean_length", "{:.1f}"),
+    ("pass", "pass_rate", "{:.3f}"),
     ("time s", None, None),
 )
 LEARN_SCALARS = ("loss", "margin", "margin_error", "grad_norm", "lr")
@@ -37,11 +38,14 @@ def iteration_row(state: RunState, t: int) -> dict[str, Any]:
 
 
 def init_row(state: RunState) -> dict[str, Any] | None:
-    """pi_1 against pi_ref, when the run evaluated pi_1 (model.reference != model.policy)."""
-    if not state.is_done(0, "eval_init"):
-        return None
-    info = state.info(0, "eval_init")
-    return {"iteration": 0, **{k: v for k, v in info.items() if k not in ("seconds", "outputs")}}
+    """Iteration 0, the initial policy pi_1: its win rate against pi_ref when they differ
+    (model.reference), else pi_ref's own eval numbers (length, pass rate)."""
+    for stage in ("eval_init", "eval_ref"):
+        if state.is_done(0, stage):
+            info = state.info(0, stage)
+            shown = {k: v for k, v in info.items() if k not in ("seconds", "outputs", "prompts")}
+            return {"iteration": 0, **shown}
+    return None
 
 
 def _cell(row: dict[str, Any], key, fmt: str | None, title: str) -> str:

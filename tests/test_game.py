@@ -19,10 +19,12 @@ from inpo.game import (
     exploitability,
     fixed_point_residual,
     inpo_step,
+    inpo_token_step,
     inpo_trajectory,
     nash_equilibrium,
     regularized_nash,
     response_class,
+    token_class_shares,
     tv,
 )
 from inpo.oracle.base import Oracle
@@ -223,6 +225,68 @@ def test_inpo_step_keeps_zeros():
 def test_inpo_step_rejects(pi, eta, tau):
     with pytest.raises(ValueError):
         inpo_step(pi, UNIFORM3, cyclic_matrix(3, 0.9), eta, tau)
+
+
+def test_token_class_shares():
+    probs = [0.1, 0.2, 0.3, 0.4]
+    assert token_class_shares(probs, [0, 0, 2, 1], 3).tolist() == pytest.approx([0.3, 0.4, 0.3])
+    rows = token_class_shares([probs, [0.0, 0.0, 0.5, 0.5]], [0, 0, 2, 1], 3)
+    assert rows == pytest.approx(np.array([[0.3, 0.4, 0.3], [0.0, 0.5, 0.5]]))
+    with pytest.raises(ValueError):
+        token_class_shares(probs, [0, 0, 3, 1], 3)
+    with pytest.raises(ValueError):
+        token_class_shares(probs, [0, 0, 1], 3)
+
+
+def test_inpo_token_step_matches_hand_computation():
+    # 4 tokens in classes 0, 0, 1, 2 with a ratio to pi_ref that varies within class 0
+    pi_t, ref, classes = [0.2, 0.3, 0.4, 0.1], [0.25, 0.25, 0.25, 0.25], [0, 0, 1, 2]
+    eta, tau = 1.0, 0.5
+    # class shares of pi_t: .5, .4, .1; P(c > pi_t) = row c of the 0.9 cycle dotted with them
+    wins = [0.25 + 0.04 + 0.09, 0.45 + 0.20 + 0.01, 0.05 + 0.36 + 0.05]  # .38, .66, .46
+    un = [math.sqrt(pi_t[y] * ref[y]) * math.exp(wins[c] / eta) for y, c in enumerate(classes)]
+    expected = [u / sum(un) for u in un]
+    got = inpo_token_step(pi_t, ref, classes, cyclic_matrix(3, 0.9), eta, tau)
+    assert got.tolist() == pytest.approx(expected, abs=1e-12)
+    # one row per prompt: each row is stepped on its own
+    rows = inpo_token_step([pi_t, ref], [ref, ref], classes, cyclic_matrix(3, 0.9), eta, tau)
+    assert rows[0].tolist() == pytest.approx(expected, abs=1e-12)
+    assert rows[1].tolist() == pytest.approx(
+        inpo_token_step(ref, ref, classes, cyclic_matrix(3, 0.9), eta, tau).tolist(), abs=1e-15
+    )
+
+
+def test_inpo_token_step_is_the_response_level_step():
+    # the same step as inpo_step over tokens with the class matrix expanded to tokens, and
+    # its class shares differ from the class-level step when the ratio to pi_ref varies
+    rng = random.Random(3)
+    m = random_matrix(3, rng)
+    classes = [0, 2, 1, 0, 2, 2, 1]
+    big = [[m[a][b] for b in classes] for a in classes]
+    pi, ref = ([rng.random() for _ in classes] for _ in range(2))
+    pi, ref = [x / sum(pi) for x in pi], [x / sum(ref) for x in ref]
+    got = inpo_token_step(pi, ref, classes, m, 0.6, 0.25)
+    assert got.tolist() == pytest.approx(inpo_step(pi, ref, big, 0.6, 0.25).tolist(), abs=1e-12)
+    coarse = inpo_step(
+        token_class_shares(pi, classes, 3), token_class_shares(ref, classes, 3), m, 0.6, 0.25
+    )
+    assert tv(token_class_shares(got, classes, 3), coarse) > 1e-3
+
+
+def test_inpo_token_step_keeps_zeros_and_rejects():
+    m, classes = cyclic_matrix(3, 0.9), [0, 1, 2, 2]
+    assert inpo_token_step([0.0, 0.5, 0.3, 0.2], [0.25] * 4, classes, m, 1.0, 0.3)[0] == 0.0
+    assert inpo_token_step([0.25] * 4, [0.0, 0.5, 0.3, 0.2], classes, m, 1.0, 0.3)[0] == 0.0
+    assert inpo_token_step([0.25] * 4, [0.0, 0.5, 0.3, 0.2], classes, m, 1.0, 0.0)[0] > 0.0
+    for pi, ref, eta, tau in [
+        ([0.25] * 4, [0.25] * 4, 1.0, 1.0),  # tau >= eta
+        ([0.25] * 4, [0.25] * 4, 0.0, 0.0),  # eta = 0
+        ([0.3] * 4, [0.25] * 4, 1.0, 0.1),  # does not sum to 1
+        ([0.25] * 4, [0.5, 0.5], 1.0, 0.1),  # shapes differ
+        ([0.5, 0.5, 0.5, -0.5], [0.25] * 4, 1.0, 0.1),  # negative
+    ]:
+        with pytest.raises(ValueError):
+            inpo_token_step(pi, ref, classes, m, eta, tau)
 
 
 # --- regularized Nash ---------------------------------------------------------------

@@ -273,3 +273,34 @@ def test_learn_refuses_stale_state_and_drops_pairs_that_do_not_fit(
     )
     assert [m["step"] for m in _metrics(out)] == [1, 2]  # 32 pairs / 16: all redone
     assert not (out / "checkpoints").exists()
+
+
+def test_lora_learn_zero2_saves_a_peft_adapter_and_the_merged_policy(tmp_path, tiny_model):
+    """model.lora.r > 0: only the adapter trains; pi_t and pi_ref come from the training
+    model itself (no frozen copy); the policy directory holds the merged weights and, in
+    adapter/, the adapter in peft format on the base model."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    pairs = write_pairs(tmp_path / "pairs.jsonl", 32, seed=8)
+    out = tmp_path / "out"
+    r = run_learn(pairs, tiny_model, out, *LEARN_ARGS, "model.lora.r=8", "learner.epochs=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "logps pi_t" in r.stderr and "logps pi_ref" not in r.stderr  # one pass, no copy
+    rows = _metrics(out)
+    assert abs(rows[0]["margin"]) < 1e-5  # pi = pi_t = pi_ref: a new adapter changes nothing
+    assert rows[-1]["margin_error"] < 0.5 * rows[0]["margin_error"]
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    peft = PeftModel.from_pretrained(base, str(out / "policy" / "adapter")).eval()
+    merged = AutoModelForCausalLM.from_pretrained(out / "policy", dtype=torch.float32).eval()
+    x = torch.randint(3, 90, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(peft(input_ids=x).logits, merged(input_ids=x).logits)
+    # the base weights did not move: everything learned is in the adapter
+    plain = load_file(str(tiny_model / "model.safetensors"))
+    saved = load_file(str(out / "policy" / "model.safetensors"))
+    assert torch.equal(plain["model.embed_tokens.weight"], saved["model.embed_tokens.weight"])
+    assert not torch.equal(
+        plain["model.layers.0.self_attn.q_proj.weight"],
+        saved["model.layers.0.self_attn.q_proj.weight"],
+    )

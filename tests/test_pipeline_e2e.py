@@ -71,8 +71,9 @@ def test_full_run_reports_everything(full_run):
     run, r = full_run
     assert "win vs ref [95% CI]" in r.stdout and "final policy:" in r.stdout
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [row["iteration"] for row in rows] == [1, 2]
-    for row in rows:
+    assert [row["iteration"] for row in rows] == [0, 1, 2]  # 0: the initial policy
+    assert rows[0]["mean_length"] > 0 and "win_vs_ref" not in rows[0]  # pi_1 = pi_ref
+    for row in rows[1:]:
         assert row["pairs"] > 0 and row["comparisons"] == row["prompts"] * 5  # K=4: 3K/2-1
         assert 0 <= row["win_vs_ref_ci"][0] <= row["win_vs_ref"] <= row["win_vs_ref_ci"][1] <= 1
         assert row["sync_max_token_diff"] < 1e-4
@@ -220,7 +221,7 @@ def test_paper_pairpm_recipe_zero3_three_iterations_and_resume(tmp_path, judge_d
     cfg = yaml.safe_load((whole / "config.yaml").read_text())
     assert cfg["deepspeed"]["zero_stage"] == 3 and cfg["model"]["dtype"] == "bfloat16"
     rows = [json.loads(x) for x in (whole / "metrics.jsonl").read_text().splitlines()]
-    assert [row["iteration"] for row in rows] == [1, 2, 3]
+    assert [row["iteration"] for row in rows] == [0, 1, 2, 3]
     assert final_weights(whole, 3)["model.norm.weight"].dtype == torch.bfloat16
     r = inpo_train(*args, f"run.dir={cut}", crash_at="logps.written#2")
     assert r.returncode == -9, r.stderr[-3000:]
@@ -273,6 +274,30 @@ def test_paper_reward_recipe_on_a_base_model_with_another_reference(tmp_path):
     assert len(init) == len(first) == 8
     pairs = [json.loads(x) for x in (run / "iter_1" / "pairs.jsonl").read_text().splitlines()]
     assert all(isinstance(p["prompt"], str) for p in pairs)
+
+
+def test_lora_zero3_two_iterations_resume_after_sigkill(tmp_path):
+    """LoRA under ZeRO-3 with 2 ranks: the same adapter trains across iterations, step
+    checkpoints hold the adapter and its optimizer state, and a run SIGKILLed while
+    learning resumes to exactly the weights of an uninterrupted one."""
+    lora = [*SMALL, "model.lora.r=8", "deepspeed.zero_stage=3", "learner.num_ranks=2"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    r = inpo_train(*lora, f"run.dir={whole}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    first = json.loads((whole / "iter_1" / "learn_metrics.jsonl").read_text().splitlines()[0])
+    assert abs(first["margin"]) < 1e-5
+    for t in (1, 2):
+        assert (whole / f"iter_{t}" / "policy" / "adapter" / "adapter_model.safetensors").exists()
+    r = inpo_train(*lora, f"run.dir={cut}", crash_at="learn.step3#1")
+    assert r.returncode == -9, r.stderr[-3000:]
+    r = inpo_train("--resume", str(cut))
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = final_weights(whole), final_weights(cut)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    adapter = "iter_2/policy/adapter/adapter_model.safetensors"
+    x, y = load_file(str(whole / adapter)), load_file(str(cut / adapter))
+    assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
 ORACLE = """

@@ -45,17 +45,25 @@ class LearnerGroup(ActorGroup):
 
         self.call("set_cache", ray.put(cache))
 
-    def compute_logps(self, model_dir: str, num_pairs: int, desc: str = "logps") -> torch.Tensor:
-        """[num_pairs, 2] chosen/rejected log-probs under the frozen model at model_dir."""
+    def compute_logps(
+        self, num_pairs: int, source: str, model_dir: str | None = None, desc: str = "logps"
+    ) -> torch.Tensor:
+        """[num_pairs, 2] chosen/rejected log-probs under ``source`` (LearnerRank.logps):
+        "engine" (pi_t, before the first step), "base" (the LoRA base: pi_ref) or "frozen"
+        (a copy of the model at ``model_dir`` loaded on every rank, then dropped)."""
         out = torch.zeros(num_pairs, 2)
-        share = max(self.call("load_frozen", model_dir))
+        if source == "frozen":
+            share = max(self.call("load_frozen", model_dir))
+        else:
+            share = -(-num_pairs // len(self.actors))
         chunk = 8 * self.cfg.learner.logprob_batch_size
         with tqdm(total=num_pairs, desc=desc, unit="pair", dynamic_ncols=True) as bar:
             for lo in range(0, share, chunk):
-                for indices, logps in self.call("frozen_logps", lo, lo + chunk):
+                for indices, logps in self.call("logps", lo, lo + chunk, source):
                     out[indices] = logps
                     bar.update(len(indices))
-        self.call("drop_frozen")
+        if source == "frozen":
+            self.call("drop_frozen")
         return out
 
     def build_engine(self, policy_dir: str, total_steps: int) -> None:

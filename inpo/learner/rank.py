@@ -11,6 +11,7 @@ import gc
 import json
 import os
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,22 @@ def save_hf_policy(state: dict[str, torch.Tensor], config, tokenizer_src: str, o
     return weights_digest((name, tensor_digest(t)) for name, t in state.items())
 
 
+ADAPTER_DIR = "adapter"
+
+
+def adapter_base(policy_dir: str) -> str:
+    """The base model a LoRA policy's adapter sits on, or the directory itself."""
+    config = Path(policy_dir) / ADAPTER_DIR / "adapter_config.json"
+    if config.is_file():
+        return json.loads(config.read_text())["base_model_name_or_path"]
+    return policy_dir
+
+
+def hf_name(peft_name: str) -> str:
+    """A peft model's parameter name as the base model's (Hugging Face) name."""
+    return peft_name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+
+
 class LearnerRank:
     def __init__(self, rank: int, world: int, cfg: InpoConfig, device: str):
         self.rank, self.world, self.cfg, self.device = rank, world, cfg, device
@@ -101,6 +118,8 @@ class LearnerRank:
         self.pad_id = 0
         self.mine: list[int] = []
         self.cache: dict[str, torch.Tensor] = {}
+        self.engine_key: tuple[str, int] | None = None  # (pi_t dir, total steps) it was built for
+        self.steps_taken = 0
         if device == "cpu":
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
@@ -139,6 +158,7 @@ class LearnerRank:
 
     def set_data(self, pairs: TokenizedPairs, pad_id: int) -> None:
         self.pairs, self.pad_id = pairs, pad_id
+        self.mine = list(range(self.rank, len(pairs), self.world))
 
     def set_cache(self, cache: dict[str, torch.Tensor]) -> None:
         self.cache = cache
@@ -161,24 +181,39 @@ class LearnerRank:
 
     # --- cached log-probs -------------------------------------------------
     def load_frozen(self, model_dir: str) -> int:
-        """Load a frozen model (pi_ref or pi_t) to score this rank's share of the pairs;
-        returns the size of that share."""
+        """Load a frozen model (a pi_ref the training model cannot give) to score this rank's
+        share of the pairs; returns the largest share of any rank."""
         assert self.pairs is not None
         self.frozen = self._load_hf(model_dir).eval()
-        self.mine = list(range(self.rank, len(self.pairs), self.world))
-        return len(self.mine)
+        return -(-len(self.pairs) // self.world)
 
     @torch.no_grad()
-    def frozen_logps(self, lo: int, hi: int) -> tuple[list[int], torch.Tensor]:
-        """(pair indices, [n, 2] chosen/rejected log-probs) for share positions lo..hi."""
+    def logps(self, lo: int, hi: int, source: str) -> tuple[list[int], torch.Tensor]:
+        """(pair indices, [n, 2] chosen/rejected log-probs) of share positions lo..hi under
+        ``source``: "frozen", "engine" (the training model as it is: pi_t before the first
+        step) or "base" (the training model with its LoRA adapter off: pi_ref).
+
+        Every rank runs the same number of batches (a short share pads with pair 0): under
+        ZeRO-3 each forward gathers parameters from all ranks."""
         part = self.mine[lo:hi]
+        largest = -(-len(self.pairs) // self.world)
+        padded = part + [0] * (max(0, min(hi, largest) - lo) - len(part))
+        model = self.frozen if source == "frozen" else self.engine
+        adapter_off = source == "base"
+        if model is self.engine:
+            model.eval()
         bs = self.cfg.learner.logprob_batch_size
         out = [torch.zeros(0, 2)]
-        for i in range(0, len(part), bs):
-            batch = self._to_device(self._collate(part[i : i + bs]))
-            c, r = forward_logps(self.frozen, batch, self.cfg.loss.normalize_length)
-            out.append(torch.stack([c, r], dim=1).float().cpu())
-        return part, torch.cat(out)
+        try:
+            for i in range(0, len(padded), bs):
+                batch = self._to_device(self._collate(padded[i : i + bs]))
+                with self.engine.module.disable_adapter() if adapter_off else nullcontext():
+                    c, r = forward_logps(model, batch, self.cfg.loss.normalize_length)
+                out.append(torch.stack([c, r], dim=1).float().cpu())
+        finally:
+            if model is self.engine:
+                model.train()
+        return part, torch.cat(out)[: len(part)]
 
     def drop_frozen(self) -> None:
         self.frozen = None
@@ -208,35 +243,42 @@ class LearnerRank:
         return config
 
     def build_engine(self, policy_dir: str, total_steps: int) -> None:
-        """Fresh model, optimizer and schedule from ``policy_dir`` (= pi_t)."""
+        """Model, optimizer and schedule from ``policy_dir`` (= pi_t). An engine built for
+        the same pi_t and schedule that has not stepped yet is kept (the logps stage built
+        it to score pi_t)."""
         import deepspeed
         from transformers import AutoConfig
         from transformers.integrations import HfDeepSpeedConfig, unset_hf_deepspeed_config
 
+        if self.engine is not None and self.engine_key == (policy_dir, total_steps):
+            if self.steps_taken == 0:
+                return
         self.release()
         lc = self.cfg.learner
         self.policy_dir = policy_dir
-        self.hf_config = AutoConfig.from_pretrained(policy_dir)  # saved as is, dropout included
+        base = adapter_base(policy_dir)
+        self.hf_config = AutoConfig.from_pretrained(base)  # saved as is, dropout included
         ds_config = self.ds_config()
         # With ZeRO-3 this registration makes from_pretrained build the model partitioned.
-        # It must not outlive the load: every later from_pretrained (frozen pi_ref / pi_t,
-        # probes) would build partitioned, empty parameters too.
-        hf_ds = (
-            HfDeepSpeedConfig(ds_config) if ds_config["zero_optimization"]["stage"] == 3 else None
-        )
+        # It must not outlive the load: every later from_pretrained (frozen pi_ref, probes)
+        # would build partitioned, empty parameters too.
+        zero3 = ds_config["zero_optimization"]["stage"] == 3
+        hf_ds = HfDeepSpeedConfig(ds_config) if zero3 else None
         try:
-            model = self._load_hf(policy_dir, to_device=False)  # DeepSpeed places (or shards) it
+            model = self._load_hf(base, to_device=False)  # DeepSpeed places (or shards) it
         finally:
             del hf_ds
             unset_hf_deepspeed_config()
+        torch.manual_seed(self.cfg.run.seed)  # a new adapter starts the same on every rank
+        model = self._with_adapter(model, policy_dir)
         if lc.gradient_checkpointing:
             model.gradient_checkpointing_enable()
+            if self.cfg.model.lora.r:
+                model.enable_input_require_grads()  # the frozen embeddings give no grad
         model.config.use_cache = False
+        trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
-            model.parameters(),
-            lr=lc.lr,
-            betas=tuple(lc.adam_betas),
-            weight_decay=lc.weight_decay,
+            trainable, lr=lc.lr, betas=tuple(lc.adam_betas), weight_decay=lc.weight_decay
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, cosine_lr_lambda(total_steps, lc.warmup_ratio, lc.min_lr_ratio)
@@ -245,6 +287,27 @@ class LearnerRank:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
         )
         self.engine.train()
+        self.engine_key, self.steps_taken = (policy_dir, total_steps), 0
+
+    def _with_adapter(self, model, policy_dir: str):
+        """With model.lora.r > 0: the LoRA adapter of pi_t (saved under policy_dir/adapter
+        from iteration 2 on), trainable, or a new one on the base model."""
+        lora = self.cfg.model.lora
+        if not lora.r:
+            return model
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        adapter = Path(policy_dir) / ADAPTER_DIR
+        if adapter.is_dir():
+            return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+        config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            target_modules=lora.target_modules,
+            lora_dropout=0.0,
+            bias="none",
+        )
+        return get_peft_model(model, config)
 
     def train_step(self, step: int) -> dict[str, float]:
         """One optimizer step on global batch ``step``; metrics averaged over all ranks."""
@@ -267,6 +330,7 @@ class LearnerRank:
             losses, margin, target = L.objective(loss_cfg, chosen, rejected, cache, p_label)
             self.engine.backward(losses.mean())
             self.engine.step()
+            self.steps_taken += 1
             with torch.no_grad():
                 error = (margin - target).abs() if target is not None else torch.zeros_like(margin)
                 for key, values in (
@@ -297,7 +361,12 @@ class LearnerRank:
     # --- checkpoints and outputs ------------------------------------------
     def save_checkpoint(self, path: str, step: int) -> None:
         """DeepSpeed state (weights, optimizer, schedule) + this rank's RNG; all ranks call."""
-        self.engine.save_checkpoint(path, tag="state", client_state={"step": step})
+        self.engine.save_checkpoint(
+            path,
+            tag="state",
+            client_state={"step": step},
+            exclude_frozen_parameters=bool(self.cfg.model.lora.r),  # the base is on disk
+        )
         rng = {"torch": torch.get_rng_state()}
         if self.device == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state()
@@ -305,39 +374,82 @@ class LearnerRank:
 
     def load_checkpoint(self, path: str) -> int:
         _, client = self.engine.load_checkpoint(
-            path, tag="state", load_optimizer_states=True, load_lr_scheduler_states=True
+            path,
+            tag="state",
+            load_optimizer_states=True,
+            load_lr_scheduler_states=True,
+            load_module_strict=not self.cfg.model.lora.r,
         )
+        self.steps_taken = int(client["step"])
         rng = torch.load(Path(path) / f"rng_rank{self.rank}.pt", weights_only=False)
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng:
             torch.cuda.set_rng_state(rng["cuda"])
         return int(client["step"])
 
-    def _gathered_state(self) -> dict[str, torch.Tensor]:
-        """Full weights on rank 0 (ZeRO-3 shards gathered one tensor at a time)."""
+    def _gathered_state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(full Hugging Face weights, LoRA adapter weights by peft name) on rank 0; ZeRO-3
+        shards are gathered a tensor at a time. A LoRA layer's weight is merged,
+        W + (alpha/r) B A, so vLLM and plain transformers load the policy as is."""
         import deepspeed
 
-        state = {}
         module = self.engine.module
+        merged: dict[str, tuple] = {}  # base weight name -> (lora A, lora B, scale)
+        if self.cfg.model.lora.r:
+            from peft.tuners.lora import LoraLayer
+
+            for name, m in module.named_modules():
+                if isinstance(m, LoraLayer) and "default" in m.lora_A:
+                    a, b = m.lora_A["default"].weight, m.lora_B["default"].weight
+                    merged[f"{name}.base_layer.weight"] = (a, b, m.scaling["default"])
+        state, adapter = {}, {}
         for name, p in module.named_parameters():
-            gather = hasattr(p, "ds_id")
-            with deepspeed.zero.GatheredParameters([p], enabled=gather):
-                if self.rank == 0:
-                    state[name] = p.detach().to(self.dtype).cpu().clone()
+            extra = merged.get(name)
+            group = [p, *extra[:2]] if extra else [p]
+            with deepspeed.zero.GatheredParameters(group, enabled=hasattr(p, "ds_id")):
+                if self.rank != 0:
+                    continue
+                if ".lora_" in name:
+                    adapter[name] = p.detach().cpu().clone()
+                    continue
+                w = p.detach().float()
+                if extra:
+                    w = w + extra[2] * (extra[1].detach().float() @ extra[0].detach().float())
+                state[hf_name(name)] = w.to(self.dtype).cpu().clone()
         if self.rank == 0:
             keys = set(module.state_dict().keys())
             for name, b in module.named_buffers():
                 if name in keys:
-                    state[name] = b.detach().cpu().clone()
-        return state
+                    state[hf_name(name)] = b.detach().cpu().clone()
+        return state, adapter
 
     def save_policy(self, out_dir: str) -> str | None:
-        """The current policy as a Hugging Face directory; all ranks call, rank 0 writes
-        and returns the hash of the tensors written."""
-        state = self._gathered_state()
-        if self.rank == 0:
-            return save_hf_policy(state, self.hf_config, self.policy_dir, Path(out_dir))
-        return None
+        """The current policy as a Hugging Face directory (LoRA merged in), plus, with LoRA,
+        the adapter in peft format under out_dir/adapter; all ranks call, rank 0 writes and
+        returns the hash of the full weights written."""
+        state, adapter = self._gathered_state()
+        if self.rank != 0:
+            return None
+        digest = save_hf_policy(state, self.hf_config, adapter_base(self.policy_dir), Path(out_dir))
+        if adapter:
+            self._save_adapter(adapter, Path(out_dir) / ADAPTER_DIR)
+        return digest
+
+    def _save_adapter(self, adapter: dict[str, torch.Tensor], out: Path) -> None:
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        module = self.engine.module
+        out.mkdir(parents=True)
+        weights = get_peft_model_state_dict(module, state_dict=adapter)
+        save_file(
+            {k: v.contiguous() for k, v in weights.items()},
+            str(out / "adapter_model.safetensors"),
+            metadata={"format": "pt"},
+        )
+        config = module.peft_config["default"]
+        config.base_model_name_or_path = str(Path(adapter_base(self.policy_dir)).resolve())
+        config.save_pretrained(str(out))
 
     def probe_logprob(self, ids: list[int], prompt_len: int) -> float:
         """Summed log-prob of ids[prompt_len:] under the engine's current weights."""
@@ -368,6 +480,7 @@ class LearnerRank:
         if self.engine is not None:
             self.engine.destroy()
             self.engine = None
+        self.engine_key = None
         self._free()
 
     def _free(self) -> None:

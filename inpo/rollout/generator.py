@@ -25,10 +25,36 @@ class SyncError(InpoError):
     """A generator does not hold the weights the learner just saved."""
 
 
-def default_memory_fraction(device: str, shared_gpu: bool) -> float:
-    if device == "cpu":
-        return 0.1  # of host memory, for the KV cache (0.92 fails on CPU hosts)
+def default_memory_fraction(shared_gpu: bool) -> float:
+    """Of a GPU's memory, for weights and KV cache."""
     return 0.35 if shared_gpu else 0.85
+
+
+#: Sequences the CPU KV cache is sized for (vLLM queues the rest of a batch).
+CPU_KV_SEQUENCES = 256
+CPU_KV_MAX_BYTES = 2 << 30
+
+
+def kv_bytes_per_token(model_dir: str, dtype: str) -> int:
+    """KV cache bytes one token takes: keys and values of every layer's KV heads."""
+    import json
+    from pathlib import Path
+
+    c = json.loads((Path(model_dir) / "config.json").read_text())
+    c = c.get("text_config", c)
+    head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    kv_heads = c.get("num_key_value_heads") or c["num_attention_heads"]
+    width = 4 if dtype == "float32" else 2
+    return 2 * c["num_hidden_layers"] * kv_heads * head_dim * width
+
+
+def cpu_kv_cache_bytes(model_dir: str, dtype: str, max_len: int) -> int:
+    """An explicit CPU KV cache: room for CPU_KV_SEQUENCES sequences of max_len tokens, at
+    most CPU_KV_MAX_BYTES, at least one sequence. vLLM's CPU default, a fraction of the host
+    minus the whole process's memory, depends on what else the process and the host hold
+    (it failed for SmolLM2 at 0.1 inside a Ray actor)."""
+    per_sequence = kv_bytes_per_token(model_dir, dtype) * max_len
+    return max(per_sequence, min(CPU_KV_SEQUENCES * per_sequence, CPU_KV_MAX_BYTES))
 
 
 def max_model_len(cfg: InpoConfig, probe_len: int = 0) -> int:
@@ -73,16 +99,19 @@ class GeneratorGroup(ActorGroup):
     ):
         gc = cfg.generation
         shared = any(0 < s.num_gpus < 1 for s in slots)
+        dtype = dtype_name(cfg.model.dtype, device)
+        max_len = max_model_len(cfg, probe_len)
         engine_kwargs = {
-            "dtype": dtype_name(cfg.model.dtype, device),
+            "dtype": dtype,
             "seed": cfg.run.seed,
-            "gpu_memory_utilization": gc.gpu_memory_utilization
-            or default_memory_fraction(device, shared),
+            "gpu_memory_utilization": gc.gpu_memory_utilization or default_memory_fraction(shared),
             "tensor_parallel_size": gc.tensor_parallel_size,
             "enforce_eager": gc.enforce_eager or device == "cpu",
             "chunked_prefill": device != "cpu",
-            "max_model_len": max_model_len(cfg, probe_len),
+            "max_model_len": max_len,
         }
+        if device == "cpu" and gc.gpu_memory_utilization is None:
+            engine_kwargs["kv_cache_bytes"] = cpu_kv_cache_bytes(model_dir, dtype, max_len)
         self.sync_timeout = gc.sync_timeout_s
         # bf16 kernels in vLLM and in the learner round differently; fp32 agrees to ~1e-6.
         bf16 = engine_kwargs["dtype"] == "bfloat16"

@@ -50,6 +50,7 @@ class VLLMEngine:
         seed: int,
         gpu_memory_utilization: float,
         max_model_len: int,
+        kv_cache_bytes: int | None = None,
         tensor_parallel_size: int = 1,
         enforce_eager: bool = False,
         chunked_prefill: bool = True,
@@ -74,6 +75,7 @@ class VLLMEngine:
             tensor_parallel_size=tensor_parallel_size,
             enforce_eager=enforce_eager,
             max_model_len=max_model_len,
+            kv_cache_memory_bytes=kv_cache_bytes,
             enable_prefix_caching=True,
             **extra,
         )

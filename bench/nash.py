@@ -1,0 +1,718 @@
+"""Nash harness: the real INPO loop on a cyclic preference game, held to the exact step.
+
+The game: a response's class is its first character (`inpo.game.response_class`), the
+oracle is the builtin cyclic one (oracle.synthetic=cyclic) with matrix M. The policy is
+the tiny model with its weights edited so that its first-token distribution after any
+prompt has the class shares --ref (unequal, so the KL-regularized Nash policy pi*_tau is
+not uniform); it is the initial policy and pi_ref of every run. With one-token responses
+(--tokens 1) the next-token distribution *is* the strategy, so the class shares of every
+pi_t are measured exactly from the Hugging Face model's softmax after each of a fixed set
+of held-out prompts, not from samples.
+
+Each variant (--runs) is one `inpo train` (Ray, vLLM, DeepSpeed, the oracle: nothing
+mocked) of --iterations iterations. For every iteration t, from pi_t (the reference at
+t = 1, else RUN/iter_<t-1>/policy) and pi_{t+1} (RUN/iter_<t>/policy):
+
+    shares     measured class shares of pi_{t+1}
+    TV step    TV(pi_{t+1}, the exact INPO step from the measured pi_t), at token level
+               (`inpo.game.inpo_token_step`, summed into classes): the learner's error
+    TV own     TV(pi_{t+1}, the population minimizer of the run's own loss and label from
+               the measured pi_t): for inpo with soft or sample labels the INPO step; hard
+               labels, ipo and dpo solve other problems, and this says whether the learner
+               solved theirs
+    TV pi*     TV(pi_{t+1}, pi*_tau) for tau = --tau, and the exploitability of pi_{t+1}
+    |h-t|      the learn stage's mean |h - target| in its first and last epoch, and the
+               floor: its value at the population minimizer (not 0: in a cyclic game no
+               policy fits every pair's target)
+
+With --tokens N > 1 the loss sees N-token responses whose class is still their first
+token; the first token's distribution is measured exactly, the step is applied to it,
+multiplied by Z(y1) = sum_y2 pi_t(y2|y1)^(1-tau/eta) pi_ref(y2|y1)^(tau/eta) (exact for
+N = 2), and "drift" is the mean TV of the second token's distribution from pi_ref's.
+
+Runs, the reference, tables (results.txt), results.json and nash.png go under --out; a
+finished run with the same settings is reused, an unfinished one resumed, one with other
+settings replaced.
+
+    .venv/bin/python bench/nash.py                         # every variant (~15 min here)
+    .venv/bin/python bench/nash.py --quick                 # smoke run (~3 min)
+    .venv/bin/python bench/nash.py --runs soft,tau0 --iterations 8 --lr 3e-3
+    .venv/bin/python bench/nash.py --tokens 2 --runs soft --out runs/nash2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from inpo import game
+
+# Held-out prompts the class shares are measured on: the tail of builtin:quickstart.
+MEASURE_PROMPTS = 64
+SPECIAL_LOGIT = -30.0  # end-of-turn and the other specials: never sampled
+
+
+@dataclass(frozen=True)
+class Variant:
+    loss: str
+    label: str
+    strategy: str
+    tau: str  # "main" (--tau) or "zero"
+
+
+VARIANTS = {
+    "soft": Variant("inpo", "soft", "disjoint", "main"),
+    "sample": Variant("inpo", "sample", "disjoint", "main"),
+    "hard": Variant("inpo", "hard", "disjoint", "main"),
+    "tau0": Variant("inpo", "soft", "disjoint", "zero"),
+    "random": Variant("inpo", "soft", "random", "main"),
+    "ipo": Variant("ipo", "soft", "disjoint", "main"),
+    "dpo": Variant("dpo", "soft", "disjoint", "main"),
+}
+
+
+# --- the game and the reference policy -----------------------------------------------
+
+
+def game_matrix(args: argparse.Namespace) -> np.ndarray:
+    if args.matrix:
+        return game.check_matrix(json.loads(args.matrix))
+    return game.cyclic_matrix(args.classes, args.win)
+
+
+def quickstart_prompts() -> list:
+    from inpo.data import builtin_prompts
+
+    return builtin_prompts("builtin:quickstart")
+
+
+def measure_ids(tokenizer) -> list[list[int]]:
+    from inpo.data import prompt_token_ids
+
+    return [prompt_token_ids(tokenizer, p) for p in quickstart_prompts()[-MEASURE_PROMPTS:]]
+
+
+def token_classes(tokenizer, n: int) -> np.ndarray:
+    """The class of every token id as the run sees it: vLLM drops special tokens from the
+    text, so they decode to "" (class 0)."""
+    return np.array(
+        [
+            game.response_class(tokenizer.decode([i], skip_special_tokens=True), n)
+            for i in range(len(tokenizer))
+        ]
+    )
+
+
+def build_reference(out: Path, shares: np.ndarray, seed: int) -> Path:
+    """The tiny model edited so that after any prompt its next token has class shares
+    ``shares``, spread evenly over each class's tokens: the final norm keeps only hidden
+    dimension 0, every embedding holds 1 there, and lm_head's weight on it is each
+    token's logit log(share / class size) over the norm's output there (measured, so the
+    shares come out exact). Training moves lm_head, the norm and the layers as usual, so
+    the shares stay learnable. Reused when ``out`` was built with the same spec."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from inpo.models.tiny import build_tiny_model
+
+    spec = {"shares": shares.tolist(), "seed": seed}
+    stamp = out / "nash_reference.json"
+    if stamp.exists() and json.loads(stamp.read_text()) == spec:
+        return out
+    build_tiny_model(out, seed=seed)
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    n = len(shares)
+    cls = token_classes(tok, n)
+    special = np.isin(np.arange(len(tok)), tok.all_special_ids)
+    size = np.bincount(cls[~special], minlength=n)
+    logit = np.where(special, SPECIAL_LOGIT, np.log(shares[cls] / size[cls]))
+    ids = measure_ids(tok)
+    with torch.no_grad():
+        model.model.norm.weight.zero_()
+        model.model.norm.weight[0] = 1.0
+        model.model.embed_tokens.weight[:, 0] = 1.0
+        gain = float(np.mean([_last_hidden(model, x)[0] for x in ids]))
+        model.lm_head.weight[:, 0] = torch.tensor(logit / gain, dtype=torch.float32)
+    model.save_pretrained(out, safe_serialization=True)
+    stamp.write_text(json.dumps(spec))
+    return out
+
+
+def _last_hidden(model, ids: list[int]):
+    import torch
+
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+    return out.hidden_states[-1][0, -1].numpy()
+
+
+def next_token_probs(model_dir: str | Path, seqs: list[list[int]]) -> np.ndarray:
+    """[len(seqs), V]: the model's next-token distribution after each sequence (float64)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    width = max(map(len, seqs))
+    x = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+    rows = []
+    with torch.no_grad():
+        for i in range(0, len(seqs), 512):
+            logits = model(input_ids=x[i : i + 512], attention_mask=mask[i : i + 512]).logits
+            last = torch.tensor([len(s) - 1 for s in seqs[i : i + 512]])
+            rows.append(torch.log_softmax(logits[torch.arange(len(last)), last].double(), -1))
+    return torch.cat(rows).exp().numpy()
+
+
+# --- exact steps ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Game:
+    m: np.ndarray
+    classes: np.ndarray  # of every token id
+    eta: float
+    tau: float  # the run's tau (0 for tau0)
+    beta: float
+
+    @property
+    def n(self) -> int:
+        return self.m.shape[0]
+
+    def shares(self, probs: np.ndarray) -> np.ndarray:
+        return game.token_class_shares(probs, self.classes, self.n)
+
+
+def pair_weights(s: np.ndarray, p_win: np.ndarray) -> np.ndarray:
+    """[P, n, n] probability of drawing a pair of classes (c, c') from pi_t, c != c', that
+    the label keeps (a hard label drops ties); same-class pairs say nothing about the
+    offsets between classes."""
+    w = s[:, :, None] * s[:, None, :] * (1.0 - np.eye(len(p_win)))
+    return w * ~np.isnan(p_win)
+
+
+def class_offsets(v: Variant, g: Game, s: np.ndarray) -> np.ndarray:
+    """[P, n]: the class offsets f_c of the population minimizer of the run's loss over
+    pairs from pi_t (class shares s, one row per prompt): pi_{t+1}(y) ∝ base(y) exp(f_c(y)),
+    base = pi_t^(1-tau/eta) pi_ref^(tau/eta) for inpo and pi_ref for ipo and dpo."""
+    p_win = g.m if v.label != "hard" else np.where(g.m == 0.5, np.nan, (g.m > 0.5) * 1.0)
+    w = pair_weights(s, p_win)
+    p = np.nan_to_num(p_win)
+    if v.loss in ("inpo", "ipo"):
+        # least squares over pairs: sum_c' w (f_c - f_c' - t_cc') = 0, t = (2P - 1) / (2 eta)
+        scale = 0.5 / (g.eta if v.loss == "inpo" else g.beta)
+        lap = np.eye(g.n) * w.sum(-1)[:, :, None] - w
+        rhs = (w * (2 * p - 1) * scale).sum(-1)
+        return np.stack(
+            [np.linalg.lstsq(a, b, rcond=None)[0] for a, b in zip(lap, rhs, strict=True)]
+        )
+    return np.stack([_dpo_offsets(wi, p, g.beta) for wi in w])
+
+
+def _dpo_offsets(w: np.ndarray, p: np.ndarray, beta: float) -> np.ndarray:
+    """Newton's method on the (convex) soft-label DPO loss sum w l(beta (r_c - r_c'), P)."""
+    r = np.zeros(len(p))
+    for _ in range(50):
+        sig = 1.0 / (1.0 + np.exp(-beta * (r[:, None] - r[None, :])))
+        grad = beta * (w * (sig - p)).sum(-1)
+        curv = w * beta**2 * sig * (1 - sig)
+        hess = np.diag(curv.sum(-1)) - curv
+        step = np.linalg.lstsq(hess, -grad, rcond=None)[0]
+        r = r + step
+        if np.max(np.abs(step)) < 1e-12:
+            break
+    return r
+
+
+def own_step(v: Variant, g: Game, pi_t: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """[P, V]: pi_{t+1} minimizing the run's expected loss over pairs drawn from pi_t."""
+    f = class_offsets(v, g, g.shares(pi_t))
+    with np.errstate(divide="ignore"):  # a token outside the support stays outside
+        if v.loss != "inpo":
+            z = np.log(ref)
+        elif g.tau > 0:
+            z = (1 - g.tau / g.eta) * np.log(pi_t) + g.tau / g.eta * np.log(ref)
+        else:
+            z = np.log(pi_t)
+    z = z + f[:, g.classes]
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def population(
+    v: Variant, g: Game, pi_t: np.ndarray, ref: np.ndarray, pi_new: np.ndarray
+) -> tuple[float, float | None]:
+    """(expected loss, expected |h - target|) of the policy pi_new on the run's pairs:
+    two distinct tokens drawn from pi_t (one token twice is dropped), labelled as the run
+    labels them, at token level. The expected loss is least at `own_step`; how much more a
+    learned pi_{t+1} has is how far the learn stage is from solving its problem. |h - t| is
+    not what is minimized (the learner can undercut its value at the minimizer); dpo has
+    no target margin."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if v.loss != "inpo":
+            base = np.log(ref)
+        elif g.tau > 0:
+            base = (1 - g.tau / g.eta) * np.log(pi_t) + g.tau / g.eta * np.log(ref)
+        else:
+            base = np.log(pi_t)
+        f = np.log(pi_new) - base
+    q = pi_t[:, :, None] * pi_t[:, None, :] * (1.0 - np.eye(pi_t.shape[-1]))
+    d = np.nan_to_num(f[:, :, None] - f[:, None, :])  # h of the pair (y, y'), y chosen
+    m = np.broadcast_to(g.m[np.ix_(g.classes, g.classes)], d.shape)
+    # (probability, p_label) of "y is chosen" and of "y' is chosen", per label
+    ones = np.ones_like(m)
+    if v.label == "soft":
+        sides = [((m >= 0.5) * 1.0, m), ((m < 0.5) * 1.0, 1 - m)]
+    elif v.label == "sample":
+        sides = [(m, ones), (1 - m, ones)]
+    else:
+        q = q * (m != 0.5)
+        sides = [((m > 0.5) * 1.0, ones), ((m < 0.5) * 1.0, ones)]
+    k = 0.5 / (g.eta if v.loss == "inpo" else g.beta)
+    loss = err = 0.0
+    for (prob, pl), h in zip(sides, (d, -d), strict=True):
+        if v.loss == "dpo":
+            z = g.beta * h
+            loss = loss - prob * (pl * _log_sigmoid(z) + (1 - pl) * _log_sigmoid(-z))
+        else:
+            loss = loss + prob * (pl * (h - k) ** 2 + (1 - pl) * (h + k) ** 2)
+            err = err + prob * np.abs(h - (2 * pl - 1) * k)
+
+    def mean(x: np.ndarray) -> float:
+        return float(np.mean((q * x).sum((1, 2)) / q.sum((1, 2))))
+
+    return mean(loss), None if v.loss == "dpo" else mean(err)
+
+
+def _log_sigmoid(z: np.ndarray) -> np.ndarray:
+    return -np.logaddexp(0.0, -z)
+
+
+def exact_trajectory(v: Variant, g: Game, ref: np.ndarray, steps: int) -> list[np.ndarray]:
+    """Class shares of the exact dynamics of the run's own step from pi_ref."""
+    out, p = [g.shares(ref).mean(0)], ref
+    for _ in range(steps):
+        p = own_step(v, g, p, ref)
+        out.append(g.shares(p).mean(0))
+    return out
+
+
+# --- runs -----------------------------------------------------------------------------
+
+
+def settings(args: argparse.Namespace, name: str) -> dict[str, str]:
+    v = VARIANTS[name]
+    k, ppi = args.samples, args.prompts_per_iteration
+    if v.strategy == "random":  # one pair per prompt: as many pairs from K = 2
+        k, ppi = 2, ppi * args.samples // 2
+    out = {
+        "model.policy": str(args.out / "reference"),
+        "model.dtype": "float32",
+        "data.prompts": str(args.out / "prompts.jsonl"),
+        "data.eval_size": "0",
+        "data.prompts_per_iteration": str(ppi),
+        "generation.num_samples": str(k),
+        "generation.max_new_tokens": str(args.tokens),
+        "oracle.backend": "synthetic",
+        "oracle.synthetic": "cyclic",
+        **(
+            {"oracle.game_matrix": args.matrix}
+            if args.matrix
+            else {"oracle.game_classes": str(args.classes), "oracle.game_win": repr(args.win)}
+        ),
+        "pairing.strategy": v.strategy,
+        "pairing.label": v.label,
+        "loss.type": v.loss,
+        "loss.eta": repr(args.eta),
+        "loss.tau": repr(args.tau if v.tau == "main" else 0.0),
+        "loss.beta": repr(args.beta),
+        "learner.lr": repr(args.lr),
+        "learner.epochs": str(args.epochs),
+        "learner.global_batch_size": str(args.batch),
+        "learner.micro_batch_size": str(args.micro_batch),
+        "learner.warmup_ratio": repr(args.warmup),
+        "learner.checkpoint_every": "0",  # tiny stages: redoing one beats checkpointing it
+        "run.iterations": str(args.iterations),
+        "run.seed": str(args.seed),
+        "run.tensorboard": "false",
+    }
+    for extra in args.set:
+        key, _, value = extra.partition("=")
+        out[key] = value
+    return out
+
+
+def write_prompts(args: argparse.Namespace) -> None:
+    """Training prompts: builtin:quickstart without the measured tail, repeated so that
+    every iteration of every variant draws prompts it has not seen."""
+    pool = quickstart_prompts()[:-MEASURE_PROMPTS]
+    need = args.iterations * args.prompts_per_iteration * max(args.samples // 2, 1)
+    rows = [{"prompt": pool[i % len(pool)]} for i in range(need)]
+    (args.out / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def run_variant(args: argparse.Namespace, name: str) -> tuple[Path, float]:
+    """Train one variant (or reuse / resume it); returns its run dir and wall seconds."""
+    run_dir = args.out / name
+    cfg = settings(args, name)
+    stamp = run_dir / "harness.json"
+    old = json.loads(stamp.read_text()) if stamp.exists() else None
+    if run_dir.exists() and old is None:
+        raise SystemExit(f"{run_dir} exists but is not a run of this harness; move it away")
+    if old is not None and old["settings"] != cfg:
+        print(f"{run_dir}: trained with other settings; starting it again")
+        shutil.rmtree(run_dir)
+    elif old is not None and old["seconds"] is not None and _finished(run_dir, args.iterations):
+        return run_dir, old["seconds"]
+    inpo = Path(sys.executable).with_name("inpo")
+    resume = (run_dir / "state.json").exists()
+    cmd = [str(inpo), "train"] + (
+        ["--resume", str(run_dir)] if resume else [f"{k}={v}" for k, v in cfg.items()]
+    )
+    if not resume:
+        cmd.append(f"run.dir={run_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"settings": cfg, "seconds": None}))
+    print(f"[{name}] {' '.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    with (run_dir / "train.log").open("a") as log:
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+    seconds = time.perf_counter() - t0
+    if rc != 0:
+        tail = (run_dir / "train.log").read_text()[-3000:]
+        raise SystemExit(f"[{name}] inpo train failed (rc {rc}):\n{tail}")
+    stamp.write_text(json.dumps({"settings": cfg, "seconds": seconds}))
+    return run_dir, seconds
+
+
+def _finished(run_dir: Path, iterations: int) -> bool:
+    path = run_dir / "metrics.jsonl"
+    return path.exists() and len(path.read_text().splitlines()) >= iterations
+
+
+# --- analysis ---------------------------------------------------------------------------
+
+
+class Measurer:
+    """Exact next-token distributions of policies after the measured prompts (and, with
+    multi-token responses, after each prompt followed by every first token)."""
+
+    def __init__(self, ref_dir: Path, tokens: int):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(ref_dir)
+        self.ids = measure_ids(self.tokenizer)
+        self.vocab = len(self.tokenizer)
+        self.tokens = tokens
+        self.cache: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+
+    def __call__(self, model_dir: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+        """(first-token probs [P, V], second-token probs [P, V, V] or None)."""
+        key = str(model_dir)
+        if key not in self.cache:
+            first = next_token_probs(model_dir, self.ids)
+            second = None
+            if self.tokens > 1:
+                seqs = [x + [y] for x in self.ids for y in range(self.vocab)]
+                second = next_token_probs(model_dir, seqs).reshape(len(self.ids), self.vocab, -1)
+            self.cache[key] = (first, second)
+        return self.cache[key]
+
+
+def continuation_weight(g: Game, pi_t2: np.ndarray, ref2: np.ndarray, tau: float) -> np.ndarray:
+    """Z(y1) = sum_y2 pi_t(y2|y1)^(1-a) pi_ref(y2|y1)^a, a = tau/eta: what the step's
+    geometric mixture leaves of the continuations, [P, V] (1 when they agree, or tau = 0)."""
+    a = tau / g.eta
+    return (pi_t2 ** (1 - a) * ref2**a).sum(-1)
+
+
+def analyse(
+    args: argparse.Namespace, name: str, run_dir: Path, measure: Measurer, classes: np.ndarray
+) -> dict:
+    v = VARIANTS[name]
+    tau = args.tau if v.tau == "main" else 0.0
+    g = Game(game_matrix(args), classes, args.eta, tau, args.beta)
+    ref, ref2 = measure(args.out / "reference")
+    star = game.regularized_nash(g.shares(ref).mean(0), g.m, args.tau)
+    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    by_iter = {r["iteration"]: r for r in metrics}
+    rows = []
+    prev, prev2 = ref, ref2
+    for t in range(1, args.iterations + 1):
+        new, new2 = measure(run_dir / f"iter_{t}" / "policy")
+        step = game.inpo_token_step(prev, ref, g.classes, g.m, g.eta, tau)
+        own = own_step(v, g, prev, ref)
+        info = by_iter.get(t, {})
+        row = {"t": t, "pairs": info.get("pairs")}
+        for key in ("loss", "err"):
+            name = "margin_error" if key == "err" else key
+            row[f"{key}_first"] = info.get(f"{name}_first_epoch")
+            row[f"{key}_last"] = info.get(f"{name}_last_epoch")
+        if prev2 is None:  # the population loss over one-token responses
+            row["loss_opt"], row["err_opt"] = population(v, g, prev, ref, own)
+            row["excess"] = population(v, g, prev, ref, new)[0] - row["loss_opt"]
+        else:  # ipo and dpo pull toward pi_ref alone: their Z is 1
+            step = _times(step, continuation_weight(g, prev2, ref2, tau))
+            if v.loss == "inpo":
+                own = _times(own, continuation_weight(g, prev2, ref2, tau))
+            tv2 = 0.5 * np.abs(new2 - ref2).sum(-1)  # [P, V]: per first token
+            row["drift"] = float(np.mean((new * tv2).sum(-1)))
+        shares, step_shares, own_shares = (g.shares(p).mean(0) for p in (new, step, own))
+        row.update(
+            shares_t=g.shares(prev).mean(0).tolist(),
+            shares=shares.tolist(),
+            step=step_shares.tolist(),
+            own=own_shares.tolist(),
+            tv_step=game.tv(shares, step_shares),
+            tv_own=game.tv(shares, own_shares),
+            tv_star=game.tv(shares, star),
+            exploitability=game.exploitability(shares, g.m),
+            sampled=sampled_shares(run_dir / f"iter_{t}" / "generations.jsonl", g.n),
+        )
+        rows.append(row)
+        prev, prev2 = new, new2
+    exact = exact_trajectory(v, g, ref, args.iterations)
+    return {
+        "variant": asdict(v),
+        "tau": tau,
+        "star": star.tolist(),
+        "ref": g.shares(ref).mean(0).tolist(),
+        "exact": [p.tolist() for p in exact],
+        "exact_tv_star": game.tv(exact[-1], star),
+        "rows": rows,
+        "class_mismatches": class_mismatches(run_dir, classes, g.n),
+    }
+
+
+def _times(p: np.ndarray, z: np.ndarray) -> np.ndarray:
+    q = p * z
+    return q / q.sum(-1, keepdims=True)
+
+
+def sampled_shares(path: Path, n: int) -> list[float]:
+    """Class shares of the run's own samples of pi_t (vLLM), as a cross-check."""
+    texts = [r for line in path.read_text().splitlines() for r in json.loads(line)["responses"]]
+    return game.class_shares(texts, n).tolist()
+
+
+def class_mismatches(run_dir: Path, classes: np.ndarray, n: int) -> int:
+    """Samples whose text's class is not their first token's: must be 0, or the harness
+    measures another game than the oracle judges."""
+    bad = 0
+    for line in (run_dir / "iter_1" / "generations.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        for text, ids in zip(row["responses"], row["response_ids"], strict=True):
+            bad += game.response_class(text, n) != classes[ids[0]]
+    return int(bad)
+
+
+# --- report -----------------------------------------------------------------------------
+
+
+def _vec(p: list[float]) -> str:
+    return "[" + " ".join(f"{x:.3f}" for x in p) + "]"
+
+
+def _num(x: float | None, fmt: str = "{:.3f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def run_table(name: str, res: dict, seconds: float) -> str:
+    v = res["variant"]
+    head = (
+        f"== {name}: loss={v['loss']} label={v['label']} pairing={v['strategy']} "
+        f"tau={res['tau']:.4g}  ({seconds:.0f} s)  pi*={_vec(res['star'])}"
+    )
+    multi = "drift" in res["rows"][0]
+    cols = f"{'t':>2}  {'pi_t+1 measured':<21}  {'exact INPO step':<21}  {'TV step':>7}"
+    cols += f"  {'TV own':>6}  {'TV pi*':>6}  {'expl':>5}  {'loss 1st>last (opt)':>21}"
+    cols += f"  {'excess':>6}  {'|h-t| 1st>last (opt)':>21}  {'pairs':>5}  {'sampled pi_t':<21}"
+    lines = [head, cols + ("  drift" if multi else "")]
+    for r in res["rows"]:
+        loss = f"{_num(r['loss_first'])}>{_num(r['loss_last'])} ({_num(r.get('loss_opt'))})"
+        err = f"{_num(r['err_first'])}>{_num(r['err_last'])} ({_num(r.get('err_opt'))})"
+        line = (
+            f"{r['t']:>2}  {_vec(r['shares']):<21}  {_vec(r['step']):<21}  {r['tv_step']:>7.4f}"
+            f"  {r['tv_own']:>6.4f}  {r['tv_star']:>6.4f}  {r['exploitability']:>5.3f}"
+            f"  {loss:>21}  {_num(r.get('excess'), '{:.4f}'):>6}  {err:>21}"
+            f"  {r['pairs'] or '-':>5}  {_vec(r['sampled']):<21}"
+        )
+        lines.append(line + (f"  {r['drift']:.4f}" if multi else ""))
+    exact = res["exact"][-1]
+    lines.append(
+        f"    exact dynamics of this loss from pi_ref: pi_{len(res['rows']) + 1} = "
+        f"{_vec(exact)}, TV to pi* {res['exact_tv_star']:.4f}"
+    )
+    if res["class_mismatches"]:
+        lines.append(f"    WARNING: {res['class_mismatches']} samples in another class")
+    return "\n".join(lines)
+
+
+def summary(results: dict[str, dict], seconds: dict[str, float], tol: float) -> str:
+    lines = [
+        f"{'run':<8}{'max TV step':>12}{'max TV own':>11}{'TV pi* final':>13}"
+        f"{'(exact)':>9}{'expl final':>11}{'max excess':>11}{'wall s':>8}"
+    ]
+    for name, res in results.items():
+        rows = res["rows"]
+        excess = [r["excess"] for r in rows if "excess" in r]
+        lines.append(
+            f"{name:<8}{max(r['tv_step'] for r in rows):>12.4f}"
+            f"{max(r['tv_own'] for r in rows):>11.4f}{rows[-1]['tv_star']:>13.4f}"
+            f"{res['exact_tv_star']:>9.4f}{rows[-1]['exploitability']:>11.4f}"
+            f"{_num(max(excess) if excess else None, '{:.4f}'):>11}{seconds[name]:>8.0f}"
+        )
+    if "soft" in results:
+        rows = results["soft"]["rows"]
+        track = max(r["tv_step"] for r in rows)
+        final = rows[-1]["tv_star"]
+        ok = track <= tol and final <= tol
+        lines.append(
+            f"acceptance (soft): max TV(pi_t+1, exact step) = {track:.4f}, "
+            f"TV(pi_{len(rows) + 1}, pi*) = {final:.4f}, tolerance {tol}: "
+            + ("PASS" if ok else "FAIL")
+        )
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, dict], path: Path, n: int, tol: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # class shares drawn on the regular n-gon (the simplex itself for n = 3), zoomed
+    angle = np.pi / 2 + 2 * np.pi * np.arange(n) / n
+    corners = np.stack([np.cos(angle), np.sin(angle)], 1)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
+    ax = axes[0]
+    ax.fill(*corners.T, fill=False, color="0.6")
+    seen = []
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, res) in enumerate(results.items()):
+        color = colors[i % len(colors)]
+        meas = np.array([res["ref"]] + [r["shares"] for r in res["rows"]]) @ corners
+        exact = np.array(res["exact"]) @ corners
+        ax.plot(*meas.T, "o-", color=color, ms=3, label=f"{name} (measured)")
+        ax.plot(*exact.T, ":", color=color, lw=1)
+        seen += [meas, exact]
+        its = np.arange(1, len(meas) + 1)
+        measured = [res["ref"]] + [r["shares"] for r in res["rows"]]
+        axes[1].plot(
+            its, [game.tv(p, res["star"]) for p in measured], "o-", color=color, label=name
+        )
+        axes[1].plot(its, [game.tv(p, res["star"]) for p in res["exact"]], ":", color=color)
+        axes[2].plot(its[1:], [r["tv_step"] for r in res["rows"]], "o-", color=color, label=name)
+    star = np.array(next(iter(results.values()))["star"]) @ corners
+    ax.plot(*star, "k*", ms=12, label="pi*_tau")
+    lo, hi = np.min(np.vstack(seen), 0), np.max(np.vstack(seen), 0)
+    pad = 0.15 * max(hi - lo) + 0.01
+    ax.set(xlim=(lo[0] - pad, hi[0] + pad), ylim=(lo[1] - pad, hi[1] + pad), aspect="equal")
+    ax.set(xticks=[], yticks=[])
+    ax.legend(fontsize=7)
+    ax.set_title(
+        "class shares (corners: class 0 at the top, the others counter-clockwise)\n"
+        "dotted: exact dynamics of each run's loss from pi_ref",
+        fontsize=9,
+    )
+    axes[1].set(xlabel="policy pi_t", ylabel="TV(pi_t, pi*_tau)", title="distance to pi*_tau")
+    axes[2].axhline(tol, color="grey", ls="--", lw=0.8)
+    axes[2].set(xlabel="pi_t+1", ylabel="TV", title="TV(measured pi_t+1, exact INPO step)")
+    for a in axes[1:]:
+        a.legend(fontsize=7)
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- main -------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs/nash"))
+    p.add_argument("--runs", default=",".join(VARIANTS), help=f"of {', '.join(VARIANTS)}")
+    p.add_argument("--quick", action="store_true", help="3 iterations of soft and tau0")
+    p.add_argument("--iterations", type=int, default=6)
+    p.add_argument("--classes", type=int, default=3)
+    p.add_argument("--win", type=float, default=0.9)
+    p.add_argument("--matrix", help="JSON preference matrix, instead of --classes/--win")
+    p.add_argument("--ref", default="0.6,0.3,0.1", help="class shares of pi_ref")
+    p.add_argument("--eta", type=float, default=1.0)
+    p.add_argument("--tau", type=float, help="default eta/3")
+    p.add_argument("--beta", type=float, help="ipo/dpo beta; default tau (same fixed point)")
+    p.add_argument("--tokens", type=int, default=1, help="response length in tokens")
+    p.add_argument("--prompts-per-iteration", type=int, default=128)
+    p.add_argument("--samples", type=int, default=8, help="K per prompt")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--micro-batch", type=int, default=32)
+    p.add_argument("--warmup", type=float, default=0.03)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tolerance", type=float, default=0.03)
+    p.add_argument("--set", action="append", default=[], help="extra override, every run")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.iterations, args.runs = 3, "soft,tau0"
+    args.tau = args.eta / 3 if args.tau is None else args.tau
+    args.beta = args.tau if args.beta is None else args.beta
+    unknown = set(args.runs.split(",")) - set(VARIANTS)
+    if unknown:
+        p.error(f"--runs: unknown {sorted(unknown)} (known: {', '.join(VARIANTS)})")
+    return args
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    m = game_matrix(args)
+    ref_shares = np.array([float(x) for x in args.ref.split(",")])
+    if len(ref_shares) != m.shape[0] or abs(ref_shares.sum() - 1) > 1e-9:
+        raise SystemExit(f"--ref {args.ref}: needs {m.shape[0]} shares summing to 1")
+    t0 = time.perf_counter()
+    ref_dir = build_reference(args.out / "reference", ref_shares, args.seed)
+    measure = Measurer(ref_dir, args.tokens)
+    classes = token_classes(measure.tokenizer, m.shape[0])
+    got = game.token_class_shares(measure(ref_dir)[0], classes, m.shape[0])
+    print(
+        f"reference {ref_dir}: class shares {_vec(got.mean(0))} "
+        f"(max deviation over prompts {np.abs(got - ref_shares).max():.1e})"
+    )
+    write_prompts(args)
+    results, seconds, texts = {}, {}, []
+    for name in args.runs.split(","):
+        run_dir, seconds[name] = run_variant(args, name)
+        results[name] = analyse(args, name, run_dir, measure, classes)
+        texts.append(run_table(name, results[name], seconds[name]))
+        print(texts[-1], flush=True)
+    texts.append(summary(results, seconds, args.tolerance))
+    print(texts[-1])
+    report = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "matrix": m.tolist(),
+        "wall_seconds": time.perf_counter() - t0,
+        "runs": {k: {**r, "seconds": seconds[k]} for k, r in results.items()},
+    }
+    (args.out / "results.json").write_text(json.dumps(report, indent=1))
+    (args.out / "results.txt").write_text("\n\n".join(texts) + "\n")
+    plot(results, args.out / "nash.png", m.shape[0], args.tolerance)
+    print(
+        f"results: {args.out / 'results.json'}, {args.out / 'results.txt'}; plot: "
+        f"{args.out / 'nash.png'}; {report['wall_seconds']:.0f} s"
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
