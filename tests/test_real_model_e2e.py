@@ -1,0 +1,248 @@
+"""The real chat model, SmolLM2-135M-Instruct (builtin:smollm2, converted offline), end to
+end: the online loop under ZeRO-3 killed and resumed, LoRA, and the three model judges
+(pair-PM, reward model, an LLM judge behind a real vLLM OpenAI server) labelling pairs.
+Real Ray, vLLM (CPU) and DeepSpeed (CPU, gloo); small budgets, real weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+from safetensors.torch import load_file
+from test_oracle import free_port
+from test_pipeline_e2e import inpo_train
+
+from inpo.config import InpoConfig
+
+pytestmark = pytest.mark.e2e
+
+# Two iterations of 8 ifeval prompts x K=2 (one pair each), 8-token answers, two steps of
+# 4 pairs per iteration: minutes on 2 cores, every stage on real weights.
+SMOL = [
+    "model.policy=builtin:smollm2",
+    "data.prompts=builtin:ifeval",
+    "oracle.synthetic=ifeval",
+    "data.prompts_per_iteration=8",
+    "data.eval_size=4",
+    "data.max_prompt_tokens=96",
+    "generation.num_samples=2",
+    "generation.max_new_tokens=8",
+    "pairing.strategy=disjoint",
+    "learner.global_batch_size=4",
+    "learner.micro_batch_size=2",
+    "learner.epochs=1",
+    "learner.max_length=112",
+    "learner.lr=1e-5",
+    "learner.checkpoint_every=1",
+    "loss.eta=0.1",
+    "run.iterations=2",
+    "run.tensorboard=false",
+]
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    from inpo.models.smollm2 import ensure_smollm2
+
+    return ensure_smollm2()
+
+
+def test_smollm2_zero3_two_iterations_sigkill_during_learning_resumes_exactly(smollm2, tmp_path):
+    args = [*SMOL, "deepspeed.zero_stage=3", "learner.num_ranks=2"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    r = inpo_train(*args, f"run.dir={whole}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(x) for x in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert [row["iteration"] for row in rows] == [0, 1, 2]
+    assert 0 <= rows[0]["pass_rate"] <= 1 and all(
+        row["sync_max_token_diff"] < 1e-3 for row in rows[1:]
+    )
+    pairs = [json.loads(x) for x in (whole / "iter_1" / "pairs.jsonl").read_text().splitlines()]
+    eot = pairs[0]["chosen_ids"][-1] if pairs[0]["chosen_finish_reason"] == "stop" else None
+    assert len(pairs) == 8 and all(isinstance(p["prompt"], list) for p in pairs)
+    if eot is not None:  # SmolLM2 ends a turn with <|im_end|>
+        from transformers import AutoTokenizer
+
+        assert AutoTokenizer.from_pretrained(smollm2).convert_ids_to_tokens(eot) == "<|im_end|>"
+    r = inpo_train(*args, f"run.dir={cut}", crash_at="learn.step2#2")  # iteration 2
+    assert r.returncode == -9, r.stderr[-3000:]
+    r = inpo_train("--resume", str(cut))
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = load_file(str(whole / "iter_2" / "policy" / "model.safetensors"))
+    b = load_file(str(cut / "iter_2" / "policy" / "model.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    base = load_file(str(smollm2 / "model.safetensors"))
+    assert any(not torch.equal(a[k], base[k]) for k in base)  # it did learn
+
+
+def test_smollm2_lora_zero2(smollm2, tmp_path):
+    run = tmp_path / "lora"
+    r = inpo_train(*SMOL, "model.lora.r=8", "learner.lr=1e-3", f"run.dir={run}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    first = json.loads((run / "iter_1" / "learn_metrics.jsonl").read_text().splitlines()[0])
+    assert abs(first["margin"]) < 1e-4  # pi = pi_t = pi_ref at the first step
+    adapter = run / "iter_2" / "policy" / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert Path(config["base_model_name_or_path"]) == smollm2.resolve() and config["r"] == 8
+
+
+# --- the three model judges on the real model ------------------------------------------
+
+
+def generations(n: int = 3) -> list[dict]:
+    from inpo.oracle.constraints import constraint_prompts
+
+    answers = [
+        ["Yes, the sea is blue.", "The sea, which is blue, is large, deep and old."],
+        ["Paris.", "I am not sure, maybe Lyon, or Paris, or somewhere else."],
+        ["Sure thing", "no"],
+    ]
+    return [
+        {"prompt_id": i, "prompt": p, "responses": answers[i]}
+        for i, p in enumerate(constraint_prompts(n))
+    ]
+
+
+def label_with(oracle) -> list[dict]:
+    from inpo.judge import pair_rows, select_pairs
+
+    rows = generations()
+    pairs, dropped = pair_rows(rows, select_pairs(rows, oracle, "random", 0), "soft", 0)
+    assert len(pairs) + sum(dropped.values()) == len(rows)
+    return pairs
+
+
+def test_pairpm_judge_on_smollm2_labels_pairs(smollm2, ray_session):
+    from inpo.oracle import build_oracle
+    from inpo.oracle.pairpm import PairPM
+
+    cfg = InpoConfig.model_validate(
+        {"oracle": {"backend": "pairpm", "model": str(smollm2), "batch_size": 2}}
+    )
+    oracle = build_oracle(cfg, "cpu")
+    try:
+        pairs = label_with(oracle)
+    finally:
+        oracle.close()
+    judge = PairPM(str(smollm2), "cpu", batch_size=4, max_length=2048)
+    assert judge.choice_ids == judge.tok.convert_tokens_to_ids(["A", "B"])
+    for p in pairs:  # the actor's debiased P is the in-process judge's, both orders averaged
+        ab = judge.prob([p["prompt"]], [p["chosen"]], [p["rejected"]])[0]
+        ba = judge.prob([p["prompt"]], [p["rejected"]], [p["chosen"]])[0]
+        assert p["p_chosen"] == pytest.approx((ab + 1 - ba) / 2, abs=1e-4)
+
+
+def test_reward_judge_on_smollm2_with_a_seeded_head(smollm2, ray_session, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from inpo.oracle import build_oracle
+    from inpo.oracle.reward import RewardModel
+
+    torch.manual_seed(0)
+    rm = AutoModelForSequenceClassification.from_pretrained(
+        smollm2, num_labels=1, dtype=torch.float32
+    )
+    out = tmp_path / "smollm2_rm"
+    rm.save_pretrained(out)
+    AutoTokenizer.from_pretrained(smollm2).save_pretrained(out)
+    cfg = InpoConfig.model_validate({"oracle": {"backend": "reward", "model": str(out)}})
+    oracle = build_oracle(cfg, "cpu")
+    try:
+        pairs = label_with(oracle)
+    finally:
+        oracle.close()
+    judge = RewardModel(str(out), "cpu", batch_size=4, max_length=2048)
+    for p in pairs:
+        r = judge.scores([p["prompt"]] * 2, [p["chosen"], p["rejected"]])
+        want = torch.sigmoid(torch.tensor(r[0] - r[1])).item()
+        assert p["p_chosen"] == pytest.approx(want, abs=1e-5)  # batched vs alone
+        assert r[0] != r[1]
+
+
+@pytest.fixture(scope="module")
+def smollm2_server(smollm2, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(smollm2),
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "1024",
+        "--kv-cache-memory-bytes",
+        str(256 << 20),
+    ]
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"vLLM server did not come up:\n{log.read_text()[-3000:]}")
+            try:
+                if requests.get(f"{url}/models", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_http_judge_against_a_real_vllm_server_of_smollm2(smollm2_server):
+    from inpo.oracle import build_oracle
+
+    cfg = InpoConfig.model_validate({"oracle": {"backend": "http", "url": smollm2_server}})
+    oracle = build_oracle(cfg, "cpu")
+    try:
+        pairs = label_with(oracle)
+        inner = oracle.inner
+        for p in pairs:
+            ab = inner.prob([p["prompt"]], [p["chosen"]], [p["rejected"]])[0]
+            ba = inner.prob([p["prompt"]], [p["rejected"]], [p["chosen"]])[0]
+            assert p["p_chosen"] == pytest.approx((ab + 1 - ba) / 2, abs=1e-6)
+            assert 0 < ab < 1 and 0 < ba < 1  # both letters among the top log-probs
+    finally:
+        oracle.close()
+
+
+def test_a_judge_server_that_is_down_is_one_line(tmp_path):
+    run = tmp_path / "run"
+    r = inpo_train(
+        "oracle.backend=http",
+        f"oracle.url=http://127.0.0.1:{free_port()}",
+        "oracle.retries=0",
+        "run.iterations=1",
+        "data.eval_size=0",
+        "generation.num_samples=2",
+        "generation.max_new_tokens=4",
+        "data.prompts_per_iteration=16",
+        f"run.dir={run}",
+    )
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "connection refused" in last.lower(), last
