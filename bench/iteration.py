@@ -1,11 +1,12 @@
-"""Wall time of one quickstart iteration, split by stage, and the orchestration overhead.
+"""Wall time of one iteration, split by stage, and the orchestration overhead.
 
-Runs the real loop (Ray, vLLM generator, DeepSpeed learner, synthetic oracle) for one
-iteration of the CPU quickstart and prints each stage's share of the iteration's wall
-time; "outside stages" is what the driver spends between them (loading pairs,
-tokenising, Ray calls that belong to no stage).
+Runs the real loop (Ray, vLLM generator, DeepSpeed learner, the configured oracle) for
+one iteration and prints each stage's share of the iteration's wall time; "outside
+stages" is what the driver spends between them (loading pairs, tokenising, Ray calls
+that belong to no stage). Actors are started (and pi_ref evaluated) before the clock.
 
-    .venv/bin/python bench/iteration.py [overrides...]
+    .venv/bin/python bench/iteration.py [CONFIG] [overrides...]     (default: quickstart)
+    .venv/bin/python bench/iteration.py configs/smollm2.yaml        (the real model)
 """
 
 from __future__ import annotations
@@ -18,31 +19,36 @@ from pathlib import Path
 from inpo.cluster import start_ray
 from inpo.config import load_config
 from inpo.pipeline import Trainer
+from inpo.report import Reporter
 from inpo.state import STAGES, RunState
 
 
-def main(overrides: list[str]) -> None:
+def main(args: list[str]) -> None:
+    config = args.pop(0) if args and "=" not in args[0] else None
     run_dir = Path(tempfile.mkdtemp(prefix="inpo-bench-"))
     cfg = load_config(
-        None, [f"run.dir={run_dir}", "run.iterations=1", "run.tensorboard=false", *overrides]
+        config, [*args, f"run.dir={run_dir}", "run.iterations=1", "run.tensorboard=false"]
     )
-    trainer = Trainer(cfg, run_dir, RunState(run_dir / "state.json"))
+    state = RunState(run_dir / "state.json", {"version": 2, "done": {}, "running": None})
+    state.data["run_id"] = "bench"
+    trainer = Trainer(cfg, run_dir, state)
     t0 = time.perf_counter()
     trainer.prepare()
-    device = start_ray(cfg)
-    trainer.start_actors(device)
-    trainer.eval_reference()
-    setup = time.perf_counter() - t0
-    t1 = time.perf_counter()
+    trainer.device = start_ray(cfg)
+    trainer.reporter = Reporter(cfg, run_dir, "bench")
     try:
+        trainer.setup()
+        trainer._actors(("generators", "oracle", "learner"), policy=trainer.policy(1))
+        setup = time.perf_counter() - t0
+        t1 = time.perf_counter()
         trainer.iteration(1)
-    finally:
         wall = time.perf_counter() - t1
+    finally:
         trainer.shutdown()
     stages = {s: trainer.state.info(1, s)["seconds"] for s in STAGES}
     outside = wall - sum(stages.values())
     print(
-        f"\nquickstart iteration on {device}: {wall:.2f} s "
+        f"\none iteration of {config or 'the quickstart'} on {trainer.device}: {wall:.2f} s "
         f"(plus {setup:.1f} s start-up: Ray, actors, pi_ref eval)"
     )
     print(f"{'stage':<16}{'seconds':>9}{'share':>8}")

@@ -244,7 +244,7 @@ def prompts_from(source: str, field: str) -> list[Prompt]:
     if source == "builtin:ifeval":
         from inpo.oracle.constraints import constraint_prompts
 
-        return constraint_prompts()
+        return constraint_prompts(1200)  # 3 x 256 training + 128 held out, all distinct
     if source.startswith("builtin:"):
         return builtin_prompts(source)
     return load_prompts(source, field)

@@ -201,3 +201,38 @@ def test_generate_and_judge_commands(tmp_path, tiny_model):
         want = sigmoid(4.0 * VOWEL_SCALE * (vowel_score(p["chosen"]) - vowel_score(p["rejected"])))
         assert p["p_chosen"] == pytest.approx(want, abs=1e-12) and p["p_label"] == p["p_chosen"]
         assert p["n_comparisons"] == 5  # K = 4: 3K/2 - 1
+
+
+def test_an_engine_that_cannot_start_is_one_line(tmp_path, tiny_model):
+    """vLLM's own reason (here: no room for a KV cache) reaches the user, named by actor,
+    instead of "Engine core initialization failed. See root cause above"."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "hi"}) + "\n")
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "inpo.cli",
+            "generate",
+            "--prompts",
+            str(prompts),
+            "--policy",
+            str(tiny_model),
+            "--out",
+            str(tmp_path / "g.jsonl"),
+            "generation.gpu_memory_utilization=0.0001",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ},
+    )
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: generator 0 failed: ValueError: "), last
+    assert "kv cache" in last.lower() and "See root cause above" not in last
