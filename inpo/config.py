@@ -224,7 +224,7 @@ class LearnerConfig(_Section):
         "data.max_prompt_tokens + generation.max_new_tokens. `inpo learn` drops (and counts) "
         "longer pairs: a cut response is not what the oracle judged.",
     )
-    logprob_batch_size: int = Field(8, ge=1, description="Pairs per forward when caching.")
+    logps_batch_size: int = Field(8, ge=1, description="Pairs per forward when caching.")
     checkpoint_every: int = Field(
         4, ge=0, description="Save a resumable learner checkpoint every N steps (0: never)."
     )

@@ -59,7 +59,7 @@ def _differs(old: dict[str, str], new: dict[str, str]) -> str:
     return ", ".join(k for k in new if old.get(k) != new[k]) or "unknown"
 
 
-def cache_logprobs(
+def cache_logps(
     group: LearnerGroup, pairs: TokenizedPairs, pi_t_dir: str, reference_dir: str, path: Path
 ) -> dict[str, torch.Tensor]:
     """log pi_ref and log pi_t of every pair, computed once and kept in ``path``; a cache
@@ -113,7 +113,7 @@ def cache_logprobs(
 
 def learn_inputs(cfg: InpoConfig, cache: dict[str, torch.Tensor], pairs: TokenizedPairs) -> dict:
     """Everything that changes the trajectory of a learn stage, by component."""
-    dropped = {"logprob_batch_size", "checkpoint_every", "keep_checkpoints"}
+    dropped = {"logps_batch_size", "checkpoint_every", "keep_checkpoints"}
     return {
         "pairs": pairs_fingerprint(pairs),
         "logps": hashlib.sha256(torch.stack(list(cache.values())).numpy().tobytes()).hexdigest(),
@@ -279,7 +279,7 @@ def export_policy(
         crash_point("save")
 
     write_atomic(out / "policy", write)
-    return {"probe_logp": group.probe_logprob(*probe), **saved}
+    return {"probe_logp": group.probe_logp(*probe), **saved}
 
 
 def drop_checkpoints(out: Path) -> None:
@@ -318,7 +318,7 @@ def learn_from_pairs(cfg: InpoConfig, pairs_path: Path, out: Path) -> list[dict[
     group = start_learner(cfg, start_ray(cfg))
     try:
         group.set_data(pairs, pad_id_of(tokenizer))
-        cache = cache_logprobs(group, pairs, policy, reference, out / "logps.safetensors")
+        cache = cache_logps(group, pairs, policy, reference, out / "logps.safetensors")
         metrics = train_policy(cfg, group, pairs, cache, policy, out)
         export_policy(cfg, group, len(pairs), policy, out, _probe(tokenizer), engine_ready=True)
         drop_checkpoints(out)

@@ -198,9 +198,7 @@ def objective(
     return loss, margin, (2 * p - 1) * c
 
 
-def sequence_logprobs(
-    logits: Tensor, labels: Tensor, mask: Tensor, normalize: bool = False
-) -> Tensor:
+def sequence_logps(logits: Tensor, labels: Tensor, mask: Tensor, normalize: bool = False) -> Tensor:
     """Sum (or mean, with ``normalize``) of log p(labels) over positions where mask is 1.
 
     ``logits[:, i]`` must be the prediction for ``labels[:, i]`` (shift before

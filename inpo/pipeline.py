@@ -153,7 +153,7 @@ class Trainer:
             expected, digest = info["probe_logp"], info["weights_sha256"]
         else:  # pi_ref or pi_1 from the user: the learner scores the probe
             self._actors(("learner",))
-            expected, digest = self.learner.probe_logprob_dir(target, *self.probe), None
+            expected, digest = self.learner.probe_logp_of(target, *self.probe), None
         if self.gen_policy == target:
             return self.generators.verify(self.probe, expected)
         info = self.generators.sync(target, self.probe, expected, digest)
@@ -344,11 +344,11 @@ class Trainer:
         return self.pairs[t]
 
     def _cache(self, t: int):
-        from inpo.learn import cache_logprobs
+        from inpo.learn import cache_logps
 
         pairs = self._learner_pairs(t)
         path = self.iter_dir(t) / "logps.safetensors"
-        return cache_logprobs(self.learner, pairs, self.policy(t), self.reference, path)
+        return cache_logps(self.learner, pairs, self.policy(t), self.reference, path)
 
     def _logps(self, t: int) -> dict:
         return {"pairs": len(self._cache(t)["ref_chosen"])}

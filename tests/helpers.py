@@ -20,11 +20,11 @@ def write_pairs(path: Path, n: int, seed: int = 0, chat: bool = True) -> Path:
     return path
 
 
-def hf_logprob(model_dir: Path, ids: list[int], prompt_len: int) -> float:
+def hf_logp(model_dir: Path, ids: list[int], prompt_len: int) -> float:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from inpo.loss import sequence_logprobs
+    from inpo.loss import sequence_logps
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     x = torch.tensor([ids])
@@ -32,4 +32,4 @@ def hf_logprob(model_dir: Path, ids: list[int], prompt_len: int) -> float:
     mask[0, prompt_len - 1 :] = 1
     with torch.no_grad():
         logits = model(input_ids=x).logits
-    return sequence_logprobs(logits[:, :-1], x[:, 1:], mask).item()
+    return sequence_logps(logits[:, :-1], x[:, 1:], mask).item()

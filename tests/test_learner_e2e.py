@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import hf_logprob, write_pairs
+from helpers import hf_logp, write_pairs
 from safetensors.torch import load_file
 
 from inpo.config import load_config
@@ -105,11 +105,11 @@ def test_saved_policy_loads_in_transformers_and_vllm(learned, tiny_model, ray_se
         for stage in (2, 3):
             policy = learned[stage] / "policy"
             if stage == 3:
-                gen.sync(str(policy), probe, hf_logprob(policy, *probe))
-            want = hf_logprob(policy, *probe)
+                gen.sync(str(policy), probe, hf_logp(policy, *probe))
+            want = hf_logp(policy, *probe)
             got = gen.scores(*probe)[0]
             assert got == pytest.approx(want, abs=1e-4)
-        assert hf_logprob(tiny_model, *probe) != pytest.approx(want, abs=1e-2)  # it did learn
+        assert hf_logp(tiny_model, *probe) != pytest.approx(want, abs=1e-2)  # it did learn
     finally:
         gen.shutdown()
 
@@ -135,7 +135,7 @@ def _train_in_process(cfg_overrides, pairs_path, policy, out, on_step=None, afte
     from transformers import AutoTokenizer
 
     from inpo.data import load_pairs, tokenize_pairs
-    from inpo.learn import cache_logprobs, export_policy, start_learner, train_policy
+    from inpo.learn import cache_logps, export_policy, start_learner, train_policy
     from inpo.rollout.generator import probe_sequence
 
     cfg = load_config(None, cfg_overrides)
@@ -144,7 +144,7 @@ def _train_in_process(cfg_overrides, pairs_path, policy, out, on_step=None, afte
     group = start_learner(cfg, "cpu")
     try:
         group.set_data(pairs, tok.pad_token_id)
-        cache = cache_logprobs(group, pairs, str(policy), str(policy), out / "logps.safetensors")
+        cache = cache_logps(group, pairs, str(policy), str(policy), out / "logps.safetensors")
         rows = train_policy(cfg, group, pairs, cache, str(policy), out, on_step=on_step)
         export_policy(cfg, group, len(pairs), str(policy), out, probe_sequence(tok), True)
         if after is not None:
@@ -223,7 +223,7 @@ def test_zero3_then_a_frozen_model_scores_like_transformers(tmp_path, tiny_model
     pairs = scored["pairs"]
     for i in (0, 7, 15):
         ids = pairs.prompt[i] + pairs.chosen[i]
-        want = hf_logprob(tmp_path / "out" / "policy", ids, len(pairs.prompt[i]))
+        want = hf_logp(tmp_path / "out" / "policy", ids, len(pairs.prompt[i]))
         assert scored["logps"][i, 0].item() == pytest.approx(want, abs=1e-4)
 
 

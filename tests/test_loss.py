@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from inpo.loss import dpo_loss, inpo_loss, inpo_margin, ipo_loss, sequence_logprobs
+from inpo.loss import dpo_loss, inpo_loss, inpo_margin, ipo_loss, sequence_logps
 
 
 def t(*xs):
@@ -90,30 +90,28 @@ def test_dpo_and_ipo_hand_values():
         dpo_loss(pc, pr, rc, rr, beta=0.0)
 
 
-def test_sequence_logprobs_sum_and_mean():
+def test_sequence_logps_sum_and_mean():
     torch.manual_seed(0)
     logits = torch.randn(2, 5, 7, dtype=torch.float64)
     labels = torch.randint(0, 7, (2, 5))
     mask = torch.tensor([[0, 1, 1, 1, 0], [0, 0, 1, 1, 1]])
     lp = torch.log_softmax(logits, -1).gather(-1, labels[..., None]).squeeze(-1)
     want = (lp * mask).sum(-1)
-    torch.testing.assert_close(sequence_logprobs(logits, labels, mask), want)
-    torch.testing.assert_close(sequence_logprobs(logits, labels, mask, normalize=True), want / 3)
+    torch.testing.assert_close(sequence_logps(logits, labels, mask), want)
+    torch.testing.assert_close(sequence_logps(logits, labels, mask, normalize=True), want / 3)
 
 
-def test_sequence_logprobs_ignores_padding_length():
+def test_sequence_logps_ignores_padding_length():
     torch.manual_seed(1)
     logits = torch.randn(1, 4, 9)
     labels = torch.randint(0, 9, (1, 4))
     mask = torch.tensor([[0, 1, 1, 1]])
-    base = sequence_logprobs(logits, labels, mask)
+    base = sequence_logps(logits, labels, mask)
     for extra in (1, 7):
         padded_logits = torch.cat([logits, torch.randn(1, extra, 9) * 100], dim=1)
         padded_labels = torch.cat([labels, torch.full((1, extra), -100)], dim=1)
         padded_mask = torch.cat([mask, torch.zeros(1, extra, dtype=torch.long)], dim=1)
-        torch.testing.assert_close(
-            sequence_logprobs(padded_logits, padded_labels, padded_mask), base
-        )
+        torch.testing.assert_close(sequence_logps(padded_logits, padded_labels, padded_mask), base)
 
 
 def test_soft_label_is_the_expectation_over_the_label():

@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 from inpo.config import load_config
 from inpo.data import load_pairs, prompt_token_ids, tokenize_pairs
 from inpo.generate import request_seed
-from inpo.learn import cache_logprobs, start_learner
+from inpo.learn import cache_logps, start_learner
 from inpo.placement import plan_placement
 from inpo.rollout.generator import GeneratorGroup, SyncError, probe_sequence
 
@@ -75,7 +75,7 @@ def _train_one_step(cfg, model, out, pairs_path):
     pairs = tokenize_pairs(tok, load_pairs(pairs_path))
     learner = start_learner(cfg, "cpu")
     learner.set_data(pairs, tok.pad_token_id)
-    learner.set_cache(cache_logprobs(learner, pairs, str(model), str(model), out / "logps"))
+    learner.set_cache(cache_logps(learner, pairs, str(model), str(model), out / "logps"))
     learner.build_engine(str(model), total_steps=1)
     learner.train_step(0)
     digest = learner.save_policy(str(out / "policy"))
@@ -95,7 +95,7 @@ def test_train_sync_verify_and_catch_a_sabotaged_sync(
         group = start(model, 1, cfg) if tied else two_generators
         probe = probe_sequence(tok)
         before = group.scores(*probe)
-        expected = learner.probe_logprob(*probe)
+        expected = learner.probe_logp(*probe)
         assert abs(expected - before[0]) > 1e-2  # one step moved the probe
         # Sabotage first, while the generator still holds pi_t: a wrong head, then
         # (after a good sync) the old weights.
@@ -135,7 +135,7 @@ def test_a_reload_that_changed_nothing_is_caught_even_for_a_tiny_update(
     )
     try:
         probe = probe_sequence(tok)
-        expected = learner.probe_logprob(*probe)
+        expected = learner.probe_logp(*probe)
         two_generators.sync(str(tiny_model), probe, expected)  # the probe alone cannot tell
         with pytest.raises(SyncError, match="generator 0 loaded other weights"):
             two_generators.sync(str(tiny_model), probe, expected, digest)

@@ -12,7 +12,7 @@ import math
 import torch
 
 from inpo.data import TokenizedPairs
-from inpo.loss import sequence_logprobs
+from inpo.loss import sequence_logps
 
 
 def steps_per_epoch(num_pairs: int, global_batch: int) -> int:
@@ -74,7 +74,7 @@ def collate(
 def forward_logps(model, batch: dict[str, torch.Tensor], normalize: bool) -> tuple:
     """(chosen, rejected) sequence log-probs of a collated batch under ``model``."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logps = sequence_logprobs(
+    logps = sequence_logps(
         logits[:, :-1], batch["input_ids"][:, 1:], batch["loss_mask"], normalize=normalize
     )
     half = logps.shape[0] // 2

@@ -56,7 +56,7 @@ class LearnerGroup(ActorGroup):
             share = max(self.call("load_frozen", model_dir))
         else:
             share = -(-num_pairs // len(self.actors))
-        chunk = 8 * self.cfg.learner.logprob_batch_size
+        chunk = 8 * self.cfg.learner.logps_batch_size
         with tqdm(total=num_pairs, desc=desc, unit="pair", dynamic_ncols=True) as bar:
             for lo in range(0, share, chunk):
                 for indices, logps in self.call("logps", lo, lo + chunk, source):
@@ -82,11 +82,11 @@ class LearnerGroup(ActorGroup):
         """Write the policy; returns the hash of the tensors written (models.weights_digest)."""
         return self.call("save_policy", out_dir)[0]
 
-    def probe_logprob(self, ids: list[int], prompt_len: int) -> float:
-        return self.call("probe_logprob", ids, prompt_len)[0]
+    def probe_logp(self, ids: list[int], prompt_len: int) -> float:
+        return self.call("probe_logp", ids, prompt_len)[0]
 
-    def probe_logprob_dir(self, model_dir: str, ids: list[int], prompt_len: int) -> float:
-        return self.get([self.actors[0].probe_logprob_dir.remote(model_dir, ids, prompt_len)])[0]
+    def probe_logp_of(self, model_dir: str, ids: list[int], prompt_len: int) -> float:
+        return self.get([self.actors[0].probe_logp_of.remote(model_dir, ids, prompt_len)])[0]
 
     def shutdown(self) -> None:
         try:

@@ -202,7 +202,7 @@ class LearnerRank:
         adapter_off = source == "base"
         if model is self.engine:
             model.eval()
-        bs = self.cfg.learner.logprob_batch_size
+        bs = self.cfg.learner.logps_batch_size
         out = [torch.zeros(0, 2)]
         try:
             for i in range(0, len(padded), bs):
@@ -451,7 +451,7 @@ class LearnerRank:
         config.base_model_name_or_path = str(Path(adapter_base(self.policy_dir)).resolve())
         config.save_pretrained(str(out))
 
-    def probe_logprob(self, ids: list[int], prompt_len: int) -> float:
+    def probe_logp(self, ids: list[int], prompt_len: int) -> float:
         """Summed log-prob of ids[prompt_len:] under the engine's current weights."""
         self.engine.eval()
         try:
@@ -459,7 +459,7 @@ class LearnerRank:
         finally:
             self.engine.train()
 
-    def probe_logprob_dir(self, model_dir: str, ids: list[int], prompt_len: int) -> float:
+    def probe_logp_of(self, model_dir: str, ids: list[int], prompt_len: int) -> float:
         """The same for a saved model directory (plain Hugging Face load)."""
         model = self._load_hf(model_dir).eval()
         try:
@@ -474,7 +474,7 @@ class LearnerRank:
         logits = model(input_ids=x, attention_mask=torch.ones_like(x)).logits
         mask = torch.zeros(1, len(ids) - 1, dtype=torch.long, device=x.device)
         mask[0, prompt_len - 1 :] = 1
-        return L.sequence_logprobs(logits[:, :-1], x[:, 1:], mask).item()
+        return L.sequence_logps(logits[:, :-1], x[:, 1:], mask).item()
 
     def release(self) -> None:
         if self.engine is not None:
