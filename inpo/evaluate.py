@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from inpo.config import InpoConfig
 from inpo.oracle.base import Oracle, check_probs
 
 
@@ -58,3 +59,16 @@ def compare(oracle: Oracle, new: list[dict], old: list[dict]) -> list[float]:
 def mean_length(rows: list[dict]) -> float:
     """Mean response length in tokens."""
     return sum(len(r["response_ids"]) for r in rows) / max(len(rows), 1)
+
+
+def oracle_metrics(cfg: InpoConfig, rows: list[dict]) -> dict[str, Any]:
+    """Oracle-specific eval numbers: the instruction pass rate under the ifeval oracle."""
+    if cfg.oracle.backend != "synthetic" or cfg.oracle.synthetic != "ifeval":
+        return {}
+    from inpo.oracle.constraints import constraint_pass_rate
+
+    return {
+        "pass_rate": constraint_pass_rate(
+            [r["prompt"] for r in rows], [r["response"] for r in rows]
+        )
+    }

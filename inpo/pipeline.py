@@ -38,7 +38,9 @@ from inpo.durable import (
     write_text_atomic,
 )
 from inpo.errors import InpoError
+from inpo.evaluate import oracle_metrics
 from inpo.faults import crash_point
+from inpo.report import fmt
 from inpo.state import ITERATION, STAGES, RunState, stages_of
 
 CONFIG_FILE = "config.yaml"
@@ -189,7 +191,7 @@ class Trainer:
         self.state.finish(t, name, info)
         label = f"iter {t}" if t else "setup"
         shown = {k: v for k, v in info.items() if k not in ("seconds", "outputs")}
-        extra = ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items())
+        extra = ", ".join(f"{k}={fmt(v)}" for k, v in shown.items())
         print(f"[{label}] {name} done in {info['seconds']:.1f}s" + (f" ({extra})" if extra else ""))
         return info
 
@@ -274,7 +276,7 @@ class Trainer:
             info[f"win_vs_{name}"] = w["mean"]
             info[f"win_vs_{name}_ci"] = [w["ci_low"], w["ci_high"]]
         info["mean_length"] = mean_length(new)
-        info.update(_extra_eval(self.cfg, new))
+        info.update(oracle_metrics(self.cfg, new))
         return info
 
     def _eval_ref(self) -> dict:
@@ -285,7 +287,7 @@ class Trainer:
         return {
             "prompts": len(rows),
             "mean_length": mean_length(rows),
-            **_extra_eval(self.cfg, rows),
+            **oracle_metrics(self.cfg, rows),
         }
 
     def _eval_init(self) -> dict:
@@ -456,29 +458,6 @@ class Trainer:
         png = plot(rows, self.run_dir)
         print(f"final policy: {self.policy(self.cfg.run.iterations + 1)}; plot: {png}")
         return rows
-
-
-def _extra_eval(cfg: InpoConfig, rows: list[dict]) -> dict[str, Any]:
-    """Oracle-specific eval numbers: the instruction pass rate under the ifeval oracle."""
-    if cfg.oracle.backend != "synthetic" or cfg.oracle.synthetic != "ifeval":
-        return {}
-    from inpo.oracle.constraints import constraint_pass_rate
-
-    return {
-        "pass_rate": constraint_pass_rate(
-            [r["prompt"] for r in rows], [r["response"] for r in rows]
-        )
-    }
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, list):
-        return "[" + ", ".join(_fmt(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items()) + "}"
-    return str(v)
 
 
 def train(

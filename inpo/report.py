@@ -105,6 +105,16 @@ def plot(rows: list[dict[str, Any]], run_dir: Path) -> Path:
     return out
 
 
+def fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list):
+        return "[" + ", ".join(fmt(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {fmt(x)}" for k, x in v.items()) + "}"
+    return str(v)
+
+
 class Reporter:
     """TensorBoard and Weights & Biases, when configured."""
 

@@ -57,11 +57,20 @@ def test_missing_and_broken_files(tmp_path):
 
 
 def test_every_field_is_documented():
+    from pydantic import BaseModel
+
     doc = describe_fields()
-    for section, field in InpoConfig.model_fields.items():
-        for name, f in field.default_factory().__class__.model_fields.items():
-            assert f.description, f"{section}.{name} has no description"
-            assert f"`{section}.{name}`" in doc
+
+    def walk(cls, prefix):
+        for name, f in cls.model_fields.items():
+            if f.default_factory is not None and isinstance(f.default_factory(), BaseModel):
+                walk(f.default_factory().__class__, f"{prefix}{name}.")
+            else:
+                assert f.description, f"{prefix}{name} has no description"
+                assert f"`{prefix}{name}`" in doc
+
+    walk(InpoConfig, "")
+    assert "`model.lora.r`" in doc
 
 
 def test_cli_exits_2_with_one_line():
