@@ -31,6 +31,17 @@ def root_cause(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
+def death_cause(e: BaseException) -> str:
+    """Why an actor died, on one line: the exception that ended its constructor (the last
+    line of the traceback Ray quotes), else Ray's first line (a crash, an OOM kill)."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    if "creation task" in lines[0] and len(lines) > 1:
+        return lines[-1]
+    return lines[0]
+
+
 class ActorGroup:
     """``cls`` instances as Ray actors, one per slot, built with ``init_args(index)``
     (keep constructors light: an error there only leaves a dead actor); the heavy part
@@ -73,8 +84,7 @@ class ActorGroup:
             who = self._who(refs, e)
             raise ActorError(f"{who} failed: {root_cause(cause)}") from None
         except ray.exceptions.RayActorError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ActorError(f"{self._who(refs, e)} died: {first}") from None
+            raise ActorError(f"{self._who(refs, e)} died: {death_cause(e)}") from None
 
     def _who(self, refs: list, e: Exception) -> str:
         # Ray does not say which future failed; the first that is not done fine is it.

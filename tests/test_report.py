@@ -61,3 +61,26 @@ def test_placement_refuses_impossible_tp():
 def test_placement_on_cpu():
     plan = plan_placement([], {"learner": (2, 1), "generator": (1, 1)})
     assert all(s.node is None and s.num_gpus == 0 for slots in plan.values() for s in slots)
+
+
+def test_actor_errors_come_down_to_their_root_cause():
+    from inpo.actors import death_cause, root_cause
+
+    try:
+        try:
+            raise OSError("disk full")
+        except OSError as inner:
+            raise RuntimeError(
+                "Engine core initialization failed.\nSee root cause above"
+            ) from inner
+    except RuntimeError as e:
+        assert root_cause(e) == "OSError: disk full"
+    created = Exception(
+        "The actor died because of an error raised in its creation task, ray::X.__init__()\n"
+        '  File "x.py", line 3, in <module>\n'
+        "ImportError: cannot import name 'y' from 'z'\n"
+    )
+    assert death_cause(created) == "ImportError: cannot import name 'y' from 'z'"
+    assert death_cause(Exception("The actor was killed: out of memory\nmore")) == (
+        "The actor was killed: out of memory"
+    )
