@@ -22,8 +22,16 @@ group.compute_logps): the freshly initialised model is close to uniform, so the 
 is realistic, and the first-step loss checks that both sides computed the same math on
 the same batches (the last-step loss, that they followed the same trajectory).
 
+With --lora R it compares LoRA (rank R) against full fine-tuning instead, both through
+LearnerGroup on the same model and batches: peak resident memory of a learner rank,
+training tokens/s, and the time of the logps stage of an iteration t >= 2 done the old
+way (frozen copies of pi_t and pi_ref loaded on every rank) against the new one (pi_t
+from the training model itself; pi_ref with the adapter off under LoRA, a frozen copy of
+pi_ref only for full fine-tuning).
+
 Run:  .venv/bin/python bench/learner.py            (about 80 s with defaults here)
       .venv/bin/python bench/learner.py --ranks 2
+      .venv/bin/python bench/learner.py --lora 16
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--zero-stage", type=int, default=2)
     p.add_argument("--seq-len", type=int, default=192, help="longest prompt+response")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lora", type=int, default=0, help="compare LoRA rank R with full FT")
     return p.parse_args()
 
 
@@ -223,5 +232,83 @@ def main() -> None:
         raise SystemExit(1)
 
 
+def lora_main(args: argparse.Namespace) -> None:
+    """LoRA rank args.lora vs full fine-tuning: memory, tokens/s, logps stage time."""
+    from inpo.cluster import start_ray
+    from inpo.config import load_config
+    from inpo.learn import start_learner, total_steps
+
+    total = args.warmup + args.steps
+    tok = build_tokenizer()
+    pairs = synthetic_pairs(total * args.global_batch, len(tok), args.seq_len, args.seed)
+    cache = uniform_cache(pairs, len(tok))
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = str(build_tiny_model(tmp, layers=args.layers, hidden=args.hidden))
+        print(f"model: {count_parameters(model_dir) / 1e6:.1f}M params, {len(pairs)} pairs")
+        for name, r in (("full fine-tuning", 0), (f"LoRA r={args.lora}", args.lora)):
+            cfg = load_config(
+                None,
+                [
+                    f"learner.num_ranks={args.ranks}",
+                    f"learner.global_batch_size={args.global_batch}",
+                    f"learner.micro_batch_size={args.micro_batch}",
+                    f"learner.max_length={args.seq_len}",
+                    f"deepspeed.zero_stage={args.zero_stage}",
+                    "model.dtype=float32",
+                    f"model.lora.r={r}",
+                    f"run.seed={args.seed}",
+                ],
+            )
+            group = start_learner(cfg, start_ray(cfg))
+            try:
+                group.set_data(pairs, tok.pad_token_id)
+                steps = total_steps(cfg, len(pairs))
+                t0 = time.perf_counter()  # the old logps stage: two frozen copies
+                group.compute_logps(len(pairs), "frozen", model_dir, desc="frozen pi_t")
+                group.compute_logps(len(pairs), "frozen", model_dir, desc="frozen pi_ref")
+                old = time.perf_counter() - t0
+                t0 = time.perf_counter()  # the new one: the engine is pi_t
+                group.build_engine(model_dir, steps)
+                group.compute_logps(len(pairs), "engine", desc="engine pi_t")
+                source = "base" if r else "frozen"
+                group.compute_logps(len(pairs), source, model_dir, desc=f"{source} pi_ref")
+                new = time.perf_counter() - t0
+                group.set_cache(cache)
+                secs = tokens = 0.0
+                for step in range(total):
+                    t0 = time.perf_counter()
+                    m = group.train_step(step)
+                    if step >= args.warmup:
+                        secs += time.perf_counter() - t0
+                        tokens += m["tokens"]
+                peak = max(
+                    group.get(
+                        [
+                            a.__ray_call__.remote(
+                                lambda _: __import__("resource").getrusage(0).ru_maxrss
+                            )
+                            for a in group.actors
+                        ]
+                    )
+                )
+                results[name] = (tokens / secs, peak / 1024, old, new)
+            finally:
+                group.shutdown()
+    print(
+        f"\n{'':22s}{'tokens/s':>10s}{'peak RSS MiB':>14s}{'logps old s':>13s}{'logps new s':>13s}"
+    )
+    for name, (tps, mib, old, new) in results.items():
+        print(f"{name:22s}{tps:10.1f}{mib:14.0f}{old:13.2f}{new:13.2f}")
+    (full, lora) = results.values()
+    print(
+        f"LoRA / full: tokens/s {lora[0] / full[0]:.2f}x, peak memory {lora[1] / full[1]:.2f}x; "
+        f"logps stage new / old: full {full[3] / full[2]:.2f}x, LoRA {lora[3] / lora[2]:.2f}x"
+    )
+
+
 if __name__ == "__main__":
-    main()
+    if parse_args().lora:
+        lora_main(parse_args())
+    else:
+        main()
