@@ -260,10 +260,10 @@ def lora_main(args: argparse.Namespace) -> None:
                     f"run.seed={args.seed}",
                 ],
             )
+            steps = total_steps(cfg, len(pairs))
             group = start_learner(cfg, start_ray(cfg))
             try:
                 group.set_data(pairs, tok.pad_token_id)
-                steps = total_steps(cfg, len(pairs))
                 t0 = time.perf_counter()  # the old logps stage: two frozen copies
                 group.compute_logps(len(pairs), "frozen", model_dir, desc="frozen pi_t")
                 group.compute_logps(len(pairs), "frozen", model_dir, desc="frozen pi_ref")
@@ -274,7 +274,13 @@ def lora_main(args: argparse.Namespace) -> None:
                 source = "base" if r else "frozen"
                 group.compute_logps(len(pairs), source, model_dir, desc=f"{source} pi_ref")
                 new = time.perf_counter() - t0
+            finally:
+                group.shutdown()
+            group = start_learner(cfg, start_ray(cfg))  # fresh ranks: peak memory of training
+            try:
+                group.set_data(pairs, tok.pad_token_id)
                 group.set_cache(cache)
+                group.build_engine(model_dir, steps)
                 secs = tokens = 0.0
                 for step in range(total):
                     t0 = time.perf_counter()
@@ -282,17 +288,15 @@ def lora_main(args: argparse.Namespace) -> None:
                     if step >= args.warmup:
                         secs += time.perf_counter() - t0
                         tokens += m["tokens"]
-                peak = max(
-                    group.get(
-                        [
-                            a.__ray_call__.remote(
-                                lambda _: __import__("resource").getrusage(0).ru_maxrss
-                            )
-                            for a in group.actors
-                        ]
-                    )
+                peaks = group.get(
+                    [
+                        a.__ray_call__.remote(
+                            lambda _: __import__("resource").getrusage(0).ru_maxrss
+                        )
+                        for a in group.actors
+                    ]
                 )
-                results[name] = (tokens / secs, peak / 1024, old, new)
+                results[name] = (tokens / secs, max(peaks) / 1024, old, new)
             finally:
                 group.shutdown()
     print(
