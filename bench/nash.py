@@ -233,17 +233,20 @@ def _dpo_offsets(w: np.ndarray, p: np.ndarray, beta: float) -> np.ndarray:
     return r
 
 
-def own_step(v: Variant, g: Game, pi_t: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """[P, V]: pi_{t+1} minimizing the run's expected loss over pairs drawn from pi_t."""
-    f = class_offsets(v, g, g.shares(pi_t))
+def base_log(v: Variant, g: Game, pi_t: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """log of what the loss measures the new policy against: the margin h of a pair is the
+    difference of log pi - base_log between its two sides."""
     with np.errstate(divide="ignore"):  # a token outside the support stays outside
         if v.loss != "inpo":
-            z = np.log(ref)
-        elif g.tau > 0:
-            z = (1 - g.tau / g.eta) * np.log(pi_t) + g.tau / g.eta * np.log(ref)
-        else:
-            z = np.log(pi_t)
-    z = z + f[:, g.classes]
+            return np.log(ref)
+        if g.tau == 0:  # pi_ref^0 = 1 even where pi_ref is 0
+            return np.log(pi_t)
+        return (1 - g.tau / g.eta) * np.log(pi_t) + g.tau / g.eta * np.log(ref)
+
+
+def own_step(v: Variant, g: Game, pi_t: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """[P, V]: pi_{t+1} minimizing the run's expected loss over pairs drawn from pi_t."""
+    z = base_log(v, g, pi_t, ref) + class_offsets(v, g, g.shares(pi_t))[:, g.classes]
     z = z - z.max(-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(-1, keepdims=True)
@@ -259,13 +262,7 @@ def population(
     not what is minimized (the learner can undercut its value at the minimizer); dpo has
     no target margin."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        if v.loss != "inpo":
-            base = np.log(ref)
-        elif g.tau > 0:
-            base = (1 - g.tau / g.eta) * np.log(pi_t) + g.tau / g.eta * np.log(ref)
-        else:
-            base = np.log(pi_t)
-        f = np.log(pi_new) - base
+        f = np.log(pi_new) - base_log(v, g, pi_t, ref)
     q = pi_t[:, :, None] * pi_t[:, None, :] * (1.0 - np.eye(pi_t.shape[-1]))
     d = np.nan_to_num(f[:, :, None] - f[:, None, :])  # h of the pair (y, y'), y chosen
     m = np.broadcast_to(g.m[np.ix_(g.classes, g.classes)], d.shape)
@@ -641,10 +638,15 @@ def plot(results: dict[str, dict], path: Path, n: int, tol: float) -> None:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    quick = "--quick" in argv  # a smoke run: fewer runs and iterations, same learner
     p.add_argument("--out", type=Path, default=Path("runs/nash"))
-    p.add_argument("--runs", default=",".join(VARIANTS), help=f"of {', '.join(VARIANTS)}")
     p.add_argument("--quick", action="store_true", help="3 iterations of soft and tau0")
-    p.add_argument("--iterations", type=int, default=6)
+    p.add_argument(
+        "--runs",
+        default="soft,tau0" if quick else ",".join(VARIANTS),
+        help=f"comma-separated, of {', '.join(VARIANTS)}",
+    )
+    p.add_argument("--iterations", type=int, default=3 if quick else 6)
     p.add_argument("--classes", type=int, default=3)
     p.add_argument("--win", type=float, default=0.9)
     p.add_argument("--matrix", help="JSON preference matrix, instead of --classes/--win")
@@ -653,19 +655,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--tau", type=float, help="default eta/3")
     p.add_argument("--beta", type=float, help="ipo/dpo beta; default tau (same fixed point)")
     p.add_argument("--tokens", type=int, default=1, help="response length in tokens")
-    p.add_argument("--prompts-per-iteration", type=int, default=128)
+    p.add_argument("--prompts-per-iteration", type=int, default=256)
     p.add_argument("--samples", type=int, default=8, help="K per prompt")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--micro-batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--micro-batch", type=int, default=64)
     p.add_argument("--warmup", type=float, default=0.03)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tolerance", type=float, default=0.03)
     p.add_argument("--set", action="append", default=[], help="extra override, every run")
     args = p.parse_args(argv)
-    if args.quick:
-        args.iterations, args.runs = 3, "soft,tau0"
     args.tau = args.eta / 3 if args.tau is None else args.tau
     args.beta = args.tau if args.beta is None else args.beta
     unknown = set(args.runs.split(",")) - set(VARIANTS)

@@ -138,3 +138,22 @@ def test_end_of_turn_is_read_from_the_chat_template():
     assert end_of_turn_id(tok) == tok.convert_tokens_to_ids("<|eot_id|>") != tok.eos_token_id
     tok.chat_template = None
     assert end_of_turn_id(tok) == tok.eos_token_id
+
+
+def test_benchmark_prompt_files_and_answer_formats(tmp_path):
+    from inpo.answer import format_answers, read_benchmark
+
+    f = tmp_path / "question.jsonl"
+    f.write_text(json.dumps({"question_id": "a1", "turns": [{"content": "Why?"}]}) + "\n")
+    kind, rows, prompts = read_benchmark(f, "prompt")
+    assert kind == "arena_hard" and prompts == [[{"role": "user", "content": "Why?"}]]
+    answers = [{"response": "Because.", "finish_reason": "stop", "token_ids": [5, 6, 7]}]
+    how, plain = format_answers("jsonl", rows, prompts, answers, "m")
+    assert how == "jsonl" and plain == [{"prompt": prompts[0], **answers[0]}]
+    how, text = format_answers("alpaca_eval", [{"instruction": "Why?"}], prompts, answers, "m")
+    assert json.loads(text) == [
+        {"instruction": "Why?", "output": "Because.", "generator": "m", "dataset": "inpo"}
+    ]
+    f.write_text(json.dumps({"question_id": "a1", "turns": []}) + "\n")
+    with pytest.raises(DataError, match=r"row 1: field 'turns\[0\].content': missing"):
+        read_benchmark(f, "prompt")

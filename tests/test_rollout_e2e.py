@@ -236,3 +236,63 @@ def test_an_engine_that_cannot_start_is_one_line(tmp_path, tiny_model):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: generator 0 failed: ValueError: "), last
     assert "kv cache" in last.lower() and "See root cause above" not in last
+
+
+def test_answer_writes_the_files_alpaca_eval_and_arena_hard_read(tmp_path, tiny_model):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    alpaca = tmp_path / "alpaca_eval.json"
+    alpaca.write_text(
+        json.dumps([{"instruction": f"Say {i}.", "dataset": "helpful_base"} for i in range(3)])
+    )
+    arena = tmp_path / "question.jsonl"
+    arena.write_text(
+        "".join(
+            json.dumps({"question_id": f"q{i}", "category": "x", "turns": [{"content": f"Q{i}?"}]})
+            + "\n"
+            for i in range(2)
+        )
+    )
+
+    def answer(prompts, out, *extra):
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "inpo.cli",
+                "answer",
+                "--policy",
+                str(tiny_model),
+                "--prompts",
+                str(prompts),
+                "--out",
+                str(out),
+                "--name",
+                "tiny-inpo",
+                "generation.max_new_tokens=8",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ},
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r.stdout
+
+    out = tmp_path / "tiny-inpo.json"
+    assert "wrote 3 alpaca_eval answers of tiny-inpo" in answer(alpaca, out)
+    rows = json.loads(out.read_text())
+    assert [r["instruction"] for r in rows] == ["Say 0.", "Say 1.", "Say 2."]
+    assert {r["generator"] for r in rows} == {"tiny-inpo"}
+    assert all(r["dataset"] == "helpful_base" and isinstance(r["output"], str) for r in rows)
+    out = tmp_path / "model_answer" / "tiny-inpo.jsonl"
+    answer(arena, out)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["question_id"] for r in rows] == ["q0", "q1"]
+    turn = rows[0]["choices"][0]["turns"][0]
+    assert rows[0]["model_id"] == "tiny-inpo" and 0 < turn["token_len"] <= 8
+    assert isinstance(turn["content"], str) and rows[0]["answer_id"] != rows[1]["answer_id"]
