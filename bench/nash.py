@@ -13,22 +13,30 @@ Each variant (--runs) is one `inpo train` (Ray, vLLM, DeepSpeed, the oracle: not
 mocked) of --iterations iterations. For every iteration t, from pi_t (the reference at
 t = 1, else RUN/iter_<t-1>/policy) and pi_{t+1} (RUN/iter_<t>/policy):
 
-    shares     measured class shares of pi_{t+1}
+    pi_t+1     the measured class shares of pi_{t+1}
     TV step    TV(pi_{t+1}, the exact INPO step from the measured pi_t), at token level
                (`inpo.game.inpo_token_step`, summed into classes): the learner's error
     TV own     TV(pi_{t+1}, the population minimizer of the run's own loss and label from
                the measured pi_t): for inpo with soft or sample labels the INPO step; hard
                labels, ipo and dpo solve other problems, and this says whether the learner
                solved theirs
-    TV pi*     TV(pi_{t+1}, pi*_tau) for tau = --tau, and the exploitability of pi_{t+1}
-    |h-t|      the learn stage's mean |h - target| in its first and last epoch, and the
-               floor: its value at the population minimizer (not 0: in a cyclic game no
-               policy fits every pair's target)
+    TV pi*     TV(pi_{t+1}, pi*_tau) for tau = --tau; expl: the exploitability of pi_{t+1}
+    loss       the learn stage's mean loss in its first and last epoch (metrics.jsonl), and
+               (opt) the expected loss at the population minimizer over pairs from pi_t
+    excess     the expected loss of the measured pi_{t+1} minus that optimum: how far the
+               iteration is from solving its problem (0 = solved; training pairs are
+               finite, so the last epoch's loss can lie below opt while excess > 0)
+    |h-t|      the learn stage's mean |h - target| in its first and last epoch, and its
+               expectation at the minimizer (not 0: in a cyclic game no policy fits every
+               pair's target; not what is minimized, so a learner can undercut it)
+    sampled    the class shares of the run's own vLLM samples of pi_t (a cross-check)
 
 With --tokens N > 1 the loss sees N-token responses whose class is still their first
-token; the first token's distribution is measured exactly, the step is applied to it,
-multiplied by Z(y1) = sum_y2 pi_t(y2|y1)^(1-tau/eta) pi_ref(y2|y1)^(tau/eta) (exact for
-N = 2), and "drift" is the mean TV of the second token's distribution from pi_ref's.
+token. The first token's distribution is measured exactly; the step is applied to it and
+multiplied by Z(y1) = sum_y2 pi_t(y2|y1)^(1-tau/eta) pi_ref(y2|y1)^(tau/eta), which makes
+it the exact step's first-token marginal for N = 2 (for N > 2, given that tokens 3..N
+keep pi_ref's conditionals); "drift" is the mean TV of pi_{t+1}'s second-token
+distribution from pi_ref's. Loss optimum and excess are only computed for N = 1.
 
 Runs, the reference, tables (results.txt), results.json and nash.png go under --out; a
 finished run with the same settings is reused, an unfinished one resumed, one with other
@@ -338,6 +346,7 @@ def settings(args: argparse.Namespace, name: str) -> dict[str, str]:
         "learner.global_batch_size": str(args.batch),
         "learner.micro_batch_size": str(args.micro_batch),
         "learner.warmup_ratio": repr(args.warmup),
+        "learner.logps_batch_size": str(args.micro_batch),
         "learner.checkpoint_every": "0",  # tiny stages: redoing one beats checkpointing it
         "run.iterations": str(args.iterations),
         "run.seed": str(args.seed),
@@ -588,13 +597,14 @@ def plot(results: dict[str, dict], path: Path, n: int, tol: float) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # class shares drawn on the regular n-gon (the simplex itself for n = 3), zoomed
+    # class shares drawn on the regular n-gon (the simplex itself for n = 3), zoomed to the
+    # measured trajectories (exact dynamics that run off, dpo's, are cut)
     angle = np.pi / 2 + 2 * np.pi * np.arange(n) / n
     corners = np.stack([np.cos(angle), np.sin(angle)], 1)
     fig, axes = plt.subplots(1, 3, figsize=(16, 5))
     ax = axes[0]
     ax.fill(*corners.T, fill=False, color="0.6")
-    seen = []
+    seen, top = [], 0.0
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (name, res) in enumerate(results.items()):
         color = colors[i % len(colors)]
@@ -602,17 +612,16 @@ def plot(results: dict[str, dict], path: Path, n: int, tol: float) -> None:
         exact = np.array(res["exact"]) @ corners
         ax.plot(*meas.T, "o-", color=color, ms=3, label=f"{name} (measured)")
         ax.plot(*exact.T, ":", color=color, lw=1)
-        seen += [meas, exact]
+        seen.append(meas)
         its = np.arange(1, len(meas) + 1)
-        measured = [res["ref"]] + [r["shares"] for r in res["rows"]]
-        axes[1].plot(
-            its, [game.tv(p, res["star"]) for p in measured], "o-", color=color, label=name
-        )
+        dist = [game.tv(p, res["star"]) for p in [res["ref"]] + [r["shares"] for r in res["rows"]]]
+        axes[1].plot(its, dist, "o-", color=color, label=name)
+        top = max(top, *dist)
         axes[1].plot(its, [game.tv(p, res["star"]) for p in res["exact"]], ":", color=color)
         axes[2].plot(its[1:], [r["tv_step"] for r in res["rows"]], "o-", color=color, label=name)
     star = np.array(next(iter(results.values()))["star"]) @ corners
     ax.plot(*star, "k*", ms=12, label="pi*_tau")
-    lo, hi = np.min(np.vstack(seen), 0), np.max(np.vstack(seen), 0)
+    lo, hi = np.min(np.vstack([*seen, star]), 0), np.max(np.vstack([*seen, star]), 0)
     pad = 0.15 * max(hi - lo) + 0.01
     ax.set(xlim=(lo[0] - pad, hi[0] + pad), ylim=(lo[1] - pad, hi[1] + pad), aspect="equal")
     ax.set(xticks=[], yticks=[])
@@ -623,8 +632,10 @@ def plot(results: dict[str, dict], path: Path, n: int, tol: float) -> None:
         fontsize=9,
     )
     axes[1].set(xlabel="policy pi_t", ylabel="TV(pi_t, pi*_tau)", title="distance to pi*_tau")
+    axes[1].set_ylim(0, 1.1 * top)  # exact dynamics that run off (dpo's) are cut
     axes[2].axhline(tol, color="grey", ls="--", lw=0.8)
     axes[2].set(xlabel="pi_t+1", ylabel="TV", title="TV(measured pi_t+1, exact INPO step)")
+    axes[2].set_yscale("log")
     for a in axes[1:]:
         a.legend(fontsize=7)
         a.grid(alpha=0.3)
