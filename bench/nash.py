@@ -42,10 +42,14 @@ Runs, the reference, tables (results.txt), results.json and nash.png go under --
 finished run with the same settings is reused, an unfinished one resumed, one with other
 settings replaced.
 
-    .venv/bin/python bench/nash.py                         # every variant (~15 min here)
-    .venv/bin/python bench/nash.py --quick                 # smoke run (~3 min)
-    .venv/bin/python bench/nash.py --runs soft,tau0 --iterations 8 --lr 3e-3
-    .venv/bin/python bench/nash.py --tokens 2 --runs soft --out runs/nash2
+    .venv/bin/python bench/nash.py                # every variant: 7-17 min on 2 busy cores
+    .venv/bin/python bench/nash.py --quick        # smoke run: soft and tau0, 3 iterations
+    .venv/bin/python bench/nash.py --runs soft,tau0 --iterations 10
+    .venv/bin/python bench/nash.py --tokens 2 --epochs 8 --out runs/nash_tok2
+
+The defaults (256 prompts x K = 8 -> ~1000 disjoint pairs per iteration, 2 epochs of
+batch 64 at lr 3e-3: 30 steps) keep the soft run within TV 0.013 of the exact step; a
+run of 6 iterations takes about a minute on an idle machine.
 """
 
 from __future__ import annotations
