@@ -215,7 +215,8 @@ def test_zero3_then_a_frozen_model_scores_like_transformers(tmp_path, tiny_model
     scored = {}
 
     def score_saved_policy(group, pairs):
-        scored["logps"] = group.compute_logps(str(tmp_path / "out" / "policy"), len(pairs))
+        saved = str(tmp_path / "out" / "policy")
+        scored["logps"] = group.compute_logps(len(pairs), "frozen", saved)
         scored["pairs"] = pairs
 
     cfg = BASE + ["learner.num_ranks=2", "deepspeed.zero_stage=3", "learner.epochs=1"]
