@@ -65,9 +65,12 @@ def _cell(row: dict[str, Any], key, fmt: str | None, title: str) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    cells = [[title for title, _, _ in COLUMNS]]
-    cells += [[_cell(r, key, fmt, title) for title, key, fmt in COLUMNS] for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+    """The iteration table; a column no row has a value for (pass rate without the
+    ifeval oracle) is left out."""
+    body = [[_cell(r, key, fmt, title) for title, key, fmt in COLUMNS] for r in rows]
+    keep = [i for i in range(len(COLUMNS)) if any(line[i] != "-" for line in body)]
+    cells = [[COLUMNS[i][0] for i in keep]] + [[line[i] for i in keep] for line in body]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(keep))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
