@@ -233,7 +233,9 @@ def main() -> None:
 
 
 def lora_main(args: argparse.Namespace) -> None:
-    """LoRA rank args.lora vs full fine-tuning: memory, tokens/s, logps stage time."""
+    """LoRA rank args.lora vs full fine-tuning: memory, tokens/s, logps stage time. The
+    two learners train side by side, one optimizer step each in turn, so a load change
+    on a shared machine hits both alike."""
     from inpo.cluster import start_ray
     from inpo.config import load_config
     from inpo.learn import start_learner, total_steps
@@ -242,12 +244,13 @@ def lora_main(args: argparse.Namespace) -> None:
     tok = build_tokenizer()
     pairs = synthetic_pairs(total * args.global_batch, len(tok), args.seq_len, args.seed)
     cache = uniform_cache(pairs, len(tok))
-    results = {}
+    modes = {"full fine-tuning": 0, f"LoRA r={args.lora}": args.lora}
+    logps, groups = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = str(build_tiny_model(tmp, layers=args.layers, hidden=args.hidden))
         print(f"model: {count_parameters(model_dir) / 1e6:.1f}M params, {len(pairs)} pairs")
-        for name, r in (("full fine-tuning", 0), (f"LoRA r={args.lora}", args.lora)):
-            cfg = load_config(
+        cfgs = {
+            name: load_config(
                 None,
                 [
                     f"learner.num_ranks={args.ranks}",
@@ -260,54 +263,69 @@ def lora_main(args: argparse.Namespace) -> None:
                     f"run.seed={args.seed}",
                 ],
             )
-            steps = total_steps(cfg, len(pairs))
+            for name, r in modes.items()
+        }
+        steps = total_steps(cfgs["full fine-tuning"], len(pairs))
+        for name, cfg in cfgs.items():  # the logps stage of an iteration t >= 2, two ways
             group = start_learner(cfg, start_ray(cfg))
             try:
                 group.set_data(pairs, tok.pad_token_id)
-                t0 = time.perf_counter()  # the old logps stage: two frozen copies
+                t0 = time.perf_counter()  # before: frozen copies of pi_t and pi_ref
                 group.compute_logps(len(pairs), "frozen", model_dir, desc="frozen pi_t")
                 group.compute_logps(len(pairs), "frozen", model_dir, desc="frozen pi_ref")
                 old = time.perf_counter() - t0
-                t0 = time.perf_counter()  # the new one: the engine is pi_t
+                t0 = time.perf_counter()  # now: the training model is pi_t
                 group.build_engine(model_dir, steps)
                 group.compute_logps(len(pairs), "engine", desc="engine pi_t")
-                source = "base" if r else "frozen"
+                source = "base" if modes[name] else "frozen"
                 group.compute_logps(len(pairs), source, model_dir, desc=f"{source} pi_ref")
-                new = time.perf_counter() - t0
+                logps[name] = (old, time.perf_counter() - t0)
             finally:
                 group.shutdown()
-            group = start_learner(cfg, start_ray(cfg))  # fresh ranks: peak memory of training
-            try:
-                group.set_data(pairs, tok.pad_token_id)
-                group.set_cache(cache)
-                group.build_engine(model_dir, steps)
-                secs = tokens = 0.0
-                for step in range(total):
+        try:
+            for name, cfg in cfgs.items():  # fresh ranks: their peak memory is training's
+                groups[name] = start_learner(cfg, start_ray(cfg))
+                groups[name].set_data(pairs, tok.pad_token_id)
+                groups[name].set_cache(cache)
+                groups[name].build_engine(model_dir, steps)
+            secs, tokens = dict.fromkeys(modes, 0.0), dict.fromkeys(modes, 0.0)
+            for step in range(total):
+                for name, group in groups.items():
                     t0 = time.perf_counter()
                     m = group.train_step(step)
                     if step >= args.warmup:
-                        secs += time.perf_counter() - t0
-                        tokens += m["tokens"]
-                peaks = group.get(
-                    [
-                        a.__ray_call__.remote(
-                            lambda _: __import__("resource").getrusage(0).ru_maxrss
-                        )
-                        for a in group.actors
-                    ]
+                        secs[name] += time.perf_counter() - t0
+                        tokens[name] += m["tokens"]
+            peak = {
+                name: max(
+                    group.get(
+                        [
+                            a.__ray_call__.remote(
+                                lambda _: __import__("resource").getrusage(0).ru_maxrss
+                            )
+                            for a in group.actors
+                        ]
+                    )
                 )
-                results[name] = (tokens / secs, max(peaks) / 1024, old, new)
-            finally:
+                / 1024
+                for name, group in groups.items()
+            }
+        finally:
+            for group in groups.values():
                 group.shutdown()
     print(
         f"\n{'':22s}{'tokens/s':>10s}{'peak RSS MiB':>14s}{'logps old s':>13s}{'logps new s':>13s}"
     )
-    for name, (tps, mib, old, new) in results.items():
-        print(f"{name:22s}{tps:10.1f}{mib:14.0f}{old:13.2f}{new:13.2f}")
-    (full, lora) = results.values()
+    for name in modes:
+        tps = tokens[name] / secs[name]
+        print(
+            f"{name:22s}{tps:10.1f}{peak[name]:14.0f}{logps[name][0]:13.2f}{logps[name][1]:13.2f}"
+        )
+    full, lora = list(modes)
     print(
-        f"LoRA / full: tokens/s {lora[0] / full[0]:.2f}x, peak memory {lora[1] / full[1]:.2f}x; "
-        f"logps stage new / old: full {full[3] / full[2]:.2f}x, LoRA {lora[3] / lora[2]:.2f}x"
+        f"LoRA / full: tokens/s {tokens[lora] / secs[lora] / (tokens[full] / secs[full]):.2f}x, "
+        f"peak memory {peak[lora] / peak[full]:.2f}x; logps stage now / before: full "
+        f"{logps[full][1] / logps[full][0]:.2f}x, LoRA {logps[lora][1] / logps[lora][0]:.2f}x"
     )
 
 

@@ -54,7 +54,7 @@ def _cell(row: dict[str, Any], key, fmt: str | None, title: str) -> str:
         return f"{seconds:.0f}" if seconds else "-"
     if isinstance(key, tuple):
         a, b = row.get(key[0]), row.get(key[1])
-        return "-" if a is None else f"{fmt.format(a)} > {fmt.format(b)}"
+        return "-" if a is None or a != a else f"{fmt.format(a)} > {fmt.format(b)}"  # NaN: -
     value = row.get(key)
     if value is None:
         return "-"
@@ -95,7 +95,8 @@ def plot(rows: list[dict[str, Any]], run_dir: Path) -> Path:
             ax1.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
     ax1.axhline(0.5, color="grey", lw=0.8, ls="--")
     ax1.set(xlabel="iteration", ylabel="win rate (oracle)", title="held-out win rate")
-    ax1.legend()
+    if ax1.get_legend_handles_labels()[0]:  # no win rates when data.eval_size = 0
+        ax1.legend()
     learned = [r for r in rows if r["iteration"] > 0]
     ax2.plot(its, [r.get("loss_first_epoch") for r in learned], marker="o", label="first epoch")
     ax2.plot(its, [r.get("loss_last_epoch") for r in learned], marker="o", label="last epoch")

@@ -332,7 +332,8 @@ class LearnerRank:
             self.engine.step()
             self.steps_taken += 1
             with torch.no_grad():
-                error = (margin - target).abs() if target is not None else torch.zeros_like(margin)
+                # DPO has no target margin: NaN, not a perfect 0
+                error = (margin - target).abs() if target is not None else margin * float("nan")
                 for key, values in (
                     ("loss", losses),
                     ("margin", margin),
