@@ -67,6 +67,25 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
+def bench_config(args: argparse.Namespace, *overrides: str):
+    """The learner config both sides read, from the command line's sizes."""
+    from inpo.config import load_config
+
+    return load_config(
+        None,
+        [
+            f"learner.num_ranks={args.ranks}",
+            f"learner.global_batch_size={args.global_batch}",
+            f"learner.micro_batch_size={args.micro_batch}",
+            f"learner.max_length={args.seq_len}",
+            f"deepspeed.zero_stage={args.zero_stage}",
+            "model.dtype=float32",
+            f"run.seed={args.seed}",
+            *overrides,
+        ],
+    )
+
+
 def synthetic_pairs(n: int, vocab: int, seq_len: int, seed: int) -> TokenizedPairs:
     """Prompts of seq_len/3 tokens, responses of seq_len/3 .. 2*seq_len/3 tokens."""
     g = torch.Generator().manual_seed(seed)
@@ -143,24 +162,12 @@ def main() -> None:
     import ray
 
     from inpo.cluster import start_ray
-    from inpo.config import load_config
     from inpo.learn import start_learner
 
     args = parse_args()
     transformers.utils.logging.disable_progress_bar()
     total = args.warmup + args.steps
-    cfg = load_config(
-        None,
-        [
-            f"learner.num_ranks={args.ranks}",
-            f"learner.global_batch_size={args.global_batch}",
-            f"learner.micro_batch_size={args.micro_batch}",
-            f"learner.max_length={args.seq_len}",
-            f"deepspeed.zero_stage={args.zero_stage}",
-            "model.dtype=float32",
-            f"run.seed={args.seed}",
-        ],
-    )
+    cfg = bench_config(args)
     tok = build_tokenizer()
     vocab, pad_id = len(tok), tok.pad_token_id
     pairs = synthetic_pairs(total * args.global_batch, vocab, args.seq_len, args.seed)
@@ -237,7 +244,6 @@ def lora_main(args: argparse.Namespace) -> None:
     two learners train side by side, one optimizer step each in turn, so a load change
     on a shared machine hits both alike."""
     from inpo.cluster import start_ray
-    from inpo.config import load_config
     from inpo.learn import start_learner, total_steps
 
     total = args.warmup + args.steps
@@ -249,22 +255,7 @@ def lora_main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = str(build_tiny_model(tmp, layers=args.layers, hidden=args.hidden))
         print(f"model: {count_parameters(model_dir) / 1e6:.1f}M params, {len(pairs)} pairs")
-        cfgs = {
-            name: load_config(
-                None,
-                [
-                    f"learner.num_ranks={args.ranks}",
-                    f"learner.global_batch_size={args.global_batch}",
-                    f"learner.micro_batch_size={args.micro_batch}",
-                    f"learner.max_length={args.seq_len}",
-                    f"deepspeed.zero_stage={args.zero_stage}",
-                    "model.dtype=float32",
-                    f"model.lora.r={r}",
-                    f"run.seed={args.seed}",
-                ],
-            )
-            for name, r in modes.items()
-        }
+        cfgs = {name: bench_config(args, f"model.lora.r={r}") for name, r in modes.items()}
         steps = total_steps(cfgs["full fine-tuning"], len(pairs))
         for name, cfg in cfgs.items():  # the logps stage of an iteration t >= 2, two ways
             group = start_learner(cfg, start_ray(cfg))

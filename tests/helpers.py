@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -33,3 +40,44 @@ def hf_logp(model_dir: Path, ids: list[int], prompt_len: int) -> float:
     with torch.no_grad():
         logits = model(input_ids=x).logits
     return sequence_logps(logits[:, :-1], x[:, 1:], mask).item()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def openai_server(model_dir: Path, log: Path, *engine_args: str) -> Iterator[str]:
+    """A real vLLM OpenAI server of model_dir on 127.0.0.1; yields its /v1 URL."""
+    import pytest
+    import requests
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
+    cmd += ["--port", str(port), "--host", "127.0.0.1", "--dtype", "float32"]
+    cmd += ["--max-model-len", "1024", *engine_args]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "VLLM_LOGGING_LEVEL": "WARNING"}
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"vLLM server did not come up:\n{log.read_text()[-3000:]}")
+            try:
+                if requests.get(f"{url}/models", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -6,11 +6,11 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from helpers import free_port
 
 import inpo.oracle.http as http_oracle
 from inpo.config import InpoConfig
@@ -202,12 +202,6 @@ def test_python_backend_bad_callable(spec, match):
 
 
 # --- http backend -------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -3,16 +3,11 @@ the http backend against a real local vLLM OpenAI-compatible server."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
 import torch
-from test_oracle import free_port
+from helpers import openai_server
 
 from inpo.config import InpoConfig
 from inpo.oracle import Debiased, OracleError, build_oracle
@@ -192,48 +187,9 @@ def judge_model(tiny_model, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def vllm_server(judge_model, tmp_path_factory):
-    port = free_port()
     log = tmp_path_factory.mktemp("vllm") / "server.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(judge_model),
-        "--port",
-        str(port),
-        "--host",
-        "127.0.0.1",
-        "--gpu-memory-utilization",
-        "0.1",
-        "--dtype",
-        "float32",
-        "--max-model-len",
-        "1024",
-    ]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "VLLM_LOGGING_LEVEL": "WARNING"}
-    with log.open("w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"vLLM server did not come up:\n{log.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{url}/models", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(1)
+    with openai_server(judge_model, log, "--gpu-memory-utilization", "0.1") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_http_judge_against_vllm(vllm_server, judge_model):

@@ -6,17 +6,12 @@ Real Ray, vLLM (CPU) and DeepSpeed (CPU, gloo); small budgets, real weights."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
 import torch
+from helpers import free_port, openai_server
 from safetensors.torch import load_file
-from test_oracle import free_port
 from test_pipeline_e2e import inpo_train
 
 from inpo.config import InpoConfig
@@ -169,48 +164,9 @@ def test_reward_judge_on_smollm2_with_a_seeded_head(smollm2, ray_session, tmp_pa
 
 @pytest.fixture(scope="module")
 def smollm2_server(smollm2, tmp_path_factory):
-    port = free_port()
     log = tmp_path_factory.mktemp("vllm") / "server.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(smollm2),
-        "--port",
-        str(port),
-        "--host",
-        "127.0.0.1",
-        "--dtype",
-        "float32",
-        "--max-model-len",
-        "1024",
-        "--kv-cache-memory-bytes",
-        str(256 << 20),
-    ]
-    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
-    with log.open("w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"vLLM server did not come up:\n{log.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{url}/models", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(1)
+    with openai_server(smollm2, log, "--kv-cache-memory-bytes", str(256 << 20)) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_http_judge_against_a_real_vllm_server_of_smollm2(smollm2_server):
