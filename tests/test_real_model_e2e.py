@@ -78,15 +78,23 @@ def test_smollm2_zero3_two_iterations_sigkill_during_learning_resumes_exactly(sm
     assert any(not torch.equal(a[k], base[k]) for k in base)  # it did learn
 
 
-def test_smollm2_lora_zero2(smollm2, tmp_path):
-    run = tmp_path / "lora"
-    r = inpo_train(*SMOL, "model.lora.r=8", "learner.lr=1e-3", f"run.dir={run}")
+def test_smollm2_lora_zero2_sigkill_during_learning_resumes_exactly(smollm2, tmp_path):
+    args = [*SMOL, "model.lora.r=8", "learner.lr=1e-3"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    r = inpo_train(*args, f"run.dir={whole}")
     assert r.returncode == 0, r.stderr[-3000:]
-    first = json.loads((run / "iter_1" / "learn_metrics.jsonl").read_text().splitlines()[0])
+    first = json.loads((whole / "iter_1" / "learn_metrics.jsonl").read_text().splitlines()[0])
     assert abs(first["margin"]) < 1e-4  # pi = pi_t = pi_ref at the first step
-    adapter = run / "iter_2" / "policy" / "adapter"
-    config = json.loads((adapter / "adapter_config.json").read_text())
+    adapter = "iter_2/policy/adapter"
+    config = json.loads((whole / adapter / "adapter_config.json").read_text())
     assert Path(config["base_model_name_or_path"]) == smollm2.resolve() and config["r"] == 8
+    r = inpo_train(*args, f"run.dir={cut}", crash_at="learn.step2#2")  # iteration 2
+    assert r.returncode == -9, r.stderr[-3000:]
+    r = inpo_train("--resume", str(cut))
+    assert r.returncode == 0, r.stderr[-3000:]
+    for f in ("iter_2/policy/model.safetensors", f"{adapter}/adapter_model.safetensors"):
+        a, b = load_file(str(whole / f)), load_file(str(cut / f))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
 
 
 # --- the three model judges on the real model ------------------------------------------
