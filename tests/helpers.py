@@ -42,6 +42,18 @@ def hf_logp(model_dir: Path, ids: list[int], prompt_len: int) -> float:
     return sequence_logps(logits[:, :-1], x[:, 1:], mask).item()
 
 
+def inpo_cli(*args: str, env: dict | None = None, timeout: int = 600, **run):
+    """`python -m inpo.cli ARGS` in a fresh process, as a user runs it (output captured)."""
+    return subprocess.run(
+        [sys.executable, "-m", "inpo.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or {**os.environ, "PYTHONUNBUFFERED": "1"},
+        **run,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import hf_logp, write_pairs
+from helpers import hf_logp, inpo_cli, write_pairs
 from safetensors.torch import load_file
 
 from inpo.config import load_config
@@ -28,25 +26,9 @@ LEARN_ARGS = [
 
 
 def run_learn(pairs: Path, policy: Path, out: Path, *overrides: str, extra_env=None):
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "inpo.cli",
-            "learn",
-            "--pairs",
-            str(pairs),
-            "--policy",
-            str(policy),
-            "--out",
-            str(out),
-            *overrides,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})},
-    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    args = ["--pairs", str(pairs), "--policy", str(policy), "--out", str(out), *overrides]
+    return inpo_cli("learn", *args, env=env)
 
 
 @pytest.fixture(scope="module")

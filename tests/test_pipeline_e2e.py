@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from helpers import inpo_cli
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.e2e
@@ -43,14 +42,7 @@ def inpo_train(*args: str, crash_at: str | None = None, extra_env=None, timeout=
     if crash_at:
         env["INPO_CRASH_AT"] = crash_at
     # A new session, so the kill below reaches Ray and vLLM children too.
-    return subprocess.run(
-        [sys.executable, "-m", "inpo.cli", "train", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        start_new_session=True,
-    )
+    return inpo_cli("train", *args, env=env, timeout=timeout, start_new_session=True)
 
 
 def final_weights(run: Path, t: int = 2) -> dict:

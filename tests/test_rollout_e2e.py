@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from helpers import write_pairs
+from helpers import inpo_cli, write_pairs
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
@@ -148,9 +148,6 @@ def test_a_reload_that_changed_nothing_is_caught_even_for_a_tiny_update(
 def test_generate_and_judge_commands(tmp_path, tiny_model):
     """`inpo generate` then `inpo judge`, as a user runs them, in fresh processes."""
     import json
-    import os
-    import subprocess
-    import sys
 
     prompts = tmp_path / "prompts.jsonl"
     rows = [{"prompt": p} for p in PROMPTS] + [{"prompt": "x" * 400}]  # last one too long
@@ -158,13 +155,7 @@ def test_generate_and_judge_commands(tmp_path, tiny_model):
     gens, pairs = tmp_path / "generations.jsonl", tmp_path / "pairs.jsonl"
 
     def cli(*args):
-        r = subprocess.run(
-            [sys.executable, "-m", "inpo.cli", *args],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+        r = inpo_cli(*args)
         assert r.returncode == 0, r.stderr[-3000:]
         return r.stdout
 
@@ -207,31 +198,11 @@ def test_an_engine_that_cannot_start_is_one_line(tmp_path, tiny_model):
     """vLLM's own reason (here: no room for a KV cache) reaches the user, named by actor,
     instead of "Engine core initialization failed. See root cause above"."""
     import json
-    import os
-    import subprocess
-    import sys
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "hi"}) + "\n")
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "inpo.cli",
-            "generate",
-            "--prompts",
-            str(prompts),
-            "--policy",
-            str(tiny_model),
-            "--out",
-            str(tmp_path / "g.jsonl"),
-            "generation.gpu_memory_utilization=0.0001",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ},
-    )
+    args = ["--prompts", str(prompts), "--policy", str(tiny_model), "--out", str(tmp_path / "g")]
+    r = inpo_cli("generate", *args, "generation.gpu_memory_utilization=0.0001")
     assert r.returncode == 1
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: generator 0 failed: ValueError: "), last
@@ -240,9 +211,6 @@ def test_an_engine_that_cannot_start_is_one_line(tmp_path, tiny_model):
 
 def test_answer_writes_the_files_alpaca_eval_and_arena_hard_read(tmp_path, tiny_model):
     import json
-    import os
-    import subprocess
-    import sys
 
     alpaca = tmp_path / "alpaca_eval.json"
     alpaca.write_text(
@@ -258,28 +226,8 @@ def test_answer_writes_the_files_alpaca_eval_and_arena_hard_read(tmp_path, tiny_
     )
 
     def answer(prompts, out, *extra):
-        r = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "inpo.cli",
-                "answer",
-                "--policy",
-                str(tiny_model),
-                "--prompts",
-                str(prompts),
-                "--out",
-                str(out),
-                "--name",
-                "tiny-inpo",
-                "generation.max_new_tokens=8",
-                *extra,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env={**os.environ},
-        )
+        args = ["--policy", str(tiny_model), "--prompts", str(prompts), "--out", str(out)]
+        r = inpo_cli("answer", *args, "--name", "tiny-inpo", "generation.max_new_tokens=8", *extra)
         assert r.returncode == 0, r.stderr[-3000:]
         return r.stdout
 
