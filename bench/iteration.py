@@ -29,9 +29,7 @@ def main(args: list[str]) -> None:
     cfg = load_config(
         config, [*args, f"run.dir={run_dir}", "run.iterations=1", "run.tensorboard=false"]
     )
-    state = RunState(run_dir / "state.json", {"version": 2, "done": {}, "running": None})
-    state.data["run_id"] = "bench"
-    trainer = Trainer(cfg, run_dir, state)
+    trainer = Trainer(cfg, run_dir, RunState(run_dir / "state.json"))
     t0 = time.perf_counter()
     trainer.prepare()
     trainer.device = start_ray(cfg)

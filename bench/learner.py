@@ -158,13 +158,12 @@ class PlainLoop:
         return {"loss": loss_sum / len(idx), "tokens": tokens}
 
 
-def main() -> None:
+def main(args: argparse.Namespace) -> None:
     import ray
 
     from inpo.cluster import start_ray
     from inpo.learn import start_learner
 
-    args = parse_args()
     transformers.utils.logging.disable_progress_bar()
     total = args.warmup + args.steps
     cfg = bench_config(args)
@@ -239,6 +238,13 @@ def main() -> None:
         raise SystemExit(1)
 
 
+def peak_rss_mib(_actor) -> float:
+    """Runs inside a learner rank (Ray's __ray_call__): its peak resident memory."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def lora_main(args: argparse.Namespace) -> None:
     """LoRA rank args.lora vs full fine-tuning: memory, tokens/s, logps stage time. The
     two learners train side by side, one optimizer step each in turn, so a load change
@@ -288,17 +294,7 @@ def lora_main(args: argparse.Namespace) -> None:
                         secs[name] += time.perf_counter() - t0
                         tokens[name] += m["tokens"]
             peak = {
-                name: max(
-                    group.get(
-                        [
-                            a.__ray_call__.remote(
-                                lambda _: __import__("resource").getrusage(0).ru_maxrss
-                            )
-                            for a in group.actors
-                        ]
-                    )
-                )
-                / 1024
+                name: max(group.get([a.__ray_call__.remote(peak_rss_mib) for a in group.actors]))
                 for name, group in groups.items()
             }
         finally:
@@ -321,7 +317,5 @@ def lora_main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    if parse_args().lora:
-        lora_main(parse_args())
-    else:
-        main()
+    args = parse_args()
+    lora_main(args) if args.lora else main(args)
