@@ -34,8 +34,6 @@ from pathlib import Path
 
 import torch
 
-PROBE_TEXT = "Answer in one sentence: what is a preference?"
-
 
 def write_policies(base: Path, root: Path, rank: int, cycles: int) -> dict:
     """Per cycle, a random (seeded, non-zero) adapter on the base model, saved twice: as
@@ -44,8 +42,13 @@ def write_policies(base: Path, root: Path, rank: int, cycles: int) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from inpo.loss import sequence_logps
+    from inpo.rollout.generator import probe_sequence
+
     tok = AutoTokenizer.from_pretrained(base)
-    ids, prompt_len = probe_ids(tok)
+    ids, prompt_len = probe_sequence(tok)  # the probe every sync is checked with
+    x = torch.tensor([ids])
+    mask = (torch.arange(len(ids) - 1) >= prompt_len - 1).long()[None]
     out: dict = {"adapter_s": [], "merged_s": [], "probe": [], "ids": ids, "prompt_len": prompt_len}
     for c in range(cycles):
         torch.manual_seed(c)
@@ -65,18 +68,9 @@ def write_policies(base: Path, root: Path, rank: int, cycles: int) -> dict:
         tok.save_pretrained(root / f"merged{c}")
         out["merged_s"].append(time.perf_counter() - t0)
         with torch.no_grad():
-            logits = merged(torch.tensor([ids])).logits[0, :-1].log_softmax(-1)
-        out["probe"].append(float(sum(logits[i - 1, ids[i]] for i in range(prompt_len, len(ids)))))
+            logits = merged(input_ids=x).logits
+        out["probe"].append(sequence_logps(logits[:, :-1], x[:, 1:], mask).item())
     return out
-
-
-def probe_ids(tok) -> tuple[list[int], int]:
-    prompt = tok.apply_chat_template(
-        [{"role": "user", "content": PROBE_TEXT}], add_generation_prompt=True, tokenize=False
-    )
-    p = tok(prompt, add_special_tokens=False)["input_ids"]
-    r = tok("A preference is a choice between two things.", add_special_tokens=False)["input_ids"]
-    return p + r, len(p)
 
 
 def run_side(side: str, base: str, root: Path, args: argparse.Namespace) -> dict:
@@ -96,7 +90,7 @@ def run_side(side: str, base: str, root: Path, args: argparse.Namespace) -> dict
         prompt_token_ids(tok, [{"role": "user", "content": f"Describe the number {i} briefly."}])
         for i in range(args.prompts)
     ]
-    max_len = max(map(len, prompts)) + args.new_tokens + 64
+    max_len = max(max(map(len, prompts)) + args.new_tokens, len(meta["ids"]) + 1)
     kwargs = dict(
         dtype="float32",
         seed=cfg.run.seed,
@@ -210,8 +204,8 @@ def main() -> None:
         f"{os.cpu_count()} CPU cores; {args.model}, LoRA rank {args.rank}, fp32; per iteration: "
         f"{args.prompts} prompts x K={args.k} x {args.new_tokens} tokens"
     )
-    head = ("iter", "", "write s", "load s", "generate s", "total s", "probe - HF")
-    print("  ".join(f"{h:>{w}}" for h, w in zip(head, (4, 8, 8, 7, 10, 8, 10), strict=True)))
+    head = ("iter", "", "write s", "load s", "generate s", "tokens", "total s", "probe - HF")
+    print("  ".join(f"{h:>{w}}" for h, w in zip(head, (4, 8, 8, 7, 10, 6, 8, 10), strict=True)))
     totals = {"merged": 0.0, "adapter": 0.0}
     for c in range(args.cycles):
         for side, r, write in (("merged", m, meta["merged_s"]), ("adapter", a, meta["adapter_s"])):
@@ -220,7 +214,7 @@ def main() -> None:
             err = r["probe"][c] - meta["probe"][c]
             print(
                 f"{c + 1:>4}  {side:>8}  {write[c]:>8.2f}  {r['sync_s'][c]:>7.2f}  "
-                f"{r['generate_s'][c]:>10.2f}  {total:>8.2f}  {err:>10.1e}"
+                f"{r['generate_s'][c]:>10.2f}  {r['tokens'][c]:>6}  {total:>8.2f}  {err:>10.1e}"
             )
     ratio = totals["adapter"] / totals["merged"]
     print(f"adapter / merged, an iteration's write + load + rollout: {ratio:.2f}x")
