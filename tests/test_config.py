@@ -1,7 +1,5 @@
-import subprocess
-import sys
-
 import pytest
+from helpers import inpo_cli
 
 from inpo.config import ConfigError, InpoConfig, describe_fields, load_config, parse_overrides
 
@@ -74,26 +72,10 @@ def test_every_field_is_documented():
 
 
 def test_cli_exits_2_with_one_line():
-    r = subprocess.run(
-        [sys.executable, "-m", "inpo.cli", "config", "show", "learner.lr=abc"],
-        capture_output=True,
-        text=True,
-    )
+    r = inpo_cli("config", "show", "learner.lr=abc")
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "learner.lr" in r.stderr
-    ok = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "inpo.cli",
-            "config",
-            "show",
-            "configs/quickstart.yaml",
-            "learner.lr=0.5",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    ok = inpo_cli("config", "show", "configs/quickstart.yaml", "learner.lr=0.5")
     assert ok.returncode == 0, ok.stderr
     assert "lr: 0.5" in ok.stdout
 
