@@ -40,7 +40,7 @@ from inpo.durable import (
 from inpo.errors import InpoError
 from inpo.evaluate import oracle_metrics
 from inpo.faults import crash_point
-from inpo.report import fmt
+from inpo.report import Reporter, format_value, init_row, iteration_row, plot, table
 from inpo.state import ITERATION, STAGES, RunState, stages_of
 
 CONFIG_FILE = "config.yaml"
@@ -191,7 +191,7 @@ class Trainer:
         self.state.finish(t, name, info)
         label = f"iter {t}" if t else "setup"
         shown = {k: v for k, v in info.items() if k not in ("seconds", "outputs")}
-        extra = ", ".join(f"{k}={fmt(v)}" for k, v in shown.items())
+        extra = ", ".join(f"{k}={format_value(v)}" for k, v in shown.items())
         print(f"[{label}] {name} done in {info['seconds']:.1f}s" + (f" ({extra})" if extra else ""))
         return info
 
@@ -422,8 +422,6 @@ class Trainer:
                 drop_checkpoints(self.iter_dir(t))
 
     def rows(self) -> list[dict[str, Any]]:
-        from inpo.report import init_row, iteration_row
-
         first = init_row(self.state)
         return ([first] if first else []) + [
             iteration_row(self.state, t)
@@ -433,7 +431,6 @@ class Trainer:
 
     def run(self) -> list[dict[str, Any]]:
         from inpo.cluster import start_ray
-        from inpo.report import Reporter, plot, table
 
         self.prepare()
         self.validate()

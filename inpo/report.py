@@ -109,13 +109,14 @@ def plot(rows: list[dict[str, Any]], run_dir: Path) -> Path:
     return out
 
 
-def fmt(v: Any) -> str:
+def format_value(v: Any) -> str:
+    """A stage's info value as its one-line summary shows it."""
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, list):
-        return "[" + ", ".join(fmt(x) for x in v) + "]"
+        return "[" + ", ".join(format_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{" + ", ".join(f"{k}: {fmt(x)}" for k, x in v.items()) + "}"
+        return "{" + ", ".join(f"{k}: {format_value(x)}" for k, x in v.items()) + "}"
     return str(v)
 
 
