@@ -61,14 +61,13 @@ def mean_length(rows: list[dict]) -> float:
     return sum(len(r["response_ids"]) for r in rows) / max(len(rows), 1)
 
 
-def oracle_metrics(cfg: InpoConfig, rows: list[dict]) -> dict[str, Any]:
-    """Oracle-specific eval numbers: the instruction pass rate under the ifeval oracle."""
-    if cfg.oracle.backend != "synthetic" or cfg.oracle.synthetic != "ifeval":
-        return {}
-    from inpo.oracle.constraints import constraint_pass_rate
+def response_metrics(cfg: InpoConfig, rows: list[dict]) -> dict[str, Any]:
+    """What one policy's eval answers show on their own: mean length and, under the
+    ifeval oracle, the instruction pass rate."""
+    out: dict[str, Any] = {"mean_length": mean_length(rows)}
+    if cfg.oracle.backend == "synthetic" and cfg.oracle.synthetic == "ifeval":
+        from inpo.oracle.constraints import constraint_pass_rate
 
-    return {
-        "pass_rate": constraint_pass_rate(
-            [r["prompt"] for r in rows], [r["response"] for r in rows]
-        )
-    }
+        prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
+        out["pass_rate"] = constraint_pass_rate(prompts, responses)
+    return out

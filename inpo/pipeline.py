@@ -38,7 +38,7 @@ from inpo.durable import (
     write_text_atomic,
 )
 from inpo.errors import InpoError
-from inpo.evaluate import oracle_metrics
+from inpo.evaluate import compare, eval_rows, response_metrics, win_rate
 from inpo.faults import crash_point
 from inpo.report import Reporter, format_value, init_row, iteration_row, plot, table
 from inpo.state import ITERATION, STAGES, RunState, stages_of
@@ -248,8 +248,6 @@ class Trainer:
         )
 
     def _eval_rows(self, purpose: str, policy: str) -> list[dict]:
-        from inpo.evaluate import eval_rows
-
         self._hold(policy)
         cfg = self.cfg
         rows = self._generate_rows(
@@ -264,8 +262,6 @@ class Trainer:
 
     def _compare(self, new: list[dict], old: dict[str, list[dict]]) -> dict[str, Any]:
         """Win rates of ``new`` against each set of ``old`` rows; P is stored in the rows."""
-        from inpo.evaluate import compare, mean_length, win_rate
-
         self._actors(("oracle",))
         info: dict[str, Any] = {}
         for name, rows in old.items():
@@ -275,20 +271,12 @@ class Trainer:
             w = win_rate(probs)
             info[f"win_vs_{name}"] = w["mean"]
             info[f"win_vs_{name}_ci"] = [w["ci_low"], w["ci_high"]]
-        info["mean_length"] = mean_length(new)
-        info.update(oracle_metrics(self.cfg, new))
-        return info
+        return {**info, **response_metrics(self.cfg, new)}
 
     def _eval_ref(self) -> dict:
-        from inpo.evaluate import mean_length
-
         rows = self._eval_rows("eval_ref", self.reference)
         write_jsonl_atomic(self.run_dir / "eval_ref.jsonl", rows)
-        return {
-            "prompts": len(rows),
-            "mean_length": mean_length(rows),
-            **oracle_metrics(self.cfg, rows),
-        }
+        return {"prompts": len(rows), **response_metrics(self.cfg, rows)}
 
     def _eval_init(self) -> dict:
         rows = self._eval_rows("eval_init", self.policy(1))
