@@ -16,10 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from inpo.cluster import start_ray
 from inpo.config import load_config
 from inpo.pipeline import Trainer
-from inpo.report import Reporter
 from inpo.state import STAGES, RunState
 
 
@@ -32,11 +30,10 @@ def main(args: list[str]) -> None:
     trainer = Trainer(cfg, run_dir, RunState(run_dir / "state.json"))
     t0 = time.perf_counter()
     trainer.prepare()
-    trainer.device = start_ray(cfg)
-    trainer.reporter = Reporter(cfg, run_dir, "bench")
+    trainer.start("bench")
     try:
         trainer.setup()
-        trainer._actors(("generators", "oracle", "learner"), policy=trainer.policy(1))
+        trainer.fleet.ensure(("generators", "oracle", "learner"), policy=trainer.policy(1))
         setup = time.perf_counter() - t0
         t1 = time.perf_counter()
         trainer.iteration(1)
@@ -46,7 +43,7 @@ def main(args: list[str]) -> None:
     stages = {s: trainer.state.info(1, s)["seconds"] for s in STAGES}
     outside = wall - sum(stages.values())
     print(
-        f"\none iteration of {config or 'the quickstart'} on {trainer.device}: {wall:.2f} s "
+        f"\none iteration of {config or 'the quickstart'} on {trainer.fleet.device}: {wall:.2f} s "
         f"(plus {setup:.1f} s start-up: Ray, actors, pi_ref eval)"
     )
     print(f"{'stage':<16}{'seconds':>9}{'share':>8}")

@@ -81,6 +81,7 @@ def bench_config(args: argparse.Namespace, *overrides: str):
             f"deepspeed.zero_stage={args.zero_stage}",
             "model.dtype=float32",
             f"run.seed={args.seed}",
+            "learner.heldout_fraction=0",  # the plain loop steps on every pair
             *overrides,
         ],
     )
@@ -262,7 +263,7 @@ def lora_main(args: argparse.Namespace) -> None:
         model_dir = str(build_tiny_model(tmp, layers=args.layers, hidden=args.hidden))
         print(f"model: {count_parameters(model_dir) / 1e6:.1f}M params, {len(pairs)} pairs")
         cfgs = {name: bench_config(args, f"model.lora.r={r}") for name, r in modes.items()}
-        steps = total_steps(cfgs["full fine-tuning"], len(pairs))
+        steps = total_steps(cfgs["full fine-tuning"], pairs)
         for name, cfg in cfgs.items():  # the logps stage of an iteration t >= 2, two ways
             group = start_learner(cfg, start_ray(cfg))
             try:

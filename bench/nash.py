@@ -21,14 +21,13 @@ t = 1, else RUN/iter_<t-1>/policy) and pi_{t+1} (RUN/iter_<t>/policy):
                labels, ipo and dpo solve other problems, and this says whether the learner
                solved theirs
     TV pi*     TV(pi_{t+1}, pi*_tau) for tau = --tau; expl: the exploitability of pi_{t+1}
-    loss       the learn stage's mean loss in its first and last epoch (metrics.jsonl), and
-               (opt) the expected loss at the population minimizer over pairs from pi_t
-    excess     the expected loss of the measured pi_{t+1} minus that optimum: how far the
-               iteration is from solving its problem (0 = solved; training pairs are
-               finite, so the last epoch's loss can lie below opt while excess > 0)
-    |h-t|      the learn stage's mean |h - target| in its first and last epoch, and its
-               expectation at the minimizer (not 0: in a cyclic game no policy fits every
-               pair's target; not what is minimized, so a learner can undercut it)
+    held-out   what `inpo train` reports (metrics.jsonl): the objective minus its per-pair
+               floor (`inpo.loss.objective_floor`), a mean over the learn stage's held-out
+               pairs, before its first step and after its last
+    excess     the same quantity exactly, in expectation over pairs drawn from pi_t: of the
+               measured pi_{t+1}, and (opt) of the population minimizer (not 0: in a cyclic
+               game no policy fits every pair's target); excess - opt is how far the
+               iteration is from solving its problem
     sampled    the class shares of the run's own vLLM samples of pi_t (a cross-check)
 
 With --tokens N > 1 the loss sees N-token responses whose class is still their first
@@ -66,6 +65,7 @@ from pathlib import Path
 import numpy as np
 
 from inpo import game
+from inpo.prompts import quickstart_prompts
 
 # Held-out prompts the class shares are measured on: the tail of builtin:quickstart.
 MEASURE_PROMPTS = 64
@@ -86,6 +86,7 @@ VARIANTS = {
     "hard": Variant("inpo", "hard", "disjoint", "main"),
     "tau0": Variant("inpo", "soft", "disjoint", "zero"),
     "random": Variant("inpo", "soft", "random", "main"),
+    "tournament": Variant("inpo", "soft", "tournament", "main"),
     "ipo": Variant("ipo", "soft", "disjoint", "main"),
     "dpo": Variant("dpo", "soft", "disjoint", "main"),
 }
@@ -98,12 +99,6 @@ def game_matrix(args: argparse.Namespace) -> np.ndarray:
     if args.matrix:
         return game.check_matrix(json.loads(args.matrix))
     return game.cyclic_matrix(args.classes, args.win)
-
-
-def quickstart_prompts() -> list:
-    from inpo.data import builtin_prompts
-
-    return builtin_prompts("builtin:quickstart")
 
 
 def measure_ids(tokenizer) -> list[list[int]]:
@@ -264,15 +259,17 @@ def own_step(v: Variant, g: Game, pi_t: np.ndarray, ref: np.ndarray) -> np.ndarr
     return e / e.sum(-1, keepdims=True)
 
 
-def population(
-    v: Variant, g: Game, pi_t: np.ndarray, ref: np.ndarray, pi_new: np.ndarray
-) -> tuple[float, float | None]:
-    """(expected loss, expected |h - target|) of the policy pi_new on the run's pairs:
-    two distinct tokens drawn from pi_t (one token twice is dropped), labelled as the run
-    labels them, at token level. The expected loss is least at `own_step`; how much more a
-    learned pi_{t+1} has is how far the learn stage is from solving its problem. |h - t| is
-    not what is minimized (the learner can undercut its value at the minimizer); dpo has
-    no target margin."""
+def population(v: Variant, g: Game, pi_t: np.ndarray, ref: np.ndarray, pi_new: np.ndarray) -> float:
+    """Expected excess (loss minus its per-pair floor) of the policy pi_new on the run's
+    pairs: two distinct tokens drawn from pi_t (one token twice is dropped), labelled as
+    the run labels them, at token level; what the learner's held-out excess estimates. It
+    is least at `own_step`; how much more a learned pi_{t+1} has is how far the learn stage
+    is from solving its problem."""
+    import torch
+
+    from inpo.loss import objective_floor
+
+    cfg = {"type": v.loss, "eta": g.eta, "beta": g.beta}
     with np.errstate(divide="ignore", invalid="ignore"):
         f = np.log(pi_new) - base_log(v, g, pi_t, ref)
     q = pi_t[:, :, None] * pi_t[:, None, :] * (1.0 - np.eye(pi_t.shape[-1]))
@@ -288,19 +285,15 @@ def population(
         q = q * (m != 0.5)
         sides = [((m > 0.5) * 1.0, ones), ((m < 0.5) * 1.0, ones)]
     k = 0.5 / (g.eta if v.loss == "inpo" else g.beta)
-    loss = err = 0.0
+    excess = 0.0
     for (prob, pl), h in zip(sides, (d, -d), strict=True):
         if v.loss == "dpo":
             z = g.beta * h
-            loss = loss - prob * (pl * _log_sigmoid(z) + (1 - pl) * _log_sigmoid(-z))
+            loss = -(pl * _log_sigmoid(z) + (1 - pl) * _log_sigmoid(-z))
         else:
-            loss = loss + prob * (pl * (h - k) ** 2 + (1 - pl) * (h + k) ** 2)
-            err = err + prob * np.abs(h - (2 * pl - 1) * k)
-
-    def mean(x: np.ndarray) -> float:
-        return float(np.mean((q * x).sum((1, 2)) / q.sum((1, 2))))
-
-    return mean(loss), None if v.loss == "dpo" else mean(err)
+            loss = pl * (h - k) ** 2 + (1 - pl) * (h + k) ** 2
+        excess = excess + prob * (loss - objective_floor(cfg, torch.tensor(pl)).numpy())
+    return float(np.mean((q * excess).sum((1, 2)) / q.sum((1, 2))))
 
 
 def _log_sigmoid(z: np.ndarray) -> np.ndarray:
@@ -324,6 +317,8 @@ def settings(args: argparse.Namespace, name: str) -> dict[str, str]:
     k, ppi = args.samples, args.prompts_per_iteration
     if v.strategy == "random":  # one pair per prompt: as many pairs from K = 2
         k, ppi = 2, ppi * args.samples // 2
+    if v.strategy == "tournament":  # one pair per prompt: as many pairs, from K samples
+        ppi = ppi * args.samples // 2
     out = {
         "model.policy": str(args.out / "reference"),
         "model.dtype": "float32",
@@ -472,12 +467,11 @@ def analyse(
         own = own_step(v, g, prev, ref)
         info = by_iter.get(t, {})
         row = {"t": t, "pairs": info.get("pairs")}
-        for key, src in (("loss", "loss"), ("err", "margin_error")):
-            row[f"{key}_first"] = info.get(f"{src}_first_epoch")
-            row[f"{key}_last"] = info.get(f"{src}_last_epoch")
-        if prev2 is None:  # the population loss over one-token responses
-            row["loss_opt"], row["err_opt"] = population(v, g, prev, ref, own)
-            row["excess"] = population(v, g, prev, ref, new)[0] - row["loss_opt"]
+        for when in ("start", "end"):
+            row[f"heldout_{when}"] = info.get(f"heldout_excess_{when}")
+        if prev2 is None:  # the population excess over one-token responses
+            row["excess_opt"] = population(v, g, prev, ref, own)
+            row["excess"] = population(v, g, prev, ref, new)
         else:  # ipo and dpo pull toward pi_ref alone: their Z is 1
             step = _times(step, continuation_weight(g, prev2, ref2, tau))
             if v.loss == "inpo":
@@ -552,16 +546,16 @@ def run_table(name: str, res: dict, seconds: float) -> str:
     )
     multi = "drift" in res["rows"][0]
     cols = f"{'t':>2}  {'pi_t+1 measured':<21}  {'exact INPO step':<21}  {'TV step':>7}"
-    cols += f"  {'TV own':>6}  {'TV pi*':>6}  {'expl':>5}  {'loss 1st>last (opt)':>21}"
-    cols += f"  {'excess':>6}  {'|h-t| 1st>last (opt)':>21}  {'pairs':>5}  {'sampled pi_t':<21}"
+    cols += f"  {'TV own':>6}  {'TV pi*':>6}  {'expl':>5}  {'held-out start>end':>18}"
+    cols += f"  {'excess (opt)':>15}  {'pairs':>5}  {'sampled pi_t':<21}"
     lines = [head, cols + ("  drift" if multi else "")]
     for r in res["rows"]:
-        loss = f"{_num(r['loss_first'])}>{_num(r['loss_last'])} ({_num(r.get('loss_opt'))})"
-        err = f"{_num(r['err_first'])}>{_num(r['err_last'])} ({_num(r.get('err_opt'))})"
+        held = f"{_num(r['heldout_start'], '{:.4f}')}>{_num(r['heldout_end'], '{:.4f}')}"
+        excess = f"{_num(r.get('excess'), '{:.4f}')} ({_num(r.get('excess_opt'), '{:.4f}')})"
         line = (
             f"{r['t']:>2}  {_vec(r['shares']):<21}  {_vec(r['step']):<21}  {r['tv_step']:>7.4f}"
             f"  {r['tv_own']:>6.4f}  {r['tv_star']:>6.4f}  {r['exploitability']:>5.3f}"
-            f"  {loss:>21}  {_num(r.get('excess'), '{:.4f}'):>6}  {err:>21}"
+            f"  {held:>18}  {excess:>15}"
             f"  {r['pairs'] or '-':>5}  {_vec(r['sampled']):<21}"
         )
         lines.append(line + (f"  {r['drift']:.4f}" if multi else ""))
@@ -580,16 +574,19 @@ def run_table(name: str, res: dict, seconds: float) -> str:
 def summary(results: dict[str, dict], seconds: dict[str, float], tol: float) -> str:
     lines = [
         f"{'run':<8}{'max TV step':>12}{'max TV own':>11}{'TV pi* final':>13}"
-        f"{'(exact)':>9}{'expl final':>11}{'max excess':>11}{'wall s':>8}{'its':>5}"
+        f"{'(exact)':>9}{'expl final':>11}{'max gap':>9}{'held-out removed':>17}{'wall s':>8}"
+        f"{'its':>5}"
     ]
     for name, res in results.items():
         rows = res["rows"]
-        excess = [r["excess"] for r in rows if "excess" in r]
+        gap = [r["excess"] - r["excess_opt"] for r in rows if "excess" in r]
+        removed = [1 - r["heldout_end"] / r["heldout_start"] for r in rows if r["heldout_start"]]
+        span = f"{min(removed):.0%}-{max(removed):.0%}" if removed else "-"
         lines.append(
             f"{name:<8}{max(r['tv_step'] for r in rows):>12.4f}"
             f"{max(r['tv_own'] for r in rows):>11.4f}{rows[-1]['tv_star']:>13.4f}"
             f"{res['exact_tv_star']:>9.4f}{rows[-1]['exploitability']:>11.4f}"
-            f"{_num(max(excess) if excess else None, '{:.4f}'):>11}{seconds[name]:>8.0f}"
+            f"{_num(max(gap) if gap else None, '{:.4f}'):>9}{span:>17}{seconds[name]:>8.0f}"
             f"{len(rows):>5}"
         )
     if "soft" in results:

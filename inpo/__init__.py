@@ -4,6 +4,7 @@ DeepSpeed. A map of the package, in the order data flows through one iteration:
 Driver side (one process; `inpo train` = pipeline.Trainer walks the stage table):
     config.py     the typed config: one schema, YAML + dotted overrides, validated
     data.py       prompt and pair files, prompt splits, tokenisation
+    prompts.py    the builtin prompt sets (quickstart, ifeval), generated in code
     state.py      the stage table (setup, then generate judge logps learn save sync eval)
                   and the run state (state.json)
     pipeline.py   the loop: one method per stage, resume, validation of done outputs

@@ -43,9 +43,10 @@ def death_cause(e: BaseException) -> str:
 
 
 class ActorGroup:
-    """``cls`` instances as Ray actors, one per slot, built with ``init_args(index)``
-    (keep constructors light: an error there only leaves a dead actor); the heavy part
-    goes in the method ``setup``, called on every actor with ``setup_args`` right after."""
+    """``cls`` (an `inpo.placement.Actor`) instances as Ray actors, one per slot, built with
+    ``init_args(index)`` (keep constructors light: an error there only leaves a dead
+    actor); the heavy part goes in the method ``setup``, called on every actor with
+    ``setup_args`` right after."""
 
     def __init__(
         self,
@@ -66,12 +67,20 @@ class ActorGroup:
             remote.options(**actor_options(s, env)).remote(*init_args(i))
             for i, s in enumerate(slots)
         ]
-        if setup is not None:
-            try:
+        try:
+            where = self.get(
+                [a.placed.remote(s.num_cpus) for a, s in zip(self.actors, slots, strict=True)]
+            )
+            #: one placement.json record per actor (inpo.fleet)
+            self.placement = [
+                {"role": s.role, "index": s.index, **w, "gpu_fraction": s.num_gpus}
+                for s, w in zip(slots, where, strict=True)
+            ]
+            if setup is not None:
                 self.call(setup, *setup_args)
-            except BaseException:
-                self.shutdown()
-                raise
+        except BaseException:
+            self.shutdown()
+            raise
 
     def get(self, refs: list) -> list:
         """ray.get of one future per actor (in actor order), failures as one line."""

@@ -82,6 +82,20 @@ def cmd_judge(args: argparse.Namespace) -> None:
     judge_file(cfg, Path(args.generations), Path(args.out))
 
 
+def cmd_plan(args: argparse.Namespace) -> None:
+    from inpo.memory import GiB, estimate, format_estimate
+
+    cfg = config_or_exit(_config_path(args), args.overrides)
+    per_node = args.gpus_per_node or args.gpus
+    if args.gpus < 1 or per_node < 1 or args.gpus % per_node:
+        raise InpoError(
+            f"--gpus {args.gpus} does not split into nodes of --gpus-per-node {per_node}"
+        )
+    nodes = [per_node] * (args.gpus // per_node)
+    est = estimate(cfg, nodes, args.gpu_memory * GiB, disk_bytes_per_s=args.disk_gb_per_s * 1e9)
+    print(format_estimate(est, cfg))
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from inpo.pipeline import train
 
@@ -104,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, config_positional=True)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its state.json")
     p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("plan", help="estimate GPU memory per GPU and stage, and checkpoints")
+    _add_config_args(p, config_positional=True)
+    p.add_argument("--gpus", type=int, default=8, help="GPUs in all (default 8)")
+    p.add_argument("--gpus-per-node", type=int, help="GPUs per node (default: all on one)")
+    p.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (default 80)")
+    p.add_argument("--disk-gb-per-s", type=float, default=1.0, help="checkpoint write GB/s")
+    p.set_defaults(fn=cmd_plan)
 
     p = sub.add_parser("learn", help="one INPO iteration from a file of preference pairs")
     p.add_argument("--pairs", required=True, help="JSONL (or datasets-readable) pairs file")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from inpo.config import InpoConfig
+from inpo.errors import InpoError
 
 # Quiet engines: the driver prints progress; full logs stay in Ray's log dir.
 QUIET_ENV = {
@@ -18,7 +19,8 @@ QUIET_ENV = {
 
 
 def start_ray(cfg: InpoConfig) -> str:
-    """Start or join Ray; returns the device every actor will use ('cpu' or 'cuda')."""
+    """Start or join Ray; returns the device every actor computes on ('cpu' or 'cuda':
+    'cpu' under run.simulate_gpus, whose GPUs only place actors)."""
     import ray
 
     for k, v in QUIET_ENV.items():
@@ -38,13 +40,21 @@ def start_ray(cfg: InpoConfig) -> str:
             ray.init(
                 address="local",
                 num_cpus=cpus,
+                num_gpus=cfg.run.num_gpus,
                 runtime_env=runtime_env,
                 include_dashboard=False,
                 log_to_driver=cfg.run.actor_logs,
             )
     gpus = ray.cluster_resources().get("GPU", 0)
+    if cfg.run.simulate_gpus:
+        if not gpus:
+            raise InpoError(
+                "run.simulate_gpus = true but the Ray cluster has no GPU: give the local "
+                "cluster logical ones (run.num_gpus=N) or start nodes with --num-gpus=N"
+            )
+        return "cpu"
     if cfg.run.device == "cuda" and not gpus:
-        raise RuntimeError("run.device=cuda but the Ray cluster has no GPU")
+        raise InpoError("run.device = cuda but the Ray cluster has no GPU")
     if cfg.run.device == "auto":
         return "cuda" if gpus else "cpu"
     return cfg.run.device

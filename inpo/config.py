@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from inpo.models import TINY
 
@@ -61,32 +68,52 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    prompts: str = Field(
+    prompts: str | list[str] = Field(
         QUICKSTART_PROMPTS,
-        description="Prompt file (JSONL, or anything `datasets` reads), 'builtin:quickstart' "
-        "(short chat prompts) or 'builtin:ifeval' (everyday tasks, each with one checkable "
-        "instruction; for oracle.synthetic=ifeval).",
+        description="Training prompts: a file (JSONL, or anything `datasets` reads), "
+        "'builtin:quickstart' (short chat prompts) or 'builtin:ifeval' (everyday tasks, each "
+        "with one checkable instruction; for oracle.synthetic=ifeval), which every iteration "
+        "draws fresh prompts from; or a list of them, one per iteration (iteration t draws "
+        "from the t-th; run.iterations may not exceed their number).",
     )
     prompt_field: str = Field(
-        "prompt", description="Field holding the prompt: a string or a list of chat messages."
+        "prompt",
+        description="Field holding the prompt, in every prompt file: a list of chat messages "
+        "(rendered with the policy's chat template, assistant turn opened) or a string "
+        "(tokenized as is, as TRL does: for a chat model give messages, or text already "
+        "rendered with its template).",
     )
     eval_prompts: str | None = Field(
         None,
         description="Held-out prompt file; default: data.eval_size prompts held out of "
-        "data.prompts before any training prompt is drawn.",
+        "the first data.prompts file before any training prompt is drawn.",
     )
     eval_size: int = Field(64, ge=0, description="Held-out evaluation prompts (0 disables eval).")
     prompts_per_iteration: int = Field(
-        64, ge=1, description="Fresh prompts drawn for each iteration."
+        64,
+        ge=1,
+        description="Fresh prompts drawn for each iteration; one file must hold "
+        "run.iterations times as many training prompts, a per-iteration file this many.",
+    )
+    allow_reuse: bool = Field(
+        False,
+        description="Let a run draw more training prompts than data.prompts holds: one "
+        "file's slices wrap around (later iterations draw earlier prompts again), a shorter "
+        "per-iteration file gives all it has. Off, such a run refuses to start.",
     )
     selection: Literal["slice", "sample"] = Field(
         "slice",
-        description="How iteration prompts are drawn: consecutive slices of the file, or a "
+        description="How iteration prompts are drawn: consecutive slices of their file, or a "
         "seeded sample without replacement across iterations.",
     )
     max_prompt_tokens: int = Field(
         256, ge=1, description="Prompts longer than this (in tokens) are skipped and counted."
     )
+
+    @property
+    def prompt_files(self) -> list[str]:
+        """data.prompts as a list: one entry for every iteration, or one per iteration."""
+        return [self.prompts] if isinstance(self.prompts, str) else list(self.prompts)
 
 
 class GenerationConfig(_Section):
@@ -210,7 +237,22 @@ class LearnerConfig(_Section):
     lr: float = Field(2e-3, gt=0, description="Peak learning rate.")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Linear warmup share of steps.")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Cosine floor as a share of lr.")
-    epochs: int = Field(2, ge=1, description="Epochs over each iteration's pairs.")
+    epochs: int | Literal["auto"] = Field(
+        2,
+        description="Epochs over each iteration's training pairs, or auto: train while the "
+        "held-out excess improves (evaluated after every epoch), at most learner.max_epochs; "
+        "the lr schedule is laid out over max_epochs.",
+    )
+    max_epochs: int = Field(8, ge=1, description="Cap of learner.epochs = auto.")
+    heldout_fraction: float = Field(
+        0.25,
+        ge=0,
+        lt=1,
+        description="Share of each iteration's prompts whose pairs are held out of training "
+        "(all pairs of a prompt on one side; seeded). The objective's excess over its floor on "
+        "them, before the first step and after the last, says whether the iteration solved its "
+        "sub-problem (metrics heldout_excess_start/end). 0: no held-out pairs.",
+    )
     global_batch_size: int = Field(16, ge=1, description="Pairs per optimizer step, all ranks.")
     micro_batch_size: int = Field(4, ge=1, description="Pairs per forward pass per rank.")
     grad_clip: float = Field(1.0, ge=0, description="Gradient norm clip (0 disables).")
@@ -239,6 +281,28 @@ class LearnerConfig(_Section):
                 f"learner.num_ranks * learner.micro_batch_size = {per_step}"
             )
         return self
+
+    @field_validator("epochs", mode="before")
+    @classmethod
+    def _epochs(cls, v: Any) -> Any:
+        # one message for both members of the union, not one per member
+        if v != "auto" and not (isinstance(v, int) and v >= 1):
+            raise ValueError(f"learner.epochs = {v!r}: must be a whole number >= 1 or auto")
+        return v
+
+    @model_validator(mode="after")
+    def _auto_epochs(self) -> LearnerConfig:
+        if self.epochs == "auto" and self.heldout_fraction == 0:
+            raise ValueError(
+                "learner.epochs = auto: needs held-out pairs to decide when to stop "
+                "(learner.heldout_fraction > 0)"
+            )
+        return self
+
+    @property
+    def epoch_cap(self) -> int:
+        """Epochs the lr schedule is laid out over: epochs, or max_epochs for auto."""
+        return self.max_epochs if self.epochs == "auto" else self.epochs
 
     @property
     def grad_accum(self) -> int:
@@ -273,6 +337,26 @@ class RunConfig(_Section):
     num_cpus: int | None = Field(
         None, ge=1, description="Logical CPUs of a local Ray cluster (default: max(8, cores))."
     )
+    num_gpus: int | None = Field(
+        None,
+        ge=0,
+        description="GPUs of the local Ray cluster the run starts (logical ones on a CPU host "
+        "with run.simulate_gpus); default: what Ray detects. Not with run.ray_address.",
+    )
+    simulate_gpus: bool = Field(
+        False,
+        description="Place every actor exactly as a GPU run would (placement groups, "
+        "num_gpus, Ray's GPU ids) on the cluster's GPUs, logical ones included, and compute "
+        "on CPU: the GPU layout tested on a CPU host.",
+    )
+    placement_timeout_s: float = Field(
+        120.0, gt=0, description="How long to wait for the cluster to reserve the actors' GPUs."
+    )
+    check_memory: bool = Field(
+        True,
+        description="On GPUs, refuse to start a layout whose memory estimate (`inpo plan`) "
+        "exceeds a GPU's memory in some stage; false starts it anyway.",
+    )
     actor_logs: bool = Field(
         False,
         description="Stream actor (vLLM, DeepSpeed) logs to the console; they are "
@@ -296,11 +380,26 @@ class InpoConfig(_Section):
 
     @model_validator(mode="after")
     def _cross(self) -> InpoConfig:
+        if self.run.num_gpus is not None and self.run.ray_address:
+            raise ValueError(
+                f"run.num_gpus = {self.run.num_gpus}: sizes the local Ray cluster only; with "
+                f"run.ray_address = {self.run.ray_address!r} the cluster's own GPUs count "
+                "(`ray start --num-gpus`)"
+            )
         backend = self.oracle.backend
         needs = {"pairpm": "model", "reward": "model", "python": "callable", "http": "url"}
         if backend in needs and getattr(self.oracle, needs[backend]) is None:
             raise ValueError(
                 f"oracle.{needs[backend]} = None: required by oracle.backend={backend}"
+            )
+        files = self.data.prompt_files
+        if not files:
+            raise ValueError("data.prompts = []: name at least one prompt file")
+        if len(files) > 1 and self.run.iterations > len(files):
+            raise ValueError(
+                f"data.prompts = {files!r}: {len(files)} per-iteration files for "
+                f"run.iterations = {self.run.iterations} (iteration t draws from the t-th "
+                f"file; add files, or give one file for every iteration)"
             )
         return self
 

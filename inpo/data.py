@@ -1,7 +1,10 @@
 """Reading and checking prompt and pair files, and turning them into token ids.
 
 Rows follow TRL: a prompt is a string (used as is) or a list of chat messages
-(the chat template is applied); a response is a string or a list of messages.
+(the chat template is applied); a response is a string or a list of messages. A string
+prompt is never wrapped in a chat template: it may be text already rendered with one, and
+a template applied twice fails silently; a chat model's prompts are chat messages (the
+builtin sets, RLHFlow's `context_messages`).
 Pairs may carry the exact token ids they were sampled with (`prompt_ids`,
 `chosen_ids`, `rejected_ids`); the online loop writes them so the learner
 scores exactly the tokens vLLM produced, with no re-tokenisation drift.
@@ -15,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inpo.config import ConfigError, DataConfig
 from inpo.errors import InpoError
+from inpo.prompts import constraint_prompts, quickstart_prompts
 
 Prompt = str | list[dict[str, str]]
 
@@ -239,56 +244,78 @@ def iteration_prompts(train_ids: list[int], per_iter: int, t: int) -> list[int]:
     return [train_ids[(start + i) % len(train_ids)] for i in range(min(per_iter, len(train_ids)))]
 
 
-def prompts_from(source: str, field: str) -> list[Prompt]:
-    """The prompts data.prompts (or data.eval_prompts) names: a file or a builtin set."""
-    if source == "builtin:ifeval":
-        from inpo.oracle.constraints import constraint_prompts
+@dataclass
+class PromptSets:
+    """What a run draws: for each data.prompts file its prompts and the training ids it
+    may draw (in draw order), and the held-out prompts."""
 
+    pools: list[list[Prompt]]
+    train_ids: list[list[int]]
+    eval_pool: list[Prompt]
+    eval_ids: list[int]
+
+    def iteration(self, t: int, per_iter: int) -> tuple[list[Prompt], list[int]]:
+        """Iteration t's pool and prompt ids: the t-th slice of the one file, or the first
+        slice of the t-th file."""
+        if len(self.pools) == 1:
+            return self.pools[0], iteration_prompts(self.train_ids[0], per_iter, t)
+        return self.pools[t - 1], iteration_prompts(self.train_ids[t - 1], per_iter, 1)
+
+
+def load_prompt_sets(data: DataConfig, iterations: int, seed: int) -> PromptSets:
+    """The prompts of a run; the held-out ones come from data.eval_prompts, else from the
+    first file. A run that would draw a training prompt twice, or fewer than it asks, is a
+    ConfigError unless data.allow_reuse."""
+    # Only the files the run's iterations draw from (a one-iteration trial needs one).
+    pools = [prompts_from(f, data.prompt_field) for f in data.prompt_files[:iterations]]
+    own_eval = prompts_from(data.eval_prompts, data.prompt_field) if data.eval_prompts else None
+    own_size = None if own_eval is None else len(own_eval)
+    splits = [
+        split_prompts(len(pool), own_size, data.eval_size if i == 0 else 0, seed, data.selection)
+        for i, pool in enumerate(pools)
+    ]
+    sets = PromptSets(
+        pools,
+        [train for train, _ in splits],
+        pools[0] if own_eval is None else own_eval,
+        splits[0][1],
+    )
+    if not data.allow_reuse:
+        _check_supply(data, sets, iterations)
+    return sets
+
+
+def _check_supply(data: DataConfig, sets: PromptSets, iterations: int) -> None:
+    per = data.prompts_per_iteration
+    held = "" if data.eval_prompts else f" after {len(sets.eval_ids)} held out for eval"
+    if len(sets.pools) == 1:
+        need, have = per * iterations, len(sets.train_ids[0])
+        short = f"{iterations} iterations need {need}, data.prompts holds {have}{held}"
+    else:
+        t = next((t for t in range(iterations) if len(sets.train_ids[t]) < per), None)
+        if t is None:
+            return
+        need, have = per, len(sets.train_ids[t])
+        short = f"iteration {t + 1} needs {need}, data.prompts[{t}] holds {have}"
+        short += held if t == 0 else ""
+    if have < need:
+        raise ConfigError(
+            f"config error: data.prompts_per_iteration = {per}: too few training prompts "
+            f"({short}); add prompts, lower data.prompts_per_iteration or run.iterations, "
+            f"or set data.allow_reuse=true to draw prompts again"
+        )
+
+
+def prompts_from(source: str, field: str) -> list[Prompt]:
+    """The prompts one entry of data.prompts (or data.eval_prompts) names: a file or a
+    builtin set."""
+    if source == "builtin:quickstart":
+        return quickstart_prompts()
+    if source == "builtin:ifeval":
         return constraint_prompts(1200)  # 3 x 256 training + 128 held out, all distinct
     if source.startswith("builtin:"):
-        return builtin_prompts(source)
-    return load_prompts(source, field)
-
-
-_TOPICS = (
-    "the sea",
-    "a cat",
-    "rain",
-    "music",
-    "a city",
-    "bread",
-    "the moon",
-    "a garden",
-    "trains",
-    "winter",
-    "a library",
-    "coffee",
-    "mountains",
-    "a river",
-    "friendship",
-    "the sun",
-)
-_ASKS = (
-    "Write one line about {}.",
-    "Describe {} in a few words.",
-    "Say something kind about {}.",
-    "Give a short phrase on {}.",
-    "What comes to mind with {}?",
-    "Name a feeling about {}.",
-    "Invent a title about {}.",
-    "Whisper a secret about {}.",
-)
-
-
-def builtin_prompts(name: str) -> list[Prompt]:
-    """Prompts generated in code (no download), for the quickstart and tests."""
-    if name != "builtin:quickstart":
         raise DataError(
-            f"data.prompts = {name!r}: unknown builtin (known: builtin:quickstart, builtin:ifeval)"
+            f"data.prompts = {source!r}: unknown builtin (known: builtin:quickstart, "
+            f"builtin:ifeval)"
         )
-    return [
-        [{"role": "user", "content": f"{ask.format(topic)} (#{i})"}]
-        for i in range(4)
-        for topic in _TOPICS
-        for ask in _ASKS
-    ]
+    return load_prompts(source, field)

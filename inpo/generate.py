@@ -103,7 +103,7 @@ def start_generators(cfg: InpoConfig, device: str, model_dir: str, slots=None, p
     if slots is None:
         gen = cfg.generation
         demand = {"generator": (gen.num_generators, gen.tensor_parallel_size)}
-        slots = plan_for(device, demand)["generator"]
+        slots = plan_for(cfg, device, demand).slots["generator"]
     return GeneratorGroup(model_dir, cfg, device, slots, probe_len)
 
 

@@ -165,11 +165,18 @@ def judge_file(cfg: InpoConfig, generations: Path, out: Path) -> None:
     oracle = build_oracle(cfg, device)
     try:
         selections = select_pairs(rows, oracle, cfg.pairing.strategy, cfg.run.seed)
+        truncated = oracle.truncated()
     finally:
         oracle.close()
     pairs, dropped = pair_rows(rows, selections, cfg.pairing.label, cfg.run.seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(out, pairs)
-    print(describe_dropped(len(rows), len(pairs), dropped) + f"; pairs in {out}")
-    summary = {"prompts": len(rows), "pairs": len(pairs), "dropped": dict(dropped)}
+    cut = f"; {truncated} judge inputs cut to oracle.max_length" if truncated else ""
+    print(describe_dropped(len(rows), len(pairs), dropped) + f"{cut}; pairs in {out}")
+    summary = {
+        "prompts": len(rows),
+        "pairs": len(pairs),
+        "dropped": dict(dropped),
+        "truncated": truncated,
+    }
     out.with_name(out.stem + "_summary.json").write_text(json.dumps(summary, indent=1))

@@ -4,7 +4,8 @@ Output directory layout (the same as run_dir/iter_<t>/ of `inpo train`):
 
     logps.safetensors     log pi_ref and log pi_t of every pair (frozen, cached once)
     checkpoints/step_N/   resumable learner state every learner.checkpoint_every steps
-    learn_metrics.jsonl   one row per optimizer step
+    learn_metrics.jsonl   one row per optimizer step (with learner.epochs = auto, an epoch's
+                          last row also holds the held-out excess after it)
     policy/               pi_{t+1} as a Hugging Face directory (written last, atomically)
 """
 
@@ -26,8 +27,9 @@ from inpo.data import TokenizedPairs
 from inpo.durable import write_atomic, write_json_atomic, write_jsonl_atomic
 from inpo.errors import InpoError
 from inpo.faults import crash_point
-from inpo.learner.batching import steps_per_epoch
+from inpo.learner.batching import heldout_split, steps_per_epoch
 from inpo.learner.group import LearnerGroup, cache_from_logps
+from inpo.loss import CACHE_KEYS, objective, objective_floor
 
 
 def digest(obj: Any) -> str:
@@ -98,8 +100,9 @@ def cache_logps(
     )
     ref = None
     if not (ref_is_pi_t or ref_is_base):
+        group.release()  # the previous iteration's engine and Adam state, before the copy
         ref = group.compute_logps(n, "frozen", reference_dir, desc="logps pi_ref")
-    group.build_engine(pi_t_dir, total_steps(cfg, n))
+    group.build_engine(pi_t_dir, total_steps(cfg, pairs))
     pi_t = group.compute_logps(n, "engine", desc="logps pi_t")
     crash_point("logps")
     if ref is None:
@@ -177,6 +180,35 @@ def _resume_step(group: LearnerGroup, ckpt_root: Path, inputs: dict[str, str]) -
     return group.load_checkpoint(str(done[-1][1]))
 
 
+def split_pairs(cfg: InpoConfig, pairs: TokenizedPairs) -> tuple[list[int], list[int]]:
+    """(training, held-out) pair indices of an iteration (learner.heldout_fraction)."""
+    return heldout_split(pairs.prompt, cfg.learner.heldout_fraction, cfg.run.seed)
+
+
+def mean_excess(
+    cfg: InpoConfig,
+    pairs: TokenizedPairs,
+    cache: dict[str, torch.Tensor],
+    logps: torch.Tensor,
+    ids: list[int],
+) -> float:
+    """Mean over pairs ``ids`` of the objective at the policy log-probs ``logps`` ([N, 2]
+    chosen/rejected) minus its per-pair floor: 0 when every margin sits at its target."""
+    idx = torch.tensor(ids, dtype=torch.long)
+    cols = {k: cache[k][idx].double() for k in CACHE_KEYS}
+    p = torch.tensor(pairs.p_label, dtype=torch.float64)[idx]
+    loss_cfg = cfg.loss.model_dump()
+    x = logps[idx].double()
+    losses = objective(loss_cfg, x[:, 0], x[:, 1], cols, p)[0]
+    return (losses - objective_floor(loss_cfg, p)).mean().item()
+
+
+def keeps_improving(excesses: list[float]) -> bool:
+    """learner.epochs = auto: train on while the held-out excess after the last epoch is
+    below the one before it (``excesses``: the start value, then one per epoch)."""
+    return len(excesses) < 2 or excesses[-1] < excesses[-2]
+
+
 def train_policy(
     cfg: InpoConfig,
     group: LearnerGroup,
@@ -187,15 +219,23 @@ def train_policy(
     *,
     desc: str = "learn",
     on_step: Callable[[dict[str, Any]], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Train E epochs from policy_dir (pi_t); the last step is always checkpointed.
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Train from policy_dir (pi_t) on the training pairs; the last step is always
+    checkpointed. Returns the step rows and the summary: epochs trained and the objective's
+    excess over its floor on held-out and training pairs before the first step (from the
+    cached pi_t log-probs, which the training model computed before its first step) and
+    after the last (a no-grad forward of the trained model; no RNG is drawn).
 
+    learner.epochs = auto evaluates the held-out pairs after every epoch and stops when
+    the excess did not improve (the policy is that epoch's), at most learner.max_epochs.
     The group already holds the pairs (set_data). Resumes from the newest complete
     checkpoint under out/checkpoints written for the same inputs; `export_policy`
     then writes pi_{t+1}.
     """
     lc = cfg.learner
-    total = total_steps(cfg, len(pairs))
+    auto = lc.epochs == "auto"
+    train_ids, held_ids = split_pairs(cfg, pairs)
+    total = total_steps(cfg, pairs)
     ckpt_root = out / "checkpoints"
     metrics_path = out / "learn_metrics.jsonl"
     group.set_cache(cache)
@@ -203,13 +243,26 @@ def train_policy(
     start = _resume_step(group, ckpt_root, learn_inputs(cfg, cache, pairs))
     rows = [r for r in _metrics_rows(metrics_path) if r["step"] <= start]
     write_jsonl_atomic(metrics_path, rows)
-    per_epoch = total // lc.epochs
+    pi_t = torch.stack([cache["pi_t_chosen"], cache["pi_t_rejected"]], dim=1)
+    excess_start = {"train": mean_excess(cfg, pairs, cache, pi_t, train_ids)}
+    if held_ids:
+        excess_start["heldout"] = mean_excess(cfg, pairs, cache, pi_t, held_ids)
+    curve = [excess_start.get("heldout")] + [
+        r["heldout_excess"] for r in rows if "heldout_excess" in r
+    ]
+    per_epoch = total // lc.epoch_cap
     bar = tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True)
     with metrics_path.open("a") as mf:
         for step in range(start, total):
+            if auto and not keeps_improving(curve):
+                break  # a resumed run that had stopped
             t0 = time.perf_counter()
             m = group.train_step(step)
             m.update(step=step + 1, epoch=step // per_epoch + 1, seconds=time.perf_counter() - t0)
+            if auto and (step + 1) % per_epoch == 0:
+                logps = group.compute_logps(len(pairs), "engine", desc="held-out", ids=held_ids)
+                m["heldout_excess"] = mean_excess(cfg, pairs, cache, logps, held_ids)
+                curve.append(m["heldout_excess"])
             mf.write(json.dumps(m) + "\n")
             mf.flush()
             rows.append(m)
@@ -219,39 +272,38 @@ def train_policy(
             bar.set_postfix(loss=f"{m['loss']:.4g}", margin=f"{m['margin']:.3g}")
             bar.update(1)
             every = lc.checkpoint_every
-            if step + 1 == total or (every and (step + 1) % every == 0):
+            last = step + 1 == total or (auto and not keeps_improving(curve))
+            if last or (every and (step + 1) % every == 0):
                 _save_checkpoint(group, ckpt_root, step + 1, lc.keep_checkpoints)
     bar.close()
-    return rows
+    logps = group.compute_logps(len(pairs), "engine", desc="excess")
+    summary: dict[str, Any] = {"epochs": rows[-1]["epoch"], "heldout_pairs": len(held_ids)}
+    for name, ids in (("train", train_ids), ("heldout", held_ids)):
+        if ids:
+            summary[f"{name}_excess_start"] = excess_start[name]
+            summary[f"{name}_excess_end"] = mean_excess(cfg, pairs, cache, logps, ids)
+    return rows, summary
 
 
-def epoch_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean loss and mean |h - target| over the first and the last epoch of a learn stage:
-    whether the iteration solved its sub-problem, not only how its last batch did."""
-    first, last = rows[0]["epoch"], rows[-1]["epoch"]
-    out = {}
-    for key in ("loss", "margin_error"):
-        for name, epoch in (("first", first), ("last", last)):
-            values = [r[key] for r in rows if r["epoch"] == epoch]
-            out[f"{key}_{name}_epoch"] = sum(values) / len(values)
-    return out
-
-
-def total_steps(cfg: InpoConfig, num_pairs: int, where: str = "", hint: str = "") -> int:
-    """Optimizer steps of one iteration; too few pairs for a batch is an error."""
-    per_epoch = steps_per_epoch(num_pairs, cfg.learner.global_batch_size)
+def total_steps(cfg: InpoConfig, pairs: TokenizedPairs, where: str = "", hint: str = "") -> int:
+    """Optimizer steps the lr schedule of one iteration is laid out over (learner.epochs,
+    or max_epochs for auto) on its training pairs; too few for a batch is an error."""
+    train = len(split_pairs(cfg, pairs)[0])
+    per_epoch = steps_per_epoch(train, cfg.learner.global_batch_size)
     if per_epoch == 0:
         raise InpoError(
-            f"{where}{num_pairs} pairs are fewer than learner.global_batch_size = "
-            f"{cfg.learner.global_batch_size}: nothing to train on{hint}"
+            f"{where}{train} training pairs ({len(pairs)} less the held-out ones, "
+            f"learner.heldout_fraction = {cfg.learner.heldout_fraction}) are fewer than "
+            f"learner.global_batch_size = {cfg.learner.global_batch_size}: nothing to train "
+            f"on{hint}"
         )
-    return per_epoch * cfg.learner.epochs
+    return per_epoch * cfg.learner.epoch_cap
 
 
 def export_policy(
     cfg: InpoConfig,
     group: LearnerGroup,
-    num_pairs: int,
+    pairs: TokenizedPairs,
     policy_dir: str,
     out: Path,
     probe: tuple[list[int], int],
@@ -269,7 +321,7 @@ def export_policy(
         done = complete_checkpoints(out / "checkpoints")
         if not done:
             raise InpoError(f"{out / 'checkpoints'}: no step checkpoint to save the policy from")
-        group.build_engine(policy_dir, total_steps(cfg, num_pairs))
+        group.build_engine(policy_dir, total_steps(cfg, pairs))
         group.load_checkpoint(str(done[-1][1]))
 
     saved = {}
@@ -291,7 +343,7 @@ def start_learner(cfg: InpoConfig, device: str, slots=None) -> LearnerGroup:
     from inpo.placement import plan_for
 
     if slots is None:
-        slots = plan_for(device, {"learner": (cfg.learner.num_ranks, 1)})["learner"]
+        slots = plan_for(cfg, device, {"learner": (cfg.learner.num_ranks, 1)}).slots["learner"]
     return LearnerGroup(cfg, device, slots)
 
 
@@ -313,25 +365,31 @@ def learn_from_pairs(cfg: InpoConfig, pairs_path: Path, out: Path) -> list[dict[
             f"{pairs_path}: dropped {too_long} of {len(rows)} pairs longer than "
             f"learner.max_length = {cfg.learner.max_length} tokens (prompt + response)"
         )
-    total_steps(cfg, len(pairs), where=f"{pairs_path}: ")  # before Ray or DeepSpeed start
+    total_steps(cfg, pairs, where=f"{pairs_path}: ")  # before Ray or DeepSpeed start
     out.mkdir(parents=True, exist_ok=True)
     group = start_learner(cfg, start_ray(cfg))
     try:
         group.set_data(pairs, pad_id_of(tokenizer))
         cache = cache_logps(group, pairs, policy, reference, out / "logps.safetensors")
-        metrics = train_policy(cfg, group, pairs, cache, policy, out)
-        export_policy(cfg, group, len(pairs), policy, out, _probe(tokenizer), engine_ready=True)
+        metrics, summary = train_policy(cfg, group, pairs, cache, policy, out)
+        export_policy(cfg, group, pairs, policy, out, _probe(tokenizer), engine_ready=True)
         drop_checkpoints(out)
     finally:
         group.shutdown()
-    summary = epoch_summary(metrics)
     print(
-        f"learned {len(metrics)} steps on {len(pairs)} pairs: mean loss "
-        f"{summary['loss_first_epoch']:.4g} (first epoch) -> {summary['loss_last_epoch']:.4g} "
-        f"(last), mean |h - target| {summary['margin_error_first_epoch']:.3g} -> "
-        f"{summary['margin_error_last_epoch']:.3g}; policy in {out / 'policy'}"
+        f"learned {len(metrics)} steps ({summary['epochs']} epochs) on {len(pairs)} pairs; "
+        f"{excess_line(summary)}; policy in {out / 'policy'}"
     )
     return metrics
+
+
+def excess_line(summary: dict[str, Any]) -> str:
+    """The objective's excess over its floor, start -> end, as `inpo learn` prints it."""
+    return ", ".join(
+        f"{name} excess {summary[f'{key}_excess_start']:.4g} -> {summary[f'{key}_excess_end']:.4g}"
+        for key, name in (("heldout", "held-out"), ("train", "training"))
+        if f"{key}_excess_start" in summary
+    )
 
 
 def _probe(tokenizer):

@@ -198,6 +198,18 @@ def objective(
     return loss, margin, (2 * p - 1) * c
 
 
+def objective_floor(loss_cfg: Mapping, p_label: Tensor) -> Tensor:
+    """Per-pair minimum of the configured objective over the margin, which `objective`
+    minus it leaves as the excess: 0 for a hard or sampled label (p_label = 1). The square
+    losses reach P (h - c)^2 + (1 - P) (h + c)^2 = 4 P (1 - P) c^2 at h = (2P - 1) c; the
+    label-smoothed DPO loss reaches P's binary entropy at sigmoid(beta m) = P."""
+    _check_p(p_label)
+    c = margin_scale(loss_cfg["type"], loss_cfg["eta"], loss_cfg["beta"])
+    if c is not None:
+        return 4 * p_label * (1 - p_label) * c**2
+    return -(torch.special.xlogy(p_label, p_label) + torch.special.xlogy(1 - p_label, 1 - p_label))
+
+
 def sequence_logps(logits: Tensor, labels: Tensor, mask: Tensor, normalize: bool = False) -> Tensor:
     """Sum (or mean, with ``normalize``) of log p(labels) over positions where mask is 1.
 

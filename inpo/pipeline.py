@@ -25,10 +25,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from inpo.config import ConfigError, InpoConfig
-from inpo.data import iteration_prompts, prompts_from, read_rows, split_prompts, tokenize_pairs
+from inpo.data import PromptSets, load_prompt_sets, read_rows, tokenize_pairs
 from inpo.durable import (
     damaged,
     fsync_tree,
@@ -40,6 +40,7 @@ from inpo.durable import (
 from inpo.errors import InpoError
 from inpo.evaluate import compare, eval_rows, response_metrics, win_rate
 from inpo.faults import crash_point
+from inpo.fleet import Fleet
 from inpo.report import Reporter, format_value, init_row, iteration_row, plot, table
 from inpo.state import ITERATION, STAGES, RunState, stages_of
 
@@ -50,22 +51,14 @@ STATE_FILE = "state.json"
 class Trainer:
     def __init__(self, cfg: InpoConfig, run_dir: Path, state: RunState):
         self.cfg, self.run_dir, self.state = cfg, run_dir, state
-        self.device: str | None = None
-        self.plan: dict | None = None
-        self.generators = None
-        self.oracle = None
-        self.learner = None
-        self.gen_policy: str | None = None  # the directory the generators' weights are from
+        self.fleet: Fleet | None = None  # the actors, once Ray is up
         self.learner_pairs: int | None = None  # the iteration whose pairs the learner holds
         self.engine_iteration: int | None = None  # the iteration the learner's engine trained
         self.reporter = None
         self.pairs: dict[int, Any] = {}
         self.base_policy = self.reference = ""
         self.tokenizer = self.probe = None
-        self.pool: list = []
-        self.eval_pool: list | None = None
-        self.train_ids: list[int] = []
-        self.eval_ids: list[int] = []
+        self.prompts = PromptSets([], [], [], [])
 
     # --- paths ----------------------------------------------------------------
     def iter_dir(self, t: int) -> Path:
@@ -90,6 +83,8 @@ class Trainer:
         from inpo.rollout.generator import probe_sequence
 
         cfg = self.cfg
+        # First, before any model is built: a run short of prompts is refused (ConfigError).
+        self.prompts = load_prompt_sets(cfg.data, cfg.run.iterations, cfg.run.seed)
         tiny = {
             "layers": cfg.model.tiny_layers,
             "hidden": cfg.model.tiny_hidden,
@@ -101,75 +96,26 @@ class Trainer:
         self.reference = str(resolve_model(ref, "model.reference", self.run_dir, tiny))
         self.tokenizer = AutoTokenizer.from_pretrained(self.base_policy)
         self.probe = probe_sequence(self.tokenizer)
-        self.pool = prompts_from(cfg.data.prompts, cfg.data.prompt_field)
-        if cfg.data.eval_prompts:
-            self.eval_pool = prompts_from(cfg.data.eval_prompts, cfg.data.prompt_field)
-        self.train_ids, self.eval_ids = split_prompts(
-            len(self.pool),
-            len(self.eval_pool) if self.eval_pool is not None else None,
-            cfg.data.eval_size,
-            cfg.run.seed,
-            cfg.data.selection,
-        )
-        if not self.train_ids:
-            raise InpoError(f"data.prompts = {cfg.data.prompts!r}: no training prompts left")
         write_json_atomic(
-            self.run_dir / "splits.json", {"train": self.train_ids, "eval": self.eval_ids}
+            self.run_dir / "splits.json",
+            {"train": self.prompts.train_ids, "eval": self.prompts.eval_ids},
         )
 
-    def _actors(self, roles: tuple[str, ...], policy: str | None = None) -> None:
-        """Start the actors of ``roles`` that are not running; new generators load
-        ``policy`` (the one the calling stage needs)."""
-        from inpo.generate import start_generators
-        from inpo.learn import start_learner
-        from inpo.oracle import build_oracle
-        from inpo.oracle.base import MODEL_BACKENDS
-        from inpo.placement import plan_for
-
-        cfg = self.cfg
-        if self.plan is None:  # one plan for every role, so GPUs are never handed out twice
-            demand = {
-                "learner": (cfg.learner.num_ranks, 1),
-                "generator": (cfg.generation.num_generators, cfg.generation.tensor_parallel_size),
-            }
-            if cfg.oracle.backend in MODEL_BACKENDS:
-                demand["oracle"] = (cfg.oracle.num_actors, 1)
-            self.plan = plan_for(self.device, demand)
-        if "learner" in roles and self.learner is None:
-            self.learner = start_learner(cfg, self.device, slots=self.plan["learner"])
-        if "oracle" in roles and self.oracle is None:
-            self.oracle = build_oracle(cfg, self.device, slots=self.plan.get("oracle"))
-        if "generators" in roles and self.generators is None:
-            self.generators = start_generators(
-                cfg, self.device, policy, self.plan["generator"], len(self.probe[0])
-            )
-            self.gen_policy = policy
-
-    def _hold(self, target: str) -> dict[str, Any]:
-        """Make the generators hold ``target``: start them from it, or reload it in place
-        and verify the reload. Returns the sync metrics."""
-        self._actors(("generators",), policy=target)
-        t = self._saved_by(target)
-        if t is not None:
-            info = self.state.info(t, "save")
-            expected, digest = info["probe_logp"], info["weights_sha256"]
-        else:  # pi_ref or pi_1 from the user: the learner scores the probe
-            self._actors(("learner",))
-            expected, digest = self.learner.probe_logp_of(target, *self.probe), None
-        if self.gen_policy == target:
-            return self.generators.verify(self.probe, expected)
-        info = self.generators.sync(target, self.probe, expected, digest)
-        self.gen_policy = target
-        return info
+    def _known(self, model_dir: str) -> tuple[float, str] | None:
+        """(probe log-prob, weights hash) the learner recorded when it saved ``model_dir``."""
+        t = self._saved_by(model_dir)
+        if t is None:
+            return None
+        info = self.state.info(t, "save")
+        return info["probe_logp"], info["weights_sha256"]
 
     def shutdown(self) -> None:
-        for group in (self.generators, self.learner):
-            if group is not None:
-                group.shutdown()
-        if self.oracle is not None:
-            self.oracle.close()
-        if self.reporter is not None:
-            self.reporter.close()
+        try:
+            if self.fleet is not None:
+                self.fleet.shutdown()
+        finally:
+            if self.reporter is not None:
+                self.reporter.close()
 
     # --- the stage runner -------------------------------------------------------
     def stage(self, t: int, name: str, fn: Callable[[], dict[str, Any] | None]) -> dict:
@@ -235,7 +181,7 @@ class Trainer:
         )
         pids = [ids[i] for i in kept]
         return generate_rows(
-            self.generators,
+            self.fleet.generators,
             [prompts[i] for i in kept],
             pids,
             token_ids,
@@ -248,11 +194,11 @@ class Trainer:
         )
 
     def _eval_rows(self, purpose: str, policy: str) -> list[dict]:
-        self._hold(policy)
+        self.fleet.hold(policy)
         cfg = self.cfg
         rows = self._generate_rows(
-            self.eval_ids,
-            self.eval_pool if self.eval_pool is not None else self.pool,
+            self.prompts.eval_ids,
+            self.prompts.eval_pool,
             purpose,
             1,
             cfg.eval.temperature,
@@ -262,10 +208,10 @@ class Trainer:
 
     def _compare(self, new: list[dict], old: dict[str, list[dict]]) -> dict[str, Any]:
         """Win rates of ``new`` against each set of ``old`` rows; P is stored in the rows."""
-        self._actors(("oracle",))
+        self.fleet.ensure(("oracle",))
         info: dict[str, Any] = {}
         for name, rows in old.items():
-            probs = compare(self.oracle, new, rows)
+            probs = compare(self.fleet.oracle, new, rows)
             for row, p in zip(new, probs, strict=True):
                 row[f"p_vs_{name}"] = p
             w = win_rate(probs)
@@ -285,11 +231,11 @@ class Trainer:
         return info
 
     def _generate(self, t: int) -> dict:
-        self._hold(self.policy(t))
+        self.fleet.hold(self.policy(t))
         g = self.cfg.generation
-        ids = iteration_prompts(self.train_ids, self.cfg.data.prompts_per_iteration, t)
+        pool, ids = self.prompts.iteration(t, self.cfg.data.prompts_per_iteration)
         rows = self._generate_rows(
-            ids, self.pool, f"generate{t}", g.num_samples, g.temperature, g.max_new_tokens
+            ids, pool, f"generate{t}", g.num_samples, g.temperature, g.max_new_tokens
         )
         crash_point("generate")
         write_jsonl_atomic(self.iter_dir(t) / "generations.jsonl", rows)
@@ -300,10 +246,11 @@ class Trainer:
         from inpo.judge import pair_rows, select_pairs
 
         cfg = self.cfg
-        self._actors(("oracle",))
+        self.fleet.ensure(("oracle",))
         rows = read_rows(self.iter_dir(t) / "generations.jsonl")
+        cut_before = self.fleet.oracle.truncated()  # the oracle also serves eval
         selections = select_pairs(
-            rows, self.oracle, cfg.pairing.strategy, cfg.run.seed, desc=f"judge{t}"
+            rows, self.fleet.oracle, cfg.pairing.strategy, cfg.run.seed, desc=f"judge{t}"
         )
         pairs, dropped = pair_rows(rows, selections, cfg.pairing.label, cfg.run.seed)
         write_jsonl_atomic(self.iter_dir(t) / "pairs.jsonl", pairs)
@@ -311,6 +258,7 @@ class Trainer:
             "pairs": len(pairs),
             "dropped": dict(dropped),
             "comparisons": sum(s.n_comparisons for s in selections),
+            "truncated": self.fleet.oracle.truncated() - cut_before,
         }
 
     def _learner_pairs(self, t: int):
@@ -321,15 +269,15 @@ class Trainer:
             pairs = tokenize_pairs(self.tokenizer, read_rows(self.iter_dir(t) / "pairs.jsonl"))
             total_steps(
                 self.cfg,
-                len(pairs),
+                pairs,
                 where=f"iteration {t}: ",
                 hint="; raise data.prompts_per_iteration or lower the batch (dropped pairs "
                 "by reason: the judge stage in state.json)",
             )
             self.pairs = {t: pairs}
-        self._actors(("learner",))
+        self.fleet.ensure(("learner",))
         if self.learner_pairs != t:
-            self.learner.set_data(self.pairs[t], pad_id_of(self.tokenizer))
+            self.fleet.learner.set_data(self.pairs[t], pad_id_of(self.tokenizer))
             self.learner_pairs = t
         return self.pairs[t]
 
@@ -338,18 +286,18 @@ class Trainer:
 
         pairs = self._learner_pairs(t)
         path = self.iter_dir(t) / "logps.safetensors"
-        return cache_logps(self.learner, pairs, self.policy(t), self.reference, path)
+        return cache_logps(self.fleet.learner, pairs, self.policy(t), self.reference, path)
 
     def _logps(self, t: int) -> dict:
         return {"pairs": len(self._cache(t)["ref_chosen"])}
 
     def _learn(self, t: int) -> dict:
-        from inpo.learn import epoch_summary, train_policy
+        from inpo.learn import train_policy
 
         cache = self._cache(t)
-        rows = train_policy(
+        rows, summary = train_policy(
             self.cfg,
-            self.learner,
+            self.fleet.learner,
             self._learner_pairs(t),
             cache,
             self.policy(t),
@@ -358,7 +306,7 @@ class Trainer:
             on_step=lambda m: self.reporter.learn_step(t, m),
         )
         self.engine_iteration = t
-        return {"steps": len(rows), **epoch_summary(rows), "margin_last": rows[-1]["margin"]}
+        return {"steps": len(rows), **summary, "margin_last": rows[-1]["margin"]}
 
     def _save(self, t: int) -> dict:
         from inpo.learn import export_policy
@@ -366,8 +314,8 @@ class Trainer:
         pairs = self._learner_pairs(t)
         return export_policy(
             self.cfg,
-            self.learner,
-            len(pairs),
+            self.fleet.learner,
+            pairs,
             self.policy(t),
             self.iter_dir(t),
             self.probe,
@@ -375,10 +323,10 @@ class Trainer:
         )
 
     def _sync(self, t: int) -> dict:
-        return self._hold(self.policy(t + 1))
+        return self.fleet.hold(self.policy(t + 1))
 
     def _eval(self, t: int) -> dict:
-        if not self.eval_ids:
+        if not self.prompts.eval_ids:
             return {}
         new = self._eval_rows(f"eval{t}", self.policy(t + 1))
         ref = read_rows(self.run_dir / "eval_ref.jsonl")
@@ -394,7 +342,7 @@ class Trainer:
 
     # --- the loop -----------------------------------------------------------------
     def setup(self) -> None:
-        if not self.eval_ids:
+        if not self.prompts.eval_ids:
             return
         self.stage(0, "eval_ref", self._eval_ref)
         if self.reference != self.policy(1):
@@ -417,17 +365,21 @@ class Trainer:
             if self.state.iteration_done(t)
         ]
 
-    def run(self) -> list[dict[str, Any]]:
+    def start(self, run_id: str) -> None:
+        """Ray, the (not yet started) actors and the reporter."""
         from inpo.cluster import start_ray
 
-        self.prepare()
+        self.reporter = Reporter(self.cfg, self.run_dir, run_id)
+        self.fleet = Fleet(self.cfg, self.run_dir, start_ray(self.cfg), self.probe, self._known)
+
+    def run(self) -> list[dict[str, Any]]:
+        """The loop, once `prepare` has run."""
         self.validate()
         todo = [
             t for t in range(1, self.cfg.run.iterations + 1) if not self.state.iteration_done(t)
         ]
         if todo:  # a finished run only reports: no actors to start
-            self.reporter = Reporter(self.cfg, self.run_dir, self.state.data["run_id"])
-            self.device = start_ray(self.cfg)
+            self.start(self.state.data["run_id"])
             try:
                 self.setup()
                 for t in todo:
@@ -456,11 +408,17 @@ def train(
         run_dir = resume
         if not (run_dir / STATE_FILE).exists():
             raise InpoError(f"{run_dir}: no {STATE_FILE}; not a run directory to resume")
-        bad = [o for o in overrides if not o.startswith("run.") or o.startswith("run.seed")]
+        # data.allow_reuse only lets the iterations still to come draw prompts again (a run
+        # extended past its pool), like run.iterations it changes nothing already done.
+        bad = [
+            o
+            for o in overrides
+            if not o.startswith(("run.", "data.allow_reuse=")) or o.startswith("run.seed")
+        ]
         if bad:
             raise InpoError(
-                f"--resume keeps the run's config; only run.* overrides (not run.seed) are "
-                f"allowed, got {bad[0]!r}"
+                f"--resume keeps the run's config; only run.* overrides (not run.seed) and "
+                f"data.allow_reuse are allowed, got {bad[0]!r}"
             )
         cfg = config_or_exit(run_dir / CONFIG_FILE, overrides + [f"run.dir={run_dir}"])
         state = RunState.load(run_dir / STATE_FILE)
@@ -470,8 +428,7 @@ def train(
         try:
             cfg.check_train_lengths()
         except ConfigError as e:
-            print(str(e), file=sys.stderr)
-            raise SystemExit(2) from None
+            _refuse(e)
         run_dir = Path(cfg.run.dir)
         if (run_dir / STATE_FILE).exists():
             raise InpoError(
@@ -483,7 +440,30 @@ def train(
         state = RunState(run_dir / STATE_FILE)
         state.data["run_id"] = f"inpo-{int(time.time())}"
         state.save()
-    return Trainer(cfg, run_dir, state).run()
+    trainer = Trainer(cfg, run_dir, state)
+    try:
+        trainer.prepare()
+    except ConfigError as e:
+        if resume is None:  # nothing ran: leave no run behind, so the fixed config can start
+            (run_dir / STATE_FILE).unlink()
+            (run_dir / CONFIG_FILE).unlink()
+        _refuse(e)
+    if resume is not None:
+        save_config(run_dir, cfg)
+    return trainer.run()
+
+
+def save_config(run_dir: Path, cfg: InpoConfig) -> None:
+    """Record a resumed run's config with its overrides (run.iterations=5), durably: a
+    later plain `--resume` (a requeued SLURM job) reads config.yaml and must keep them."""
+    text = cfg.to_yaml()
+    if (run_dir / CONFIG_FILE).read_text() != text:
+        write_text_atomic(run_dir / CONFIG_FILE, text)
+
+
+def _refuse(e: ConfigError) -> NoReturn:
+    print(str(e), file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 def _describe_progress(state: RunState, cfg: InpoConfig) -> str:

@@ -1,18 +1,27 @@
-"""Where each actor runs: a pure plan from the cluster shape, then Ray options.
+"""Where each actor runs: a pure plan from the cluster's free resources, then one Ray
+placement group that reserves it before any actor starts.
 
-On GPUs every generator, judge and learner rank gets GPUs of its own when the
-cluster has enough; a generator with tensor parallelism keeps its GPUs on one
-node. When there are fewer GPUs than actors (one GPU, the smoke test), actors
-of one GPU each share the GPUs in equal fractions. On CPU every actor asks for
-one logical CPU and all of them share the host.
+On GPUs (real, or Ray's logical GPUs under run.simulate_gpus) every generator, judge and
+learner rank gets a bundle of its own when the cluster has enough free GPUs: one GPU, or a
+tensor-parallel generator's GPUs in one bundle (so on one node). The generator holds all of
+them itself and vLLM runs its tensor-parallel workers as local processes, never as Ray
+actors inside the group (`inpo.rollout.generator`). With fewer free GPUs than actors
+(one GPU, the smoke test) there is one bundle per GPU and actors of one GPU each share
+them in fractions: learner ranks first, one per GPU (two NCCL ranks cannot share a
+device), then the others on the least crowded GPUs. Every actor asks Ray for the CPU
+threads it uses, and uses that many.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import os
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from inpo.errors import InpoError
+
+if TYPE_CHECKING:
+    from inpo.config import InpoConfig
 
 
 class PlacementError(InpoError):
@@ -20,95 +29,233 @@ class PlacementError(InpoError):
 
 
 @dataclass(frozen=True)
+class Node:
+    name: str  # for messages: address and the start of Ray's node id
+    gpus: float  # free
+    cpus: float  # free
+
+
+@dataclass(frozen=True)
 class ActorSlot:
     role: str
     index: int
-    node: int | None  # index into the sorted node list; None on CPU
     num_gpus: float  # what the actor asks Ray for (a fraction when GPUs are shared)
+    num_cpus: int  # CPU threads it reserves and uses
+    bundle: int | None = None  # index into Plan.bundles; None: no placement group (CPU)
+    pg: Any = None  # the Ray placement group once reserved
+
+
+@dataclass
+class Plan:
+    slots: dict[str, list[ActorSlot]]
+    bundles: list[dict[str, float]] = field(default_factory=list)
+    sharing: list[str] = field(default_factory=list)  # which actors share which GPU
+
+
+#: Bundles are rounded down to Ray's resource precision, so k shares never exceed 1.0.
+_PRECISION = 10_000
+
+
+def _share(k: int) -> float:
+    return (_PRECISION // k) / _PRECISION
 
 
 def plan_placement(
-    gpus_per_node: list[int], demand: dict[str, tuple[int, int]]
-) -> dict[str, list[ActorSlot]]:
-    """demand: role -> (actors, GPUs per actor), in priority order."""
-    if sum(gpus_per_node) == 0:
-        return {
-            role: [ActorSlot(role, i, None, 0.0) for i in range(n)]
-            for role, (n, _) in demand.items()
-        }
+    nodes: list[Node], demand: dict[str, tuple[int, int]], host_cores: int | None = None
+) -> Plan:
+    """demand: role -> (actors, GPUs per actor). ``nodes`` are the cluster's nodes with
+    their free resources; no GPU anywhere plans for CPU, where every actor of a role gets
+    host_cores / actors threads (roles take turns, so they need not split the host)."""
+    gpu_nodes = [n for n in nodes if n.gpus >= 1]
+    if not gpu_nodes:
+        cores = host_cores or os.cpu_count() or 1
+        return Plan(
+            {
+                role: [ActorSlot(role, i, 0.0, max(1, cores // n)) for i in range(n)]
+                for role, (n, _) in demand.items()
+            }
+        )
+    free = sum(int(n.gpus) for n in gpu_nodes)
+    per_gpu = max(1, min(int(n.cpus // n.gpus) for n in gpu_nodes))
     need = sum(n * g for n, g in demand.values())
-    if need <= sum(gpus_per_node):
-        return _dedicated(gpus_per_node, demand)
+    if need <= free:
+        plan = _dedicated(demand, per_gpu)
+    else:
+        plan = _shared(demand, free, per_gpu)
+    _check_fit(plan, nodes, demand)
+    return plan
+
+
+def _dedicated(demand: dict[str, tuple[int, int]], per_gpu: int) -> Plan:
+    slots: dict[str, list[ActorSlot]] = {role: [] for role in demand}
+    bundles = []
+    for role, (n, g) in demand.items():
+        for i in range(n):
+            slots[role].append(ActorSlot(role, i, float(g), g * per_gpu, bundle=len(bundles)))
+            bundles.append({"GPU": float(g), "CPU": float(g * per_gpu)})
+    return Plan(slots, bundles)
+
+
+def _shared(demand: dict[str, tuple[int, int]], gpus: int, per_gpu: int) -> Plan:
     if any(g > 1 for n, g in demand.values() if n):
         raise PlacementError(
-            f"the job needs {need} GPUs ({_describe(demand)}) but the cluster has "
-            f"{sum(gpus_per_node)} ({gpus_per_node} per node); multi-GPU actors cannot share"
+            f"the job needs {sum(n * g for n, g in demand.values())} GPUs ({_describe(demand)}) "
+            f"but the cluster has {gpus} free; multi-GPU actors cannot share GPUs"
         )
-    return _shared(gpus_per_node, demand)
+    ranks = demand.get("learner", (0, 1))[0]
+    if ranks > gpus:
+        raise PlacementError(
+            f"learner.num_ranks = {ranks} needs {ranks} GPUs, one per rank (two NCCL ranks "
+            f"cannot share a GPU), but the cluster has {gpus} free"
+        )
+    on_gpu: list[list[tuple[str, int]]] = [[] for _ in range(gpus)]
+    for i in range(ranks):
+        on_gpu[i].append(("learner", i))
+    for role, (n, _) in demand.items():
+        if role == "learner":
+            continue
+        for i in range(n):
+            # least crowded GPU; among those, the one without a learner rank
+            k = min(range(gpus), key=lambda j: (len(on_gpu[j]), j < ranks, j))
+            on_gpu[k].append((role, i))
+    slots: dict[str, list[ActorSlot]] = {role: [] for role in demand}
+    bundles, sharing = [], []
+    for actors in on_gpu:
+        if not actors:
+            continue
+        threads = max(1, per_gpu // len(actors))
+        for role, i in actors:
+            slots[role].append(ActorSlot(role, i, _share(len(actors)), threads, len(bundles)))
+        if len(actors) > 1:
+            names = " + ".join(f"{r} {i}" for r, i in actors)
+            sharing.append(f"GPU bundle {len(bundles)}: {names}")
+        bundles.append({"GPU": 1.0, "CPU": float(threads * len(actors))})
+    for role in slots:
+        slots[role].sort(key=lambda s: s.index)
+    return Plan(slots, bundles, sharing)
 
 
 def _describe(demand: dict[str, tuple[int, int]]) -> str:
     return ", ".join(f"{role} {n}x{g}" for role, (n, g) in demand.items() if n)
 
 
-def _dedicated(gpus_per_node, demand):
-    free = list(gpus_per_node)
-    plan: dict[str, list[ActorSlot]] = {}
-    # Biggest actors first so tensor-parallel groups find a whole node's worth.
-    order = sorted(
-        ((role, i, g) for role, (n, g) in demand.items() for i in range(n)),
-        key=lambda t: -t[2],
+def needs_message(plan: Plan, nodes: list[Node], demand: dict[str, tuple[int, int]]) -> str:
+    """'needs 8 GPUs in bundles of 2, 2, 1, ...; the cluster has 6 free: node A 4, node B 2'"""
+    sizes = sorted((b["GPU"] for b in plan.bundles), reverse=True)
+    cpus = sum(b["CPU"] for b in plan.bundles)
+    have = ", ".join(f"node {n.name} {n.gpus:g} GPUs {n.cpus:g} CPUs" for n in nodes)
+    return (
+        f"the job ({_describe(demand)}) needs {sum(sizes):g} GPUs in bundles of "
+        f"{', '.join(f'{s:g}' for s in sizes)} and {cpus:g} CPUs; the cluster has "
+        f"{sum(n.gpus for n in nodes):g} GPUs free: {have}"
     )
-    for role, i, g in order:
-        node = next((k for k, f in enumerate(free) if f >= g), None)
-        if node is None:
-            raise PlacementError(
-                f"{role} {i} needs {g} GPUs on one node; free per node: {free} "
-                f"(cluster {gpus_per_node}, demand {_describe(demand)})"
-            )
-        free[node] -= g
-        plan.setdefault(role, []).append(ActorSlot(role, i, node, float(g)))
-    return {role: sorted(plan.get(role, []), key=lambda s: s.index) for role in demand}
 
 
-def _shared(gpus_per_node, demand):
-    gpus = [node for node, n in enumerate(gpus_per_node) for _ in range(n)]
-    actors = [(role, i) for role, (n, _) in demand.items() for i in range(n)]
-    per_gpu = -(-len(actors) // len(gpus))
-    plan: dict[str, list[ActorSlot]] = {role: [] for role in demand}
-    for k, (role, i) in enumerate(actors):
-        plan[role].append(ActorSlot(role, i, gpus[k % len(gpus)], 1.0 / per_gpu))
-    return plan
+def _check_fit(plan: Plan, nodes: list[Node], demand: dict[str, tuple[int, int]]) -> None:
+    """First-fit of the biggest bundles first into the nodes' free GPUs and CPUs."""
+    free = [[n.gpus, n.cpus] for n in nodes]
+    for b in sorted(plan.bundles, key=lambda b: (-b["GPU"], -b["CPU"])):
+        k = next((k for k, (g, c) in enumerate(free) if g >= b["GPU"] and c >= b["CPU"]), None)
+        if k is None:
+            raise PlacementError(needs_message(plan, nodes, demand))
+        free[k][0] -= b["GPU"]
+        free[k][1] -= b["CPU"]
 
 
 # --- Ray side -----------------------------------------------------------------
 
 
-def cluster_nodes() -> list[dict[str, Any]]:
-    """Alive Ray nodes in a fixed order (the order plan_placement's indices refer to)."""
+class Actor:
+    """What every inpo actor answers besides its role's methods (Ray is imported only inside:
+    LearnerRank also runs in plain processes)."""
+
+    def placed(self, threads: int) -> dict[str, Any]:
+        """Use the ``threads`` CPU threads this actor reserved; report where Ray put it."""
+        import ray
+        import torch
+
+        torch.set_num_threads(threads)
+        return {
+            "node": ray.get_runtime_context().get_node_id(),
+            "gpus": [int(g) for g in ray.get_gpu_ids()],
+        }
+
+
+def cluster_nodes() -> list[Node]:
+    """Alive Ray nodes with their free GPUs and CPUs, in a fixed order."""
     import ray
+    from ray._private.state import available_resources_per_node
 
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    return sorted(nodes, key=lambda n: (n["NodeManagerAddress"], n["NodeID"]))
+    free = available_resources_per_node()
+    out = []
+    for n in sorted(ray.nodes(), key=lambda n: (n["NodeManagerAddress"], n["NodeID"])):
+        if not n.get("Alive"):
+            continue
+        res = free.get(n["NodeID"], {})
+        name = f"{n['NodeManagerAddress']}/{n['NodeID'][:6]}"
+        out.append(Node(name, float(res.get("GPU", 0.0)), float(res.get("CPU", 0.0))))
+    return out
 
 
-def cluster_gpus() -> list[int]:
-    return [int(n["Resources"].get("GPU", 0)) for n in cluster_nodes()]
+def on_gpus(cfg: InpoConfig, device: str) -> bool:
+    """Whether actors are placed on GPUs: a CUDA run, or a simulated one."""
+    return device == "cuda" or cfg.run.simulate_gpus
 
 
-def plan_for(device: str, demand: dict[str, tuple[int, int]]) -> dict[str, list[ActorSlot]]:
-    """plan_placement over the Ray cluster's GPUs (none when running on CPU)."""
-    return plan_placement(cluster_gpus() if device == "cuda" else [], demand)
+def plan_for(cfg: InpoConfig, device: str, demand: dict[str, tuple[int, int]]) -> Plan:
+    """`reserve` for a config and the device it computes on."""
+    return reserve(demand, on_gpus(cfg, device), cfg.run.placement_timeout_s)
+
+
+def reserve(
+    demand: dict[str, tuple[int, int]], on_gpus: bool, timeout_s: float, name: str = "inpo"
+) -> Plan:
+    """Plan over the cluster's free resources and reserve the plan's bundles in one
+    placement group; a plan that does not fit in ``timeout_s`` is an error saying what is
+    missing, not a hang. On CPU nothing is reserved."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    nodes = cluster_nodes() if on_gpus else []
+    plan = plan_placement(nodes, demand)
+    if not plan.bundles:
+        return plan
+    pg = placement_group(plan.bundles, strategy="PACK", name=name)
+    ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
+    if not ready:
+        remove_placement_group(pg)
+        raise PlacementError(
+            f"{needs_message(plan, cluster_nodes(), demand)}; not reserved within "
+            f"run.placement_timeout_s = {timeout_s:g}"
+        )
+    if plan.sharing:
+        print("fewer free GPUs than actors, sharing: " + "; ".join(plan.sharing))
+    plan.slots = {r: [replace(s, pg=pg) for s in slots] for r, slots in plan.slots.items()}
+    return plan
+
+
+def release(plan: Plan | None) -> None:
+    pgs = {id(s.pg): s.pg for slots in (plan.slots.values() if plan else []) for s in slots}
+    if pgs:
+        from ray.util.placement_group import remove_placement_group
+
+        for pg in pgs.values():
+            if pg is not None:
+                remove_placement_group(pg)
 
 
 def actor_options(slot: ActorSlot, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Ray .options() for an actor in ``slot``."""
-    opts: dict[str, Any] = {"num_cpus": 1, "num_gpus": slot.num_gpus}
-    if env:
-        opts["runtime_env"] = {"env_vars": env}
-    if slot.node is not None:
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    """Ray .options() for an actor in ``slot``: its bundle, GPUs and threads."""
+    env = {**(env or {}), "OMP_NUM_THREADS": str(slot.num_cpus)}
+    opts: dict[str, Any] = {
+        "num_cpus": slot.num_cpus,
+        "num_gpus": slot.num_gpus,
+        "runtime_env": {"env_vars": env},
+    }
+    if slot.pg is not None:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        node_id = cluster_nodes()[slot.node]["NodeID"]
-        opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=False)
+        opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+            slot.pg, placement_group_bundle_index=slot.bundle
+        )
     return opts

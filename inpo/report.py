@@ -1,5 +1,6 @@
 """What a run tells its user: per-step and per-iteration metrics (TensorBoard, Weights &
-Biases), the iteration table printed at the end, and a PNG of win rates and loss."""
+Biases), the iteration table printed at the end, and a PNG of win rates, the held-out
+excess and the pass rate."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from inpo.state import ITERATION, RunState
 COLUMNS = (
     ("iter", "iteration", "{}"),
     ("pairs", "pairs", "{}"),
-    ("loss 1st>last ep", ("loss_first_epoch", "loss_last_epoch"), "{:.3g}"),
-    ("|h-target| 1st>last", ("margin_error_first_epoch", "margin_error_last_epoch"), "{:.3g}"),
+    ("ep", "epochs", "{}"),
+    ("held-out excess (removed)", ("heldout_excess_start", "heldout_excess_end"), "{:.3g}"),
+    ("train excess", ("train_excess_start", "train_excess_end"), "{:.3g}"),
     ("win vs ref [95% CI]", "win_vs_ref", None),
     ("win vs prev [95% CI]", "win_vs_prev", None),
     ("len", "mean_length", "{:.1f}"),
@@ -23,7 +25,16 @@ COLUMNS = (
     ("time s", None, None),
 )
 LEARN_SCALARS = ("loss", "margin", "margin_error", "grad_norm", "lr")
-ITERATION_SCALARS = ("win_vs_ref", "win_vs_prev", "mean_length", "loss_last_epoch", "pairs")
+ITERATION_SCALARS = (
+    "win_vs_ref",
+    "win_vs_prev",
+    "mean_length",
+    "pass_rate",
+    "heldout_excess_start",
+    "heldout_excess_end",
+    "train_excess_end",
+    "pairs",
+)
 
 
 def iteration_row(state: RunState, t: int) -> dict[str, Any]:
@@ -52,9 +63,12 @@ def _cell(row: dict[str, Any], key, fmt: str | None, title: str) -> str:
     if title == "time s":
         seconds = sum(v for k, v in row.items() if k.endswith("_seconds") and v)
         return f"{seconds:.0f}" if seconds else "-"
-    if isinstance(key, tuple):
+    if isinstance(key, tuple):  # start > end of a learn stage
         a, b = row.get(key[0]), row.get(key[1])
-        return "-" if a is None or a != a else f"{fmt.format(a)} > {fmt.format(b)}"  # NaN: -
+        if a is None:
+            return "-"
+        cell = f"{fmt.format(a)} > {fmt.format(b)}"
+        return cell + (f" ({removed(a, b):.0%})" if title.endswith("(removed)") else "")
     value = row.get(key)
     if value is None:
         return "-"
@@ -76,14 +90,23 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def removed(start: float, end: float) -> float:
+    """Share of the excess a learn stage removed: 1 = solved, 0 = no progress, < 0 = worse."""
+    return 1 - end / start if start > 0 else 0.0
+
+
 def plot(rows: list[dict[str, Any]], run_dir: Path) -> Path:
+    """Per iteration: the held-out win rates, the held-out excess before and after the learn
+    stage (whether it solved its sub-problem) and, where the oracle has one, the pass rate."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    its = [r["iteration"] for r in rows if r["iteration"] > 0]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    passes = [(r["iteration"], r["pass_rate"]) for r in rows if r.get("pass_rate") is not None]
+    fig, axes = plt.subplots(1, 3 if passes else 2, figsize=(13 if passes else 9, 3.5))
+    ax1, ax2 = axes[:2]
     for key, label in (("win_vs_ref", "vs pi_ref"), ("win_vs_prev", "vs pi_t")):
         pts = [(r["iteration"], r[key], r[f"{key}_ci"]) for r in rows if r.get(key) is not None]
         if pts:
@@ -97,11 +120,25 @@ def plot(rows: list[dict[str, Any]], run_dir: Path) -> Path:
     ax1.set(xlabel="iteration", ylabel="win rate (oracle)", title="held-out win rate")
     if ax1.get_legend_handles_labels()[0]:  # no win rates when data.eval_size = 0
         ax1.legend()
-    learned = [r for r in rows if r["iteration"] > 0]
-    ax2.plot(its, [r.get("loss_first_epoch") for r in learned], marker="o", label="first epoch")
-    ax2.plot(its, [r.get("loss_last_epoch") for r in learned], marker="o", label="last epoch")
-    ax2.set(xlabel="iteration", ylabel="mean loss", title="learner loss")
-    ax2.legend()
+    for name, label in (("heldout", "held-out"), ("train", "training")):
+        pts = [r for r in rows if r.get(f"{name}_excess_start") is not None]
+        if not pts:
+            continue
+        its = [r["iteration"] for r in pts]
+        style = "-" if name == "heldout" else ":"
+        for when, marker in (("start", "o"), ("end", "s")):
+            y = [r[f"{name}_excess_{when}"] for r in pts]
+            ax2.plot(its, y, style, marker=marker, label=f"{label}, {when}")
+    ax2.set(xlabel="iteration", ylabel="loss - its floor, per pair", title="excess objective")
+    ax2.set_ylim(bottom=0)
+    if ax2.get_legend_handles_labels()[0]:
+        ax2.legend(fontsize=8)
+    if passes:
+        x, y = zip(*passes, strict=True)
+        axes[2].plot(x, y, marker="o")
+        axes[2].set(xlabel="iteration (0 = pi_ref)", ylabel="pass rate", title="held-out pass rate")
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole iterations
     fig.tight_layout()
     out = run_dir / "summary.png"
     fig.savefig(out, dpi=100)

@@ -54,6 +54,22 @@ def inpo_cli(*args: str, env: dict | None = None, timeout: int = 600, **run):
     )
 
 
+def inpo_train(*args: str, crash_at: str | None = None, extra_env=None, timeout=600):
+    """`inpo train ARGS`; ``crash_at`` SIGKILLs it there (inpo.faults)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    env.pop("INPO_CRASH_AT", None)
+    if crash_at:
+        env["INPO_CRASH_AT"] = crash_at
+    # A new session, so the kill reaches Ray and vLLM children too.
+    return inpo_cli("train", *args, env=env, timeout=timeout, start_new_session=True)
+
+
+def final_weights(run: Path, t: int = 2) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / f"iter_{t}" / "policy" / "model.safetensors"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -93,3 +109,21 @@ def openai_server(model_dir: Path, log: Path, *engine_args: str) -> Iterator[str
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def eos_is_not_end_of_turn(model_dir: Path) -> Path:
+    """Make a tiny model's EOS <|endoftext|> while its chat template still closes turns with
+    <|im_end|>, which no config lists (as Llama-3-8B's base files list only
+    <|end_of_text|>): the end of turn is then a stop token only if inpo passes it."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.eos_token = "<|endoftext|>"
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.save_pretrained(model_dir)
+    for name in ("config.json", "generation_config.json"):
+        path = Path(model_dir) / name
+        if path.exists():
+            config = json.loads(path.read_text())
+            path.write_text(json.dumps({**config, "eos_token_id": tok.eos_token_id}))
+    return Path(model_dir)

@@ -6,8 +6,10 @@ from inpo.learner.batching import (
     collate,
     cosine_lr_lambda,
     global_batch_indices,
+    heldout_split,
     rank_micro_batches,
     steps_per_epoch,
+    training_batch,
 )
 
 
@@ -80,10 +82,61 @@ def test_fit_pairs_drops_and_counts_what_does_not_fit():
 
 
 def test_cosine_schedule():
-    f = cosine_lr_lambda(100, 0.1, 0.0)
-    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    f = cosine_lr_lambda(100, 0.1, 0.0)  # 10 warmup steps at s+1 / 11
+    assert f(0) == pytest.approx(1 / 11) and f(9) == pytest.approx(10 / 11)
     assert f(10) == pytest.approx(1.0)
     assert f(55) == pytest.approx(0.5, abs=0.01)
     assert f(99) < 0.01
     assert cosine_lr_lambda(10, 0.0, 0.2)(10) == pytest.approx(0.2)
     assert torch.tensor([f(s) for s in range(10, 100)]).diff().le(1e-12).all()
+
+
+@pytest.mark.parametrize("total, ratio", [(8, 0.03), (18, 0.1), (24, 0.0), (1000, 0.001)])
+def test_no_step_at_peak_before_a_real_warmup(total, ratio):
+    """Issue 17: ceil(8 x 0.03) = 1 warmup step at factor (0+1)/1 = 1 ran the first two
+    steps at the peak lr. Now at least 3 warmup steps, rising, all below the peak."""
+    f = cosine_lr_lambda(total, ratio)
+    warm = [f(s) for s in range(3)]
+    assert warm[0] <= 0.25 and warm == sorted(warm) and max(warm) < 1.0
+    assert max(f(s) for s in range(total)) == pytest.approx(1.0)
+
+
+def test_a_short_schedule_warms_up_over_half_of_it():
+    f = cosine_lr_lambda(2, 0.0)
+    assert f(0) == pytest.approx(0.5) and f(1) == pytest.approx(1.0)
+
+
+def test_heldout_split_is_by_prompt_seeded_and_never_trained_on():
+    prompts = [[p] for p in (1, 1, 2, 3, 3, 3, 4, 5, 6, 7, 8, 9) for _ in range(2)]
+    train, held = heldout_split(prompts, 0.25, seed=0)
+    assert sorted(train + held) == list(range(len(prompts))) and not set(train) & set(held)
+    held_prompts = {tuple(prompts[i]) for i in held}
+    assert len(held_prompts) == 2  # round(0.25 x 9 distinct prompts)
+    assert all(tuple(prompts[i]) not in held_prompts for i in train)  # a prompt: all or none
+    assert heldout_split(prompts, 0.25, seed=0) == (train, held)
+    assert heldout_split(prompts, 0.25, seed=1) != (train, held)
+    assert heldout_split(prompts, 0.0, seed=0) == (list(range(len(prompts))), [])
+    assert len(heldout_split([[1]] * 4, 0.5, seed=0)[1]) == 0  # one prompt: never all held
+    state = torch.get_rng_state()
+    heldout_split(prompts, 0.5, seed=3)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_a_heldout_pair_never_reaches_a_training_batch():
+    prompts = [[i // 3] for i in range(60)]  # 20 prompts, 3 pairs each
+    train, held = heldout_split(prompts, 0.3, seed=4)
+    seen = set()
+    for step in range(8 * (len(train) // 8)):  # 8 epochs of batch 8
+        batch = training_batch(train, 8, seed=4, step=step)
+        assert len(batch) == 8 and not set(batch) & set(held)
+        seen.update(batch)
+    assert seen <= set(train) and len(seen) > 0.9 * len(train)
+    everything = list(range(60))
+    assert training_batch(everything, 8, 4, 5) == global_batch_indices(60, 8, 4, 5)
+
+
+def test_auto_epochs_stop_when_the_heldout_excess_stops_falling():
+    from inpo.learn import keeps_improving
+
+    assert keeps_improving([2.0]) and keeps_improving([2.0, 1.0]) and keeps_improving([2, 1, 0.5])
+    assert not keeps_improving([2.0, 1.0, 1.0]) and not keeps_improving([2.0, 2.5])

@@ -7,9 +7,51 @@ from inpo.config import ConfigError, InpoConfig, describe_fields, load_config, p
 def test_defaults_are_valid_and_tau_defaults_to_eta_over_3():
     cfg = load_config()
     assert cfg.loss.tau == pytest.approx(cfg.loss.eta / 3)
-    assert cfg.learner.grad_accum * cfg.learner.num_ranks * cfg.learner.micro_batch_size == (
-        cfg.learner.global_batch_size
-    )
+    assert load_config(None, ["loss.eta=0.3"]).loss.tau == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    "ranks,micro,batch,accum", [(1, 4, 16, 4), (2, 4, 32, 4), (2, 2, 24, 6), (4, 1, 128, 32)]
+)
+def test_gradient_accumulation_steps(ranks, micro, batch, accum):
+    over = [f"learner.num_ranks={ranks}", f"learner.micro_batch_size={micro}"]
+    cfg = load_config(None, [*over, f"learner.global_batch_size={batch}"])
+    assert cfg.learner.grad_accum == accum
+
+
+def test_paper_configs_are_the_authors_recipe():
+    """The authors' trainer: Hugging Face AdamW defaults; RLHFlow's three 20K prompt sets,
+    one per iteration, as chat messages (`context_messages`)."""
+    for name in ("paper_pairpm", "paper_reward"):
+        cfg = load_config(f"configs/{name}.yaml")
+        assert cfg.learner.adam_betas == (0.9, 0.999) and cfg.learner.weight_decay == 0.0
+        files = cfg.data.prompts
+        assert isinstance(files, list) and len(files) == cfg.run.iterations == 3
+        for t, f in enumerate(files, start=1):
+            assert f"iterative-prompt-v1-iter{t}-20K" in f
+        assert cfg.data.prompt_field == "context_messages"
+        assert cfg.data.eval_prompts and cfg.data.eval_prompts not in files
+        assert cfg.data.prompts_per_iteration == 20000 and not cfg.data.allow_reuse
+
+
+def test_prompt_files_one_per_iteration():
+    three = ["data.prompts=[a.jsonl, b.jsonl, c.jsonl]"]
+    assert load_config(None, [*three, "run.iterations=3"]).data.prompt_files == [
+        "a.jsonl",
+        "b.jsonl",
+        "c.jsonl",
+    ]
+    assert load_config(None, [*three, "run.iterations=2"]).data.prompt_files[1] == "b.jsonl"
+    assert load_config(None, ["data.prompts=a.jsonl"]).data.prompt_files == ["a.jsonl"]
+    # one file in a list is one file for every iteration
+    assert load_config(None, ["data.prompts=[a.jsonl]", "run.iterations=7"]).run.iterations == 7
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [*three, "run.iterations=4"])
+    msg = str(e.value)
+    assert "data.prompts = ['a.jsonl', 'b.jsonl', 'c.jsonl']" in msg
+    assert "run.iterations = 4" in msg and "\n" not in msg
+    with pytest.raises(ConfigError, match=r"data.prompts = \[\]"):
+        load_config(None, ["data.prompts=[]"])
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -35,6 +77,9 @@ def test_parse_overrides_nests():
         ("oracle.backend=pairpm", "oracle.model"),
         ("model.tiny_hidden=65", "model.tiny_hidden = 65"),
         ("generation.num_samples=1", "generation.num_samples = 1"),
+        ("learner.epochs=0", "learner.epochs = 0: must be a whole number >= 1 or auto"),
+        ("learner.epochs=some", "learner.epochs = 'some': must be a whole number"),
+        ("learner.heldout_fraction=1", "learner.heldout_fraction = 1"),
         ("oops", "oops"),
     ],
 )
@@ -91,3 +136,11 @@ def test_readme_config_reference_is_current():
     from pathlib import Path
 
     assert describe_fields() in Path("README.md").read_text()
+
+
+def test_auto_epochs_need_heldout_pairs_and_lay_the_schedule_over_the_cap():
+    cfg = load_config(None, ["learner.epochs=auto", "learner.max_epochs=5"])
+    assert cfg.learner.epochs == "auto" and cfg.learner.epoch_cap == 5
+    assert load_config(None, ["learner.epochs=3"]).learner.epoch_cap == 3
+    with pytest.raises(ConfigError, match="learner.heldout_fraction > 0"):
+        load_config(None, ["learner.epochs=auto", "learner.heldout_fraction=0"])

@@ -10,20 +10,17 @@ import pytest
 
 from inpo.oracle import OracleError
 from inpo.oracle.constraints import (
-    DEFAULT_KINDS,
-    KINDS,
     PARTIAL_WEIGHT,
     Constraint,
     ConstraintPreference,
-    _tasks,
     constraint_pass_rate,
-    constraint_prompts,
     constraint_score,
     parse_constraint,
     pass_rates_by_kind,
     sentences,
     words,
 )
+from inpo.prompts import DEFAULT_KINDS, KINDS, _tasks, constraint_prompts
 
 
 def sig(x: float) -> float:

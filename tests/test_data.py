@@ -157,3 +157,112 @@ def test_benchmark_prompt_files_and_answer_formats(tmp_path):
     f.write_text(json.dumps({"question_id": "a1", "turns": []}) + "\n")
     with pytest.raises(DataError, match=r"row 1: field 'turns\[0\].content': missing"):
         read_benchmark(f, "prompt")
+
+
+def _prompt_file(path, n, tag, field="context_messages"):
+    rows = [{field: [{"role": "user", "content": f"{tag} {i}"}]} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _data(**fields):
+    from inpo.config import DataConfig
+
+    return DataConfig(prompt_field="context_messages", **fields)
+
+
+def _texts(pool, ids):
+    return [pool[i][0]["content"] for i in ids]
+
+
+def test_iteration_t_draws_from_the_t_th_file_and_eval_from_the_first(tmp_path):
+    from inpo.data import load_prompt_sets
+
+    files = [_prompt_file(tmp_path / f"iter{t}.jsonl", 12, f"iter{t}") for t in (1, 2, 3)]
+    data = _data(prompts=files, prompts_per_iteration=8, eval_size=4)
+    sets = load_prompt_sets(data, iterations=3, seed=0)
+    assert len(sets.eval_ids) == 4 and sets.eval_pool is sets.pools[0]
+    held = set(_texts(sets.eval_pool, sets.eval_ids))
+    for t in (1, 2, 3):
+        pool, ids = sets.iteration(t, 8)
+        texts = _texts(pool, ids)
+        assert len(set(texts)) == 8 and all(x.startswith(f"iter{t} ") for x in texts)
+        assert not held & set(texts)
+    # 12 - 4 held out = 8 in the first file; the others keep all 12
+    assert [len(ids) for ids in sets.train_ids] == [8, 12, 12]
+    # a separate eval file: held-out prompts from it, the first file trains in full
+    own = _prompt_file(tmp_path / "eval.jsonl", 6, "eval")
+    data = data.model_copy(update={"eval_prompts": own})
+    sets = load_prompt_sets(data, iterations=3, seed=0)
+    assert _texts(sets.eval_pool, sets.eval_ids) == [f"eval {i}" for i in range(4)]
+    assert [len(ids) for ids in sets.train_ids] == [12, 12, 12]
+    # a shorter run reads only the files it draws from
+    later = [*files[:2], str(tmp_path / "not_downloaded_yet.jsonl")]
+    data = _data(prompts=later, prompts_per_iteration=8, eval_size=4)
+    sets = load_prompt_sets(data, iterations=2, seed=0)
+    assert _texts(*sets.iteration(2, 8)) == [f"iter2 {i}" for i in range(8)]
+
+
+def test_one_file_slices_are_fresh_across_iterations(tmp_path):
+    from inpo.data import load_prompt_sets
+
+    one = _prompt_file(tmp_path / "all.jsonl", 40, "p")
+    sets = load_prompt_sets(_data(prompts=one, prompts_per_iteration=12, eval_size=4), 3, 0)
+    drawn = [_texts(*sets.iteration(t, 12)) for t in (1, 2, 3)]
+    assert len(set(sum(drawn, []))) == 36
+
+
+def test_a_run_that_would_draw_a_prompt_twice_is_refused(tmp_path):
+    """3 x 20 prompts with 4 held out: iteration 3 would re-draw 4 of iteration 1's."""
+    from inpo.config import ConfigError
+    from inpo.data import load_prompt_sets
+
+    one = _prompt_file(tmp_path / "all.jsonl", 60, "p")
+    data = _data(prompts=one, prompts_per_iteration=20, eval_size=4)
+    with pytest.raises(ConfigError) as e:
+        load_prompt_sets(data, iterations=3, seed=0)
+    msg = str(e.value)
+    assert msg.startswith("config error: data.prompts_per_iteration = 20:") and "\n" not in msg
+    assert "need 60" in msg and "holds 56 after 4 held out" in msg
+    assert "data.allow_reuse" in msg
+    load_prompt_sets(data, iterations=2, seed=0)  # 40 of 56: no prompt twice
+    # asked for by name: the slices wrap around, as before
+    sets = load_prompt_sets(data.model_copy(update={"allow_reuse": True}), 3, 0)
+    drawn = [_texts(*sets.iteration(t, 20)) for t in (1, 2, 3)]
+    assert len(set(sum(drawn, []))) == 56
+    # per-iteration files: each must hold a whole iteration; the first also gives eval
+    files = [_prompt_file(tmp_path / f"iter{t}.jsonl", 20, f"iter{t}") for t in (1, 2, 3)]
+    with pytest.raises(ConfigError, match=r"iteration 1 needs 20, data.prompts\[0\] holds 16"):
+        load_prompt_sets(_data(prompts=files, prompts_per_iteration=20, eval_size=4), 3, 0)
+    short = [*files[:2], _prompt_file(tmp_path / "short.jsonl", 19, "s")]
+    with pytest.raises(ConfigError, match=r"iteration 3 needs 20, data.prompts\[2\] holds 19"):
+        load_prompt_sets(_data(prompts=short, prompts_per_iteration=20, eval_size=0), 3, 0)
+    load_prompt_sets(_data(prompts=short, prompts_per_iteration=20, eval_size=0), 2, 0)
+
+
+def test_chat_message_prompts_go_through_the_chat_template(tmp_path):
+    from inpo.data import load_prompt_sets, prompt_token_ids
+
+    tok = _tokenizer()
+    f = _prompt_file(tmp_path / "iter1.jsonl", 3, "hello")
+    sets = load_prompt_sets(_data(prompts=[f], prompts_per_iteration=3, eval_size=0), 1, 0)
+    prompt = sets.pools[0][0]
+    text = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    assert prompt_token_ids(tok, prompt) == tok(text, add_special_tokens=False).input_ids
+    assert "<|im_start|>assistant" in text  # the assistant turn is opened for generation
+
+
+def test_the_data_side_never_imports_the_oracle():
+    """Prompts are data (inpo.data, inpo.prompts); the oracle imports them, never the
+    reverse, so loading the builtin ifeval set pulls in no oracle module."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, inpo.data, inpo.prompts\n"
+        "inpo.data.prompts_from('builtin:ifeval', 'prompt')\n"
+        "print(sorted(m for m in sys.modules if m.startswith('inpo.oracle')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

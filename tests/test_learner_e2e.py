@@ -22,6 +22,7 @@ LEARN_ARGS = [
     "learner.micro_batch_size=4",
     "loss.eta=0.25",
     "learner.num_ranks=2",
+    "learner.heldout_fraction=0",  # every pair trains: the step counts below
 ]
 
 
@@ -41,7 +42,7 @@ def learned(tmp_path_factory, tiny_model):
         out = root / f"zero{stage}"
         r = run_learn(pairs, tiny_model, out, *LEARN_ARGS, f"deepspeed.zero_stage={stage}")
         assert r.returncode == 0, r.stderr[-3000:]
-        assert "learned 12 steps on 64 pairs: mean loss" in r.stdout
+        assert "learned 12 steps (3 epochs) on 64 pairs; training excess 4 -> " in r.stdout
         outs[stage] = out
     return outs
 
@@ -81,7 +82,7 @@ def test_saved_policy_loads_in_transformers_and_vllm(learned, tiny_model, ray_se
     tok = AutoTokenizer.from_pretrained(learned[2] / "policy")
     probe = probe_sequence(tok)
     cfg = load_config()
-    slots = plan_placement([], {"generator": (1, 1)})["generator"]
+    slots = plan_placement([], {"generator": (1, 1)}).slots["generator"]
     gen = GeneratorGroup(str(learned[2] / "policy"), cfg, "cpu", slots)
     try:
         for stage in (2, 3):
@@ -127,8 +128,8 @@ def _train_in_process(cfg_overrides, pairs_path, policy, out, on_step=None, afte
     try:
         group.set_data(pairs, tok.pad_token_id)
         cache = cache_logps(group, pairs, str(policy), str(policy), out / "logps.safetensors")
-        rows = train_policy(cfg, group, pairs, cache, str(policy), out, on_step=on_step)
-        export_policy(cfg, group, len(pairs), str(policy), out, probe_sequence(tok), True)
+        rows, _ = train_policy(cfg, group, pairs, cache, str(policy), out, on_step=on_step)
+        export_policy(cfg, group, pairs, str(policy), out, probe_sequence(tok), True)
         if after is not None:
             after(group, pairs)
         return rows
@@ -141,6 +142,7 @@ BASE = [
     "learner.epochs=2",
     "learner.global_batch_size=16",
     "learner.micro_batch_size=4",
+    "learner.heldout_fraction=0",
     "run.seed=7",
 ]
 
@@ -169,9 +171,20 @@ class Crash(Exception):
     pass
 
 
-def test_resume_from_step_checkpoint_matches_uninterrupted(tmp_path, tiny_model, ray_session):
-    pairs = write_pairs(tmp_path / "pairs.jsonl", 40, seed=5)
-    cfg = BASE + ["learner.checkpoint_every=2", "learner.num_ranks=2"]
+@pytest.mark.parametrize("epochs", ["2", "auto"])
+def test_resume_from_step_checkpoint_matches_uninterrupted(
+    tmp_path, tiny_model, ray_session, epochs
+):
+    """With held-out pairs (and learner.epochs = auto, whose stop reads the held-out excess
+    after each epoch from the kept rows): the resumed run ends with the same weights."""
+    pairs = write_pairs(tmp_path / "pairs.jsonl", 80, seed=5)  # 20 held out, 3 steps/epoch
+    cfg = BASE + [
+        "learner.checkpoint_every=2",
+        "learner.num_ranks=2",
+        "learner.heldout_fraction=0.25",
+        f"learner.epochs={epochs}",
+        "learner.max_epochs=3",
+    ]
     _train_in_process(cfg, pairs, tiny_model, tmp_path / "full")
 
     def crash_at_3(m):
@@ -183,7 +196,14 @@ def test_resume_from_step_checkpoint_matches_uninterrupted(tmp_path, tiny_model,
     assert (tmp_path / "cut" / "checkpoints" / "step_000002").is_dir()
     assert not (tmp_path / "cut" / "policy").exists()
     rows = _train_in_process(cfg, pairs, tiny_model, tmp_path / "cut")
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # steps 1-2 kept, 3-4 recomputed
+    whole = _metrics(tmp_path / "full")
+    assert [r["step"] for r in rows] == list(range(1, len(whole) + 1))  # 1-2 kept, 3- redone
+    evals = [r.get("heldout_excess") for r in rows]
+    if epochs == "auto":  # the held-out excess after each epoch, in its last step's row
+        assert [e is not None for e in evals] == [s % 3 == 0 for s in range(1, len(rows) + 1)]
+        assert evals[2] == pytest.approx(whole[2]["heldout_excess"], rel=1e-6)
+    else:
+        assert len(rows) == 6 and evals == [None] * 6
     a = load_file(str(tmp_path / "full" / "policy" / "model.safetensors"))
     b = load_file(str(tmp_path / "cut" / "policy" / "model.safetensors"))
     for k in a:

@@ -3,7 +3,16 @@ import math
 import pytest
 import torch
 
-from inpo.loss import dpo_loss, inpo_loss, inpo_margin, ipo_loss, sequence_logps
+from inpo.loss import (
+    CACHE_KEYS,
+    dpo_loss,
+    inpo_loss,
+    inpo_margin,
+    ipo_loss,
+    objective,
+    objective_floor,
+    sequence_logps,
+)
 
 
 def t(*xs):
@@ -197,3 +206,34 @@ def test_objective_dispatch_and_targets():
     assert objective({**cfg, "type": "dpo"}, chosen, rejected, cache)[2] is None
     with pytest.raises(ValueError, match="loss.type"):
         objective({**cfg, "type": "kto"}, chosen, rejected, cache)
+
+
+@pytest.mark.parametrize(
+    "kind, scale",
+    [("inpo", 0.5 / 0.25), ("ipo", 0.5 / 0.1), ("dpo", None)],
+)
+def test_the_floor_is_the_soft_loss_at_its_minimizer(kind, scale):
+    """objective_floor = the soft loss at h = (2P - 1) c for the square losses (INPO with
+    c = 1/(2 eta), IPO with c = 1/(2 beta)), at beta m = logit(P) for DPO; any other margin
+    is above it, and a hard label (P = 1) has floor 0."""
+    cfg = {"type": kind, "eta": 0.25, "tau": 0.25 / 3, "beta": 0.1}
+    p = t(0.5, 0.6, 0.75, 0.9, 0.99)
+    if scale is not None:
+        best = (2 * p - 1) * scale
+        assert objective_floor(cfg, p).tolist() == pytest.approx(
+            (4 * p * (1 - p) * scale**2).tolist()
+        )
+    else:
+        best = torch.logit(p) / cfg["beta"]
+        entropy = -(p * p.log() + (1 - p) * (1 - p).log())
+        assert objective_floor(cfg, p).tolist() == pytest.approx(entropy.tolist())
+    zeros = {k: torch.zeros_like(p) for k in CACHE_KEYS}  # margin = chosen - rejected
+
+    def loss_at(margin):
+        return objective(cfg, margin, torch.zeros_like(p), zeros, p)[0]
+
+    floor = objective_floor(cfg, p)
+    assert loss_at(best).tolist() == pytest.approx(floor.tolist(), abs=1e-9)
+    for d in (-0.3, 0.3):
+        assert (loss_at(best + d) > floor + 1e-6).all()
+    assert objective_floor(cfg, t(1.0)).item() == 0.0

@@ -57,40 +57,44 @@ def pairpm(tiny_model) -> PairPM:
 
 def test_pairpm_format_and_batching(pairpm, tiny_model):
     context = render_context(CHAT)
-    assert context == "\n\n\n<turn> system\n Be brief.\n\n<turn> user\n Name a fruit.\n\n\n"
-    # the exact text the judge reads, through the tiny model's ChatML template
+    assert context == "\n\n<turn> user\n Name a fruit.\n"  # RLHFlow's: no system turn
+    # the exact text the judge reads, through the tiny model's ChatML template with no
+    # generation prompt (RLHFlow reads the logits after the closed user turn)
     text = (
         f"<|im_start|>user\n[CONTEXT] {context} [RESPONSE A] apple [RESPONSE B] "
-        "a pear, I think \n<|im_end|>\n<|im_start|>assistant\n"
+        "a pear, I think \n<|im_end|>\n"
     )
     assert pairpm.tok.decode(pairpm.fitted_ids(CHAT, A[0], B[0])) == text
     batched = pairpm.prob(PROMPTS, A, B)  # batches of 2, left padded
     alone = [pairpm.prob([p], [a], [b])[0] for p, a, b in zip(PROMPTS, A, B, strict=True)]
     assert batched == pytest.approx(alone, abs=1e-5)
-    assert batched[0] == pytest.approx(reference_p_a(tiny_model, [text])[0], abs=1e-5)
-    assert all(0.0 < p < 1.0 for p in batched)
+    texts = [pairpm.tok.decode(pairpm.fitted_ids(*t)) for t in zip(PROMPTS, A, B, strict=True)]
+    assert texts[0] == text
+    assert batched == pytest.approx(reference_p_a(tiny_model, texts), abs=1e-5)
+    assert pairpm.truncated() == 0
 
 
-def test_pairpm_truncates_the_context_first(pairpm, monkeypatch):
+def test_pairpm_keeps_the_question_and_cuts_the_responses(pairpm, monkeypatch):
     monkeypatch.setattr(pairpm, "max_length", 200)
-    long_chat = [{"role": "user", "content": "old history " * 40 + "the question?"}]
-    ids = pairpm.fitted_ids(long_chat, "answer one", "answer two")
+    monkeypatch.setattr(pairpm, "n_truncated", 0)
+    question = "A long question, " * 4 + "or is it?"
+    frame = len(pairpm.judge_ids(render_context(question), "", ""))
+    ids = pairpm.fitted_ids(question, "x" * 300, "short answer")
     assert len(ids) == 200  # the char tokenizer cuts to the exact limit
     text = pairpm.tok.decode(ids)
-    kept = text.partition("[CONTEXT] ")[2].partition(" [RESPONSE A]")[0]
-    assert 0 < len(kept) < len(render_context(long_chat))
-    assert render_context(long_chat).endswith(kept)
-    assert text.endswith(
-        " [RESPONSE A] answer one [RESPONSE B] answer two \n<|im_end|>\n<|im_start|>assistant\n"
-    )
-    # with no context left to cut, both responses lose their ends equally
-    ids = pairpm.fitted_ids("q", "x" * 300, "y" * 300)
+    assert f"[CONTEXT] {render_context(question)} [RESPONSE A] xxx" in text  # question whole
+    assert text.count("x") == 200 - frame - len("short answer")
+    assert " [RESPONSE B] short answer \n<|im_end|>\n" in text  # the short one whole
+    ids = pairpm.fitted_ids(question, "x" * 300, "y" * 300)  # both long: cut alike
     text = pairpm.tok.decode(ids)
-    assert len(ids) <= 200 and text.count("x") == text.count("y") > 0
-    assert "[CONTEXT]  [RESPONSE A] xxx" in text
-    monkeypatch.setattr(pairpm, "max_length", 16)
-    with pytest.raises(OracleError, match="oracle.max_length = 16: shorter than the judge"):
-        pairpm.fitted_ids("q", "a", "b")
+    assert len(ids) <= 200 and text.count("x") == text.count("y") == (200 - frame) // 2
+    assert pairpm.truncated() == 2
+    pairpm.fitted_ids(question, "a", "b")  # fits: not counted
+    assert pairpm.truncated() == 2
+    with pytest.raises(
+        OracleError, match=r"oracle.max_length = 200: .* \(the question is never cut\)"
+    ):
+        pairpm.fitted_ids("why? " * 60, "a", "b")
 
 
 def test_pairpm_in_ray_actors_debiased(ray_session, tiny_model, pairpm):
@@ -108,6 +112,9 @@ def test_pairpm_in_ray_actors_debiased(ray_session, tiny_model, pairpm):
         assert oracle.prob(PROMPTS, A, B) == pytest.approx(want, abs=1e-5)
         assert abs(raw[0] - (1 - flipped[0])) > 1e-4  # the judge does have a slot bias
         assert oracle.prob([], [], []) == []
+        assert oracle.truncated() == 0
+        oracle.prob(PROMPTS, ["x" * 2100] * len(PROMPTS), B)  # over max_length 2048
+        assert oracle.truncated() == 2 * len(PROMPTS)  # both orders, summed over actors
     finally:
         oracle.close()
 
@@ -135,6 +142,37 @@ def test_reward_scores_and_batching(tiny_reward_model):
     assert batched == pytest.approx(alone, abs=1e-5)
     short = RewardModel(str(tiny_reward_model), "cpu", batch_size=2, max_length=8)
     assert short.tok.decode(short.input_ids("a long prompt", " reply")) == "pt reply"
+
+
+def test_reward_is_read_at_the_last_token_when_pad_is_the_end_of_turn(tmp_path):
+    """A reward model without a pad token (pad := EOS) whose template closes the turn with
+    EOS, as Llama 3's <|eot_id|>: the reward is the head at that closing token."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from inpo.models.tiny import build_tiny_reward_model
+
+    model_dir = build_tiny_reward_model(tmp_path / "rm", seed=4)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.pad_token = None
+    tok.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>"
+        "{% endfor %}"
+    )
+    tok.save_pretrained(model_dir)
+    rm = RewardModel(str(model_dir), "cpu", batch_size=3, max_length=512)
+    assert rm.tok.pad_token_id == rm.tok.eos_token_id
+    prompts = [CHAT, [{"role": "user", "content": "Hi"}], CHAT]
+    responses = ["apple", "a pear, I think", ""]
+    # plain transformers, one sequence at a time: the score head at the last position
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    want = []
+    for p, r in zip(prompts, responses, strict=True):
+        ids = rm.input_ids(p, r)
+        assert ids[-1] == rm.tok.eos_token_id
+        with torch.no_grad():
+            hidden = model.model(input_ids=torch.tensor([ids])).last_hidden_state
+            want.append(model.score(hidden[0, -1]).item())
+    assert rm.scores(prompts, responses) == pytest.approx(want, abs=1e-5)
 
 
 def test_reward_in_ray_actor(ray_session, tiny_reward_model):

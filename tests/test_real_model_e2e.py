@@ -36,6 +36,7 @@ SMOL = [
     "learner.max_length=112",
     "learner.lr=1e-5",
     "learner.checkpoint_every=1",
+    "learner.heldout_fraction=0",  # 8 pairs: all of them train (two steps per iteration)
     "loss.eta=0.1",
     "run.iterations=2",
     "run.tensorboard=false",
@@ -56,9 +57,14 @@ def test_smollm2_zero3_two_iterations_sigkill_during_learning_resumes_exactly(sm
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(x) for x in (whole / "metrics.jsonl").read_text().splitlines()]
     assert [row["iteration"] for row in rows] == [0, 1, 2]
-    assert 0 <= rows[0]["pass_rate"] <= 1 and all(
-        row["sync_max_token_diff"] < 1e-3 for row in rows[1:]
-    )
+    assert all(row["sync_max_token_diff"] < 1e-3 for row in rows[1:])
+    # the pass rate is the share of held-out answers whose instruction is met, recomputed
+    from inpo.oracle.constraints import constraint_score
+
+    for name, row in (("eval_ref.jsonl", rows[0]), ("iter_2/eval.jsonl", rows[2])):
+        answers = [json.loads(x) for x in (whole / name).open()]
+        met = [constraint_score(a["prompt"], a["response"]) == 1.0 for a in answers]
+        assert len(answers) == 4 and row["pass_rate"] == sum(met) / 4, name
     pairs = [json.loads(x) for x in (whole / "iter_1" / "pairs.jsonl").read_text().splitlines()]
     eot = pairs[0]["chosen_ids"][-1] if pairs[0]["chosen_finish_reason"] == "stop" else None
     assert len(pairs) == 8 and all(isinstance(p["prompt"], list) for p in pairs)
@@ -101,7 +107,7 @@ def test_smollm2_lora_zero2_sigkill_during_learning_resumes_exactly(smollm2, tmp
 
 
 def generations(n: int = 3) -> list[dict]:
-    from inpo.oracle.constraints import constraint_prompts
+    from inpo.prompts import constraint_prompts
 
     answers = [
         ["Yes, the sea is blue.", "The sea, which is blue, is large, deep and old."],

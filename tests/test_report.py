@@ -1,10 +1,9 @@
-"""The iteration table, win rates (inpo.report, inpo.evaluate) and the placement planner."""
+"""The iteration table, win rates (inpo.report, inpo.evaluate)."""
 
 import pytest
 
 from inpo.evaluate import win_rate
-from inpo.placement import PlacementError, plan_placement
-from inpo.report import table
+from inpo.report import plot, table
 
 
 def test_win_rate_interval():
@@ -20,8 +19,11 @@ def test_table_formats_rows():
         {
             "iteration": 1,
             "pairs": 10,
-            "loss_first_epoch": 4.0,
-            "loss_last_epoch": 0.5,
+            "epochs": 2,
+            "heldout_excess_start": 4.0,
+            "heldout_excess_end": 1.0,
+            "train_excess_start": 3.9,
+            "train_excess_end": 0.5,
             "win_vs_ref": 0.7,
             "win_vs_ref_ci": [0.6, 0.8],
             "generate_seconds": 2.0,
@@ -29,38 +31,9 @@ def test_table_formats_rows():
     ]
     lines = table(rows).splitlines()
     assert lines[0].split()[0] == "iter" and len(lines) == 3
-    assert "0.700 [0.600, 0.800]" in lines[2] and "4 > 0.5" in lines[2]
+    assert "0.700 [0.600, 0.800]" in lines[2] and "4 > 1 (75%)" in lines[2]
+    assert "3.9 > 0.5" in lines[2] and "held-out excess (removed)" in lines[0]
     assert lines[2].split()[-1] == "2"  # seconds summed over stages
-
-
-def test_placement_dedicated_gpus_across_nodes():
-    plan = plan_placement([4, 4], {"learner": (4, 1), "generator": (2, 2), "oracle": (0, 1)})
-    gens = plan["generator"]
-    assert all(s.num_gpus == 2.0 for s in gens)
-    used = {}
-    for slots in plan.values():
-        for s in slots:
-            used[s.node] = used.get(s.node, 0) + s.num_gpus
-    assert used == {0: 4.0, 1: 4.0}
-    assert plan["oracle"] == []
-
-
-def test_placement_shares_one_gpu():
-    plan = plan_placement([1], {"learner": (1, 1), "generator": (1, 1), "oracle": (1, 1)})
-    assert [s.num_gpus for slots in plan.values() for s in slots] == [pytest.approx(1 / 3)] * 3
-    assert {s.node for slots in plan.values() for s in slots} == {0}
-
-
-def test_placement_refuses_impossible_tp():
-    with pytest.raises(PlacementError, match="4 GPUs on one node"):
-        plan_placement([2, 2, 2], {"generator": (1, 4), "learner": (1, 1)})
-    with pytest.raises(PlacementError, match="cannot share"):
-        plan_placement([1], {"generator": (1, 2), "learner": (1, 1)})
-
-
-def test_placement_on_cpu():
-    plan = plan_placement([], {"learner": (2, 1), "generator": (1, 1)})
-    assert all(s.node is None and s.num_gpus == 0 for slots in plan.values() for s in slots)
 
 
 def test_actor_errors_come_down_to_their_root_cause():
@@ -84,3 +57,26 @@ def test_actor_errors_come_down_to_their_root_cause():
     assert death_cause(Exception("The actor was killed: out of memory\nmore")) == (
         "The actor was killed: out of memory"
     )
+
+
+def test_plot_reads_whole_iterations_and_the_pass_rate(tmp_path):
+    import matplotlib.image
+
+    rows = [
+        {"iteration": 0, "pass_rate": 0.3},
+        *(
+            {
+                "iteration": t,
+                "pass_rate": 0.3 + 0.1 * t,
+                "heldout_excess_start": 4.0 / t,
+                "heldout_excess_end": 1.0 / t,
+                "win_vs_ref": 0.6,
+                "win_vs_ref_ci": [0.5, 0.7],
+            }
+            for t in (1, 2, 3)
+        ),
+    ]
+    png = plot(rows, tmp_path)
+    assert matplotlib.image.imread(png).shape[1] == 1300  # three panels: the pass rate too
+    assert matplotlib.image.imread(plot(rows[1:2], tmp_path)).shape[1] == 1300
+    assert matplotlib.image.imread(plot([{"iteration": 1}], tmp_path)).shape[1] == 900

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from helpers import inpo_cli, write_pairs
+from helpers import eos_is_not_end_of_turn, hf_logp, inpo_cli, write_pairs
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
@@ -24,7 +24,7 @@ PROMPTS = [
 
 
 def start(model, n, cfg):
-    slots = plan_placement([], {"generator": (n, 1)})["generator"]
+    slots = plan_placement([], {"generator": (n, 1)}).slots["generator"]
     return GeneratorGroup(str(model), cfg, "cpu", slots)
 
 
@@ -52,7 +52,32 @@ def test_k_samples_stop_at_eos_or_max_tokens(two_generators, tiny_model):
             assert len(s["token_ids"]) == 120
         else:
             assert s["token_ids"][-1] == tok.eos_token_id and len(s["token_ids"]) <= 120
-        assert s["logp"] < 0
+    # each sample's log-prob is the one transformers gives its tokens
+    for p, samples in zip(PROMPTS, out, strict=True):
+        ids = prompt_token_ids(tok, p)
+        for s in samples[:2]:
+            want = hf_logp(tiny_model, ids + s["token_ids"], len(ids))
+            assert s["logp"] == pytest.approx(want, abs=1e-3)
+
+
+def test_generation_stops_at_the_end_of_turn_that_is_not_eos(tiny_model, ray_session, tmp_path):
+    """A chat template whose turns end with a token that is neither the tokenizer's EOS nor
+    in generation_config.json (Llama 3's <|eot_id|>): generation stops there."""
+    model = eos_is_not_end_of_turn(shutil.copytree(tiny_model, tmp_path / "model"))
+    tok = AutoTokenizer.from_pretrained(model)
+    end_of_turn = tok.convert_tokens_to_ids("<|im_end|>")
+    assert end_of_turn != tok.eos_token_id
+    group = start(model, 1, load_config())
+    try:
+        out = sample(group, tok, PROMPTS, range(6))
+    finally:
+        group.shutdown()
+    samples = [s for x in out for s in x]
+    stops = {end_of_turn, tok.eos_token_id}
+    for s in samples:
+        assert not stops & set(s["token_ids"][:-1])  # nothing runs on past a stop token
+        assert (s["finish_reason"] == "stop") == (s["token_ids"][-1] in stops)
+    assert any(s["token_ids"][-1] == end_of_turn for s in samples)
 
 
 def test_same_seed_same_samples_whatever_the_batch_or_generator(two_generators, tiny_model):
@@ -238,9 +263,22 @@ def test_answer_writes_the_files_alpaca_eval_and_arena_hard_read(tmp_path, tiny_
     assert {r["generator"] for r in rows} == {"tiny-inpo"}
     assert all(r["dataset"] == "helpful_base" and isinstance(r["output"], str) for r in rows)
     out = tmp_path / "model_answer" / "tiny-inpo.jsonl"
-    answer(arena, out)
+    # no tiktoken encoding offline: the policy's (one token per character) counts
+    assert "token_len by the policy's tokenizer" in answer(arena, out)
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["question_id"] for r in rows] == ["q0", "q1"]
     turn = rows[0]["choices"][0]["turns"][0]
-    assert rows[0]["model_id"] == "tiny-inpo" and 0 < turn["token_len"] <= 8
+    assert rows[0]["model_id"] == "tiny-inpo" and turn["token_len"] == len(turn["content"])
+    assert rows[0]["conv_metadata"]["token_len"] == turn["token_len"] <= 8
     assert isinstance(turn["content"], str) and rows[0]["answer_id"] != rows[1]["answer_id"]
+    # Arena-Hard v2.0 questions get v2.0 answers (tests/test_answer.py reads them back)
+    arena.write_text(
+        json.dumps({"uid": "u0", "category": "hard_prompt", "subcategory": "x", "prompt": "Q?"})
+        + "\n"
+    )
+    answer(arena, out)
+    (row,) = [json.loads(x) for x in out.read_text().splitlines()]
+    assert row["uid"] == "u0" and row["model"] == "tiny-inpo"
+    text = row["messages"][-1]["content"]["answer"]
+    assert row["messages"][0] == {"role": "user", "content": "Q?"}
+    assert row["metadata"]["token_len"] == len(text) <= 8

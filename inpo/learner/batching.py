@@ -8,6 +8,7 @@ same global batches (each rank takes a contiguous share of every one).
 from __future__ import annotations
 
 import math
+import random
 
 import torch
 
@@ -29,6 +30,12 @@ def global_batch_indices(num_pairs: int, global_batch: int, seed: int, step: int
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     perm = torch.randperm(num_pairs, generator=gen)
     return perm[b * global_batch : (b + 1) * global_batch].tolist()
+
+
+def training_batch(train_ids: list[int], global_batch: int, seed: int, step: int) -> list[int]:
+    """Pair indices of global step ``step``, drawn from ``train_ids`` only (held-out pairs
+    never reach a batch); with every pair in training, exactly `global_batch_indices`."""
+    return [train_ids[j] for j in global_batch_indices(len(train_ids), global_batch, seed, step)]
 
 
 def rank_micro_batches(
@@ -81,14 +88,45 @@ def forward_logps(model, batch: dict[str, torch.Tensor], normalize: bool) -> tup
     return logps[:half], logps[half:]
 
 
+#: Warmup steps however small warmup_ratio is: Adam's first steps, on moment estimates
+#: from one batch, are the noisiest, and at the peak lr they overshoot.
+MIN_WARMUP_STEPS = 3
+
+
+def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
+    """ceil(total * ratio), at least MIN_WARMUP_STEPS (at most half of a short schedule)."""
+    return max(math.ceil(total_steps * warmup_ratio), min(MIN_WARMUP_STEPS, total_steps // 2))
+
+
 def cosine_lr_lambda(total_steps: int, warmup_ratio: float, min_ratio: float = 0.0):
-    """Multiplier of the peak lr at each step: linear warmup, then cosine to min_ratio."""
-    warmup = math.ceil(total_steps * warmup_ratio)
+    """Multiplier of the peak lr at each step: linear warmup, then cosine to min_ratio.
+
+    Warmup step s runs at (s + 1) / (warmup + 1), so the first step is well below the peak
+    and no warmup step reaches it (Hugging Face's cosine-with-warmup starts at 0, a step
+    that moves nothing)."""
+    warmup = warmup_steps(total_steps, warmup_ratio)
 
     def factor(step: int) -> float:
         if step < warmup:
-            return (step + 1) / warmup
+            return (step + 1) / (warmup + 1)
         progress = (step - warmup) / max(1, total_steps - warmup)
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     return factor
+
+
+def heldout_split(
+    prompts: list[list[int]], fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """(training, held-out) pair indices, split by prompt: every pair of a prompt is on one
+    side. round(fraction x distinct prompts) of them (at least one when fraction > 0, never
+    all) are held out, a seeded sample of its own generator (no global RNG is drawn)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        groups.setdefault(tuple(prompt), []).append(i)
+    keys = list(groups)
+    n = min(max(round(fraction * len(keys)), 1), len(keys) - 1) if fraction > 0 else 0
+    held = set(random.Random(f"{seed}/heldout").sample(range(len(keys)), n))
+    train = sorted(i for k, key in enumerate(keys) if k not in held for i in groups[key])
+    heldout = sorted(i for k in held for i in groups[keys[k]])
+    return train, heldout

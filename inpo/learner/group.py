@@ -46,20 +46,27 @@ class LearnerGroup(ActorGroup):
         self.call("set_cache", ray.put(cache))
 
     def compute_logps(
-        self, num_pairs: int, source: str, model_dir: str | None = None, desc: str = "logps"
+        self,
+        num_pairs: int,
+        source: str,
+        model_dir: str | None = None,
+        desc: str = "logps",
+        ids: list[int] | None = None,
     ) -> torch.Tensor:
         """[num_pairs, 2] chosen/rejected log-probs under ``source`` (LearnerRank.logps):
-        "engine" (pi_t, before the first step), "base" (the LoRA base: pi_ref) or "frozen"
-        (a copy of the model at ``model_dir`` loaded on every rank, then dropped)."""
+        "engine" (the training model as it is: pi_t before the first step), "base" (the
+        LoRA base: pi_ref) or "frozen" (a copy of the model at ``model_dir`` loaded on every
+        rank, then dropped). With ``ids`` only those pairs are scored (the other rows: 0)."""
         out = torch.zeros(num_pairs, 2)
+        total = num_pairs if ids is None else len(ids)
         if source == "frozen":
             share = max(self.call("load_frozen", model_dir))
         else:
-            share = -(-num_pairs // len(self.actors))
+            share = -(-total // len(self.actors))
         chunk = 8 * self.cfg.learner.logps_batch_size
-        with tqdm(total=num_pairs, desc=desc, unit="pair", dynamic_ncols=True) as bar:
+        with tqdm(total=total, desc=desc, unit="pair", dynamic_ncols=True) as bar:
             for lo in range(0, share, chunk):
-                for indices, logps in self.call("logps", lo, lo + chunk, source):
+                for indices, logps in self.call("logps", lo, lo + chunk, source, ids):
                     out[indices] = logps
                     bar.update(len(indices))
         if source == "frozen":
@@ -85,13 +92,14 @@ class LearnerGroup(ActorGroup):
     def probe_logp(self, ids: list[int], prompt_len: int) -> float:
         return self.call("probe_logp", ids, prompt_len)[0]
 
-    def probe_logp_of(self, model_dir: str, ids: list[int], prompt_len: int) -> float:
-        return self.get([self.actors[0].probe_logp_of.remote(model_dir, ids, prompt_len)])[0]
+    def release(self) -> None:
+        """Drop the engine and its optimizer state (before a frozen copy is loaded)."""
+        self.call("release")
 
     def shutdown(self) -> None:
         try:
             if self.actors:
-                self.call("release")
+                self.release()
         finally:
             super().shutdown()
 

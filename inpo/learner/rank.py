@@ -24,10 +24,12 @@ from inpo.learner.batching import (
     collate,
     cosine_lr_lambda,
     forward_logps,
-    global_batch_indices,
+    heldout_split,
     rank_micro_batches,
+    training_batch,
 )
 from inpo.models import tensor_digest, torch_dtype, weights_digest
+from inpo.placement import Actor
 
 SHARD_BYTES = 4 << 30
 #: Per-step sums reduced over ranks, then divided by the number of pairs.
@@ -106,7 +108,7 @@ def hf_name(peft_name: str) -> str:
     return peft_name.removeprefix("base_model.model.").replace(".base_layer.", ".")
 
 
-class LearnerRank:
+class LearnerRank(Actor):
     def __init__(self, rank: int, world: int, cfg: InpoConfig, device: str):
         self.rank, self.world, self.cfg, self.device = rank, world, cfg, device
         self.dtype = torch_dtype(cfg.model.dtype, device)
@@ -116,13 +118,12 @@ class LearnerRank:
         self.policy_dir: str | None = None
         self.pairs: TokenizedPairs | None = None
         self.pad_id = 0
-        self.mine: list[int] = []
+        self.train_ids: list[int] = []  # the pairs training batches draw from
         self.cache: dict[str, torch.Tensor] = {}
         self.engine_key: tuple[str, int] | None = None  # (pi_t dir, total steps) it was built for
         self.steps_taken = 0
         if device == "cpu":
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
 
     # --- set-up -----------------------------------------------------------
     def address(self) -> tuple[str, int]:
@@ -158,7 +159,8 @@ class LearnerRank:
 
     def set_data(self, pairs: TokenizedPairs, pad_id: int) -> None:
         self.pairs, self.pad_id = pairs, pad_id
-        self.mine = list(range(self.rank, len(pairs), self.world))
+        lc = self.cfg.learner
+        self.train_ids = heldout_split(pairs.prompt, lc.heldout_fraction, self.cfg.run.seed)[0]
 
     def set_cache(self, cache: dict[str, torch.Tensor]) -> None:
         self.cache = cache
@@ -188,15 +190,19 @@ class LearnerRank:
         return -(-len(self.pairs) // self.world)
 
     @torch.no_grad()
-    def logps(self, lo: int, hi: int, source: str) -> tuple[list[int], torch.Tensor]:
+    def logps(
+        self, lo: int, hi: int, source: str, ids: list[int] | None = None
+    ) -> tuple[list[int], torch.Tensor]:
         """(pair indices, [n, 2] chosen/rejected log-probs) of share positions lo..hi under
         ``source``: "frozen", "engine" (the training model as it is: pi_t before the first
-        step) or "base" (the training model with its LoRA adapter off: pi_ref).
+        step) or "base" (the training model with its LoRA adapter off: pi_ref). The pairs
+        are all of them, or ``ids`` only; each rank scores every world-th one.
 
         Every rank runs the same number of batches (a short share pads with pair 0): under
         ZeRO-3 each forward gathers parameters from all ranks."""
-        part = self.mine[lo:hi]
-        largest = -(-len(self.pairs) // self.world)
+        pool = range(len(self.pairs)) if ids is None else ids
+        part = list(pool[self.rank :: self.world])[lo:hi]
+        largest = -(-len(pool) // self.world)
         padded = part + [0] * (max(0, min(hi, largest) - lo) - len(part))
         model = self.frozen if source == "frozen" else self.engine
         adapter_off = source == "base"
@@ -277,9 +283,7 @@ class LearnerRank:
                 model.enable_input_require_grads()  # the frozen embeddings give no grad
         model.config.use_cache = False
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(
-            trainable, lr=lc.lr, betas=tuple(lc.adam_betas), weight_decay=lc.weight_decay
-        )
+        optimizer = self._optimizer(trainable)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, cosine_lr_lambda(total_steps, lc.warmup_ratio, lc.min_lr_ratio)
         )
@@ -288,6 +292,18 @@ class LearnerRank:
         )
         self.engine.train()
         self.engine_key, self.steps_taken = (policy_dir, total_steps), 0
+
+    def _optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """AdamW; with the optimizer offloaded, DeepSpeed's CPU Adam (DeepSpeed refuses any
+        other under ZeRO-Offload). Its C++ op is not in the wheel: DeepSpeed compiles it on
+        first use into ~/.cache/torch_extensions (a minute with gcc, once per machine)."""
+        lc = self.cfg.learner
+        kwargs = {"lr": lc.lr, "betas": tuple(lc.adam_betas), "weight_decay": lc.weight_decay}
+        if self.cfg.deepspeed.offload_optimizer:
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            return DeepSpeedCPUAdam(params, adamw_mode=True, **kwargs)
+        return torch.optim.AdamW(params, **kwargs)
 
     def _with_adapter(self, model, policy_dir: str):
         """With model.lora.r > 0: the LoRA adapter of pi_t (saved under policy_dir/adapter
@@ -315,9 +331,7 @@ class LearnerRank:
 
         assert self.engine is not None and self.pairs is not None
         lc, loss_cfg = self.cfg.learner, self.cfg.loss.model_dump()
-        indices = global_batch_indices(
-            len(self.pairs), lc.global_batch_size, self.cfg.run.seed, step
-        )
+        indices = training_batch(self.train_ids, lc.global_batch_size, self.cfg.run.seed, step)
         lr = self.engine.get_lr()[0]
         sums = dict.fromkeys(STEP_SUMS, 0.0)
         pairs = tokens = 0
@@ -459,15 +473,6 @@ class LearnerRank:
             return self._score(self.engine, ids, prompt_len)
         finally:
             self.engine.train()
-
-    def probe_logp_of(self, model_dir: str, ids: list[int], prompt_len: int) -> float:
-        """The same for a saved model directory (plain Hugging Face load)."""
-        model = self._load_hf(model_dir).eval()
-        try:
-            return self._score(model, ids, prompt_len)
-        finally:
-            del model
-            self._free()
 
     @torch.no_grad()
     def _score(self, model, ids: list[int], prompt_len: int) -> float:

@@ -35,7 +35,7 @@ def build_oracle(cfg: InpoConfig, device: str, slots: list[ActorSlot] | None = N
         from inpo.placement import plan_for
 
         if slots is None:
-            slots = plan_for(device, {"oracle": (oc.num_actors, 1)})["oracle"]
+            slots = plan_for(cfg, device, {"judge": (oc.num_actors, 1)}).slots["judge"]
         oracle = OracleGroup(oc, device, slots)
     elif oc.backend == "synthetic":
         from inpo.oracle.synthetic import synthetic_oracle

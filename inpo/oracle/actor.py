@@ -14,7 +14,7 @@ from inpo.actors import ActorGroup
 from inpo.config import OracleConfig
 from inpo.data import Prompt
 from inpo.oracle.base import MODEL_BACKENDS, Oracle, OracleError
-from inpo.placement import ActorSlot
+from inpo.placement import Actor, ActorSlot
 
 
 def judge_class(backend: str) -> type[Oracle]:
@@ -29,7 +29,7 @@ def judge_class(backend: str) -> type[Oracle]:
     raise OracleError(f"oracle.backend = {backend!r} is not a model backend {MODEL_BACKENDS}")
 
 
-class OracleWorker:
+class OracleWorker(Actor):
     """Thin Ray actor around one model judge."""
 
     def load(self, oc: OracleConfig, device: str) -> None:
@@ -40,6 +40,9 @@ class OracleWorker:
 
     def scores(self, prompts: list[Prompt], responses: list[str]) -> list[float]:
         return self.judge.scores(prompts, responses)
+
+    def truncated(self) -> int:
+        return self.judge.truncated()
 
 
 class OracleGroup(ActorGroup, Oracle):
@@ -65,6 +68,9 @@ class OracleGroup(ActorGroup, Oracle):
         if not self._has_scores:
             raise OracleError(f"oracle.backend = {self.backend} gives no pointwise scores")
         return self.map("scores", prompts, responses)
+
+    def truncated(self) -> int:
+        return sum(self.call("truncated"))
 
     def close(self) -> None:
         self.shutdown()

@@ -38,6 +38,10 @@ class Oracle:
     def has_scores(self) -> bool:
         return type(self).scores is not Oracle.scores
 
+    def truncated(self) -> int:
+        """Judge inputs cut to oracle.max_length so far (model judges; 0 for the others)."""
+        return 0
+
     def close(self) -> None:
         pass
 
@@ -59,6 +63,9 @@ class Debiased(Oracle):
     @property
     def has_scores(self) -> bool:
         return self.inner.has_scores
+
+    def truncated(self) -> int:
+        return self.inner.truncated()
 
     def close(self) -> None:
         self.inner.close()

@@ -35,8 +35,8 @@ def load_judge(model_dir: str, device: str, *, reward: bool) -> tuple[Any, Any]:
     except (OSError, ValueError) as e:
         raise OracleError(f"oracle.model = {model_dir}: cannot load the judge: {e}") from e
     if tok.pad_token_id is None:
-        # As in common reward-model training (TRL): pads are masked out, and a sequence
-        # classifier reads the last token that is not the pad id.
+        # Only fills the left padding, which the attention mask hides: outputs are read by
+        # position (the last one), never by looking for the last non-pad id.
         tok.pad_token = tok.eos_token
     model.config.pad_token_id = tok.pad_token_id
     return tok, model.to(device).eval()
@@ -65,5 +65,6 @@ def forward_last(model, seqs: Sequence[list[int]], pad_id: int, **kwargs):
             input_ids=ids.to(model.device),
             attention_mask=mask.to(model.device),
             position_ids=positions.to(model.device),
+            use_cache=False,  # one forward: a KV cache would only hold memory
             **kwargs,
         )

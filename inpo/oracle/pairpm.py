@@ -2,16 +2,21 @@
 
 The judge is a causal LM trained on one user turn
     "[CONTEXT] {context} [RESPONSE A] {a} [RESPONSE B] {b} \\n"
-answered by the single token "A" or "B". As in the model card's usage:
-- the context is the conversation rendered turn by turn as "\\n\\n<turn> {role}\\n {content}"
-  (a string prompt is one user turn), framed by "\\n" before and "\\n\\n\\n" after;
-- the user turn goes through the judge's own chat template with the generation prompt,
-  the template's BOS text is dropped and the rest is tokenized without special tokens;
+answered by the single token "A" or "B". As RLHFlow's own code (RLHF-Reward-Modeling
+pair-pm/process_pair_data.py for training, its README and the INPO/Online-RLHF scripts for
+judging) builds it:
+- the context is the conversation through their context template, rendered by
+  transformers' Jinja (trim_blocks, lstrip_blocks): "\\n" + "\\n<turn> {label}\\n {content}"
+  per turn + "\\n", labels by position (user, assistant, user, ...); a string prompt is one
+  user turn; system turns are left out (`render_context`);
+- the user turn goes through the judge's own chat template WITHOUT the generation prompt
+  (for Llama 3 the text ends with <|eot_id|>), the template's BOS text is dropped and the
+  rest is tokenized without special tokens;
 - P(A > B) = softmax over the next-token logits of "A" and "B" at the last position.
 
-Inputs longer than oracle.max_length tokens lose the oldest part of the context first (the
-responses are what is judged); only when the context is gone are both responses cut at the
-end, by the same number of tokens.
+RLHFlow never truncates. Inputs longer than oracle.max_length keep the whole context (the
+question) and cut both responses from their ends, the longer first; each cut input is
+counted (`truncated`, reported by the judge stage).
 """
 
 from __future__ import annotations
@@ -26,10 +31,28 @@ PAIRPM_TEMPLATE = "[CONTEXT] {context} [RESPONSE A] {a} [RESPONSE B] {b} \n"
 
 
 def render_context(prompt: Prompt) -> str:
-    """The conversation as pair-pm models saw it in training."""
+    """The conversation as RLHFlow renders it for its pair-pm judges: exactly their context
+    template through transformers' Jinja. System turns are left out: RLHFlow trained on
+    user/assistant alternations only (process_pair_data.py filters out everything else),
+    and their position labels would call a system turn "user" and the question "assistant"."""
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    turns = "".join(f"\n\n<turn> {m['role']}\n {m['content']}" for m in messages)
-    return f"\n{turns}\n\n\n"
+    turns = [m["content"] for m in messages if m["role"] != "system"]
+    labels = ("user", "assistant")
+    # Their template's "\n\n" before each turn and "\n\n\n" at the end lose one newline to
+    # trim_blocks, and the end one more: Jinja drops a template's final newline.
+    return "\n" + "".join(f"\n<turn> {labels[i % 2]}\n {c}" for i, c in enumerate(turns)) + "\n"
+
+
+def response_budget(len_a: int, len_b: int, room: int) -> tuple[int, int]:
+    """Tokens kept of two responses that share ``room`` tokens: both are cut from the end
+    to one common length, so a response shorter than half the room stays whole."""
+    room = max(room, 0)
+    if len_a + len_b <= room:
+        return len_a, len_b
+    half = room // 2
+    if min(len_a, len_b) <= half:
+        return (len_a, room - len_a) if len_a <= len_b else (room - len_b, len_b)
+    return half, half
 
 
 def single_token_id(tok, text: str, model_dir: str) -> int:
@@ -55,47 +78,45 @@ class PairPM(Oracle):
         self.model_dir = model_dir
         self.batch_size = batch_size
         self.max_length = max_length
+        self.n_truncated = 0
         self.choice_ids = [single_token_id(self.tok, c, model_dir) for c in ("A", "B")]
 
     def judge_ids(self, context: str, a: str, b: str) -> list[int]:
         """Token ids of the judge input, untruncated."""
         turn = PAIRPM_TEMPLATE.format(context=context, a=a, b=b)
-        text = self.tok.apply_chat_template(
-            [{"role": "user", "content": turn}], tokenize=False, add_generation_prompt=True
-        )
+        # No generation prompt: RLHFlow reads the logits after the closed user turn.
+        text = self.tok.apply_chat_template([{"role": "user", "content": turn}], tokenize=False)
         if self.tok.bos_token:
             text = text.replace(self.tok.bos_token, "")
         return self.tok(text, add_special_tokens=False).input_ids
 
     def fitted_ids(self, prompt: Prompt, a: str, b: str) -> list[int]:
-        """Judge input ids within oracle.max_length: context cut first, then responses."""
+        """Judge input ids within oracle.max_length: the context whole, both responses cut
+        from their ends (the longer first) when needed; a cut input is counted."""
         context = render_context(prompt)
         ids = self.judge_ids(context, a, b)
-        while len(ids) > self.max_length:
-            excess = len(ids) - self.max_length
-            if context:
-                context = self._drop(context, excess, from_start=True)
-            elif a or b:
-                half = -(-excess // 2)
-                a, b = self._drop(a, half, from_start=False), self._drop(b, half, from_start=False)
-            else:
-                raise OracleError(
-                    f"oracle.max_length = {self.max_length}: shorter than the judge template "
-                    f"alone ({len(ids)} tokens with empty context and responses)"
-                )
-            shorter = self.judge_ids(context, a, b)
-            if len(shorter) >= len(ids):  # a tokenizer whose decode/encode does not shrink
-                raise OracleError(
-                    f"cannot truncate the judge input to oracle.max_length = {self.max_length} "
-                    f"tokens with the tokenizer of oracle.model = {self.model_dir}"
-                )
-            ids = shorter
-        return ids
+        if len(ids) <= self.max_length:
+            return ids
+        frame = len(self.judge_ids(context, "", ""))
+        if frame > self.max_length:
+            raise OracleError(
+                f"oracle.max_length = {self.max_length}: the judge template and the prompt "
+                f"alone take {frame} tokens (the question is never cut); raise "
+                "oracle.max_length to the judge's context or lower data.max_prompt_tokens"
+            )
+        self.n_truncated += 1
+        a_ids, b_ids = (self.tok(r, add_special_tokens=False).input_ids for r in (a, b))
+        room = self.max_length - frame
+        while True:
+            keep_a, keep_b = response_budget(len(a_ids), len(b_ids), room)
+            cut_a, cut_b = self.tok.decode(a_ids[:keep_a]), self.tok.decode(b_ids[:keep_b])
+            ids = self.judge_ids(context, cut_a, cut_b)
+            if len(ids) <= self.max_length:  # at room 0 it is the frame, which fits
+                return ids
+            room -= len(ids) - self.max_length  # tokens merged differently at the seams
 
-    def _drop(self, text: str, n: int, *, from_start: bool) -> str:
-        ids = self.tok(text, add_special_tokens=False).input_ids
-        kept = ids[n:] if from_start else ids[: max(len(ids) - n, 0)]
-        return self.tok.decode(kept)
+    def truncated(self) -> int:
+        return self.n_truncated
 
     def prob(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> list[float]:
         out: list[float] = []

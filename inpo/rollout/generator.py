@@ -17,17 +17,13 @@ from typing import Any
 from inpo.actors import ActorGroup
 from inpo.config import InpoConfig
 from inpo.errors import InpoError
+from inpo.memory import Shape, default_memory_fraction, max_model_len
 from inpo.models import dtype_name
-from inpo.placement import ActorSlot
+from inpo.placement import Actor, ActorSlot
 
 
 class SyncError(InpoError):
     """A generator does not hold the weights the learner just saved."""
-
-
-def default_memory_fraction(shared_gpu: bool) -> float:
-    """Of a GPU's memory, for weights and KV cache."""
-    return 0.35 if shared_gpu else 0.85
 
 
 #: Sequences the CPU KV cache is sized for (vLLM queues the rest of a batch).
@@ -40,12 +36,8 @@ def kv_bytes_per_token(model_dir: str, dtype: str) -> int:
     import json
     from pathlib import Path
 
-    c = json.loads((Path(model_dir) / "config.json").read_text())
-    c = c.get("text_config", c)
-    head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
-    kv_heads = c.get("num_key_value_heads") or c["num_attention_heads"]
-    width = 4 if dtype == "float32" else 2
-    return 2 * c["num_hidden_layers"] * kv_heads * head_dim * width
+    shape = Shape.from_config(json.loads((Path(model_dir) / "config.json").read_text()))
+    return shape.kv_bytes_per_token(4 if dtype == "float32" else 2)
 
 
 def cpu_kv_cache_bytes(model_dir: str, dtype: str, max_len: int) -> int:
@@ -57,16 +49,27 @@ def cpu_kv_cache_bytes(model_dir: str, dtype: str, max_len: int) -> int:
     return max(per_sequence, min(CPU_KV_SEQUENCES * per_sequence, CPU_KV_MAX_BYTES))
 
 
-def max_model_len(cfg: InpoConfig, probe_len: int = 0) -> int:
-    """The longest sequence a run asks of vLLM: the longest prompt plus the longest
-    response (generation or eval), or the sync probe. vLLM would otherwise reserve KV
-    cache for the model's whole context (8192 tokens for SmolLM2, 128K for Llama 3) and
-    may not start."""
-    longest_response = max(cfg.generation.max_new_tokens, cfg.eval.max_new_tokens or 0)
-    return max(cfg.data.max_prompt_tokens + longest_response, probe_len + 1)  # + 1 sampled
+def stop_token_ids(model_dir: str) -> list[int]:
+    """Every token that ends a response: the chat template's end of turn (<|eot_id|> for
+    Llama 3, which is neither its tokenizer's EOS nor always in generation_config.json),
+    the tokenizer's EOS and each EOS generation_config.json lists (an id or a list)."""
+    import json
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from inpo.data import end_of_turn_id
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ids = {end_of_turn_id(tok), tok.eos_token_id}
+    gen_config = Path(model_dir) / "generation_config.json"
+    if gen_config.exists():
+        eos = json.loads(gen_config.read_text()).get("eos_token_id")
+        ids.update(eos if isinstance(eos, list) else [eos])
+    return sorted(i for i in ids if i is not None)
 
 
-class Generator:
+class Generator(Actor):
     """Thin Ray actor around one VLLMEngine."""
 
     def start(self, model_dir: str, engine_kwargs: dict[str, Any]) -> None:
@@ -105,10 +108,12 @@ class GeneratorGroup(ActorGroup):
             "dtype": dtype,
             "seed": cfg.run.seed,
             "gpu_memory_utilization": gc.gpu_memory_utilization or default_memory_fraction(shared),
-            "tensor_parallel_size": gc.tensor_parallel_size,
+            # simulated GPUs: the generator reserves its TP GPUs and runs one CPU engine
+            "tensor_parallel_size": gc.tensor_parallel_size if device == "cuda" else 1,
             "enforce_eager": gc.enforce_eager or device == "cpu",
             "chunked_prefill": device != "cpu",
             "max_model_len": max_len,
+            "stop_token_ids": stop_token_ids(model_dir),
         }
         if device == "cpu" and gc.gpu_memory_utilization is None:
             engine_kwargs["kv_cache_bytes"] = cpu_kv_cache_bytes(model_dir, dtype, max_len)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 class Sample:
     token_ids: list[int]
     text: str
-    finish_reason: str  # "stop" (EOS or stop string) or "length"
+    finish_reason: str  # "stop" (a stop token: end of turn or EOS) or "length"
     logp: float  # summed log-prob of token_ids under the engine's weights
 
 
@@ -54,12 +54,15 @@ class VLLMEngine:
         tensor_parallel_size: int = 1,
         enforce_eager: bool = False,
         chunked_prefill: bool = True,
+        stop_token_ids: list[int] | None = None,
     ):
         # The engine core in this process: its errors (KV cache too small, ...) reach the
         # caller as themselves instead of "Engine core initialization failed. See root
         # cause above", and weight reloads can run a function in the worker.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
+
+        self.stop_token_ids = stop_token_ids or []
 
         extra = {}
         if not chunked_prefill:
@@ -73,6 +76,10 @@ class VLLMEngine:
             seed=seed,
             gpu_memory_utilization=gpu_memory_utilization,
             tensor_parallel_size=tensor_parallel_size,
+            # The actor holds its TP GPUs itself (one placement bundle): workers run as
+            # local processes. Inside a placement group vLLM would otherwise pick its Ray
+            # executor and schedule them into bundles other actors hold.
+            distributed_executor_backend="mp" if tensor_parallel_size > 1 else None,
             enforce_eager=enforce_eager,
             max_model_len=max_model_len,
             kv_cache_memory_bytes=kv_cache_bytes,
@@ -103,6 +110,7 @@ class VLLMEngine:
                 max_tokens=max_tokens,
                 seed=s,
                 logprobs=0,
+                stop_token_ids=self.stop_token_ids,
             )
             for s in seeds
         ]

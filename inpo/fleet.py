@@ -1,0 +1,173 @@
+"""The actors of a run: one placement for every role, each group started when a stage first
+needs it, and which weights the generators hold.
+
+The Trainer asks for roles (`ensure`) and for the generators to hold a policy (`hold`);
+everything about starting, placing and tearing down actors lives here. Every start
+rewrites run_dir/placement.json: one object per running actor with its role, index,
+Ray node id, the GPU ids Ray assigned (read inside the actor) and the GPU fraction it
+asked for.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from inpo.config import InpoConfig
+from inpo.durable import write_json_atomic
+from inpo.errors import InpoError
+from inpo.memory import check_memory, role_demand
+from inpo.placement import Plan, cluster_nodes, plan_for, release
+
+PLACEMENT_FILE = "placement.json"
+#: the probe log-prob and weights hash a policy directory is known to give, if known
+Known = Callable[[str], "tuple[float, str] | None"]
+
+
+class Fleet:
+    def __init__(
+        self,
+        cfg: InpoConfig,
+        run_dir: Path,
+        device: str,
+        probe: tuple[list[int], int],
+        known: Known,
+    ):
+        self.cfg, self.run_dir, self.device, self.probe, self.known = (
+            cfg,
+            run_dir,
+            device,
+            probe,
+            known,
+        )
+        self.plan: Plan | None = None
+        self.generators = None
+        self.oracle = None
+        self.learner = None
+        self.gen_policy: str | None = None  # the directory the generators' weights are from
+        self.probes: dict[str, float] = {}  # user policies: probe log-prob a generator gave
+
+    def ensure(self, roles: tuple[str, ...], policy: str | None = None) -> None:
+        """Start the groups of ``roles`` that are not running; new generators load
+        ``policy`` (the one the calling stage needs)."""
+        from inpo.generate import start_generators
+        from inpo.learn import start_learner
+        from inpo.oracle import build_oracle
+
+        if self.plan is None:  # one plan for every role, so GPUs are never handed out twice
+            if self.cfg.run.ray_address:
+                check_run_dir(self.run_dir)
+            if self.device == "cuda":
+                gpus = [int(n.gpus) for n in cluster_nodes() if n.gpus >= 1]
+                check_memory(self.cfg, gpus, gpu_memory())
+            self.plan = plan_for(self.cfg, self.device, role_demand(self.cfg))
+        slots = self.plan.slots
+        started = False
+        if "learner" in roles and self.learner is None:
+            self.learner = start_learner(self.cfg, self.device, slots=slots["learner"])
+            started = True
+        if "oracle" in roles and self.oracle is None:
+            self.oracle = build_oracle(self.cfg, self.device, slots=slots.get("judge"))
+            started = True
+        if "generators" in roles and self.generators is None:
+            self.generators = start_generators(
+                self.cfg, self.device, policy, slots["generator"], len(self.probe[0])
+            )
+            self.gen_policy = policy
+            started = True
+        if started:
+            self.write_placement()
+
+    def hold(self, target: str) -> dict[str, Any]:
+        """Make the generators hold ``target`` and prove it; returns the sync metrics.
+
+        A policy this run saved is reloaded in place and checked against the learner's
+        tensor hash and probe log-prob. A user's policy (pi_ref, pi_1) is never loaded onto
+        a learner rank to score the probe: the generators start from it, their own probe
+        log-prob becomes its expected value (every generator must agree), and a later
+        reload of it is checked against that."""
+        if self.generators is not None and self.gen_policy != target:
+            if self.known(target) is None and target not in self.probes:
+                self._stop("generators")  # nothing to check a reload against: start anew
+        self.ensure(("generators",), policy=target)
+        known = self.known(target)
+        if known is None and target not in self.probes:
+            self.probes[target] = self.generators.scores(*self.probe)[0]
+        expected, digest = known if known is not None else (self.probes[target], None)
+        if self.gen_policy == target:
+            return self.generators.verify(self.probe, expected)
+        info = self.generators.sync(target, self.probe, expected, digest)
+        self.gen_policy = target
+        return info
+
+    def write_placement(self) -> None:
+        groups = (self.generators, getattr(self.oracle, "inner", self.oracle), self.learner)
+        records = [r for g in groups for r in getattr(g, "placement", [])]
+        write_json_atomic(self.run_dir / PLACEMENT_FILE, records)
+
+    def _stop(self, role: str) -> None:
+        group = getattr(self, role)
+        if group is not None:
+            group.close() if role == "oracle" else group.shutdown()
+        setattr(self, role, None)
+
+    def shutdown(self) -> None:
+        try:
+            for role in ("generators", "learner", "oracle"):
+                self._stop(role)
+        finally:
+            release(self.plan)
+            self.plan = None
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Every node of the cluster must see the run directory (ranks write the policy on
+    their node, the driver renames it on its own): a marker the driver writes is read back
+    by a task on each node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker = run_dir / ".node_check"
+    token = uuid.uuid4().hex
+    marker.write_text(token)
+    read = ray.remote(num_cpus=0)(_text_of)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    seen = ray.get(
+        [
+            read.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+            ).remote(str(marker.resolve()))
+            for n in nodes
+        ]
+    )
+    marker.unlink()
+    blind = [
+        f"{n['NodeManagerAddress']}/{n['NodeID'][:6]}"
+        for n, s in zip(nodes, seen, strict=True)
+        if s != token
+    ]
+    if blind:
+        raise InpoError(
+            f"run.dir = {str(run_dir)!r} is not visible from node(s) {', '.join(blind)}: put "
+            "the run directory on a filesystem every node mounts at the same path"
+        )
+
+
+def _text_of(path: str) -> str | None:
+    p = Path(path)
+    return p.read_text() if p.is_file() else None
+
+
+def gpu_memory() -> float:
+    """Bytes of one of the cluster's GPUs, read on a GPU (the driver may have none)."""
+    import ray
+
+    def total() -> float:
+        import torch
+
+        return float(torch.cuda.get_device_properties(0).total_memory)
+
+    return ray.get(ray.remote(num_gpus=1, num_cpus=0)(total).remote())

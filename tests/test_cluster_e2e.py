@@ -1,0 +1,237 @@
+"""GPU layouts on a CPU host: `inpo train` with run.simulate_gpus places every actor as a
+GPU run would (one placement group, Ray's own logical GPU ids) and computes on CPU.
+
+Each layout runs one iteration and must end with exactly the weights of the same layout
+on plain CPU; placement.json must show learner ranks on distinct GPUs, a tensor-parallel
+generator's GPUs on one node and no GPU promised beyond 1.0. The two-node cluster is real:
+a head and a worker started with `ray start` on the loopback address.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import final_weights, free_port, inpo_train
+
+pytestmark = pytest.mark.e2e
+
+BASE = [
+    "run.iterations=1",
+    "data.eval_size=0",
+    "data.prompts_per_iteration=16",
+    "generation.num_samples=4",
+    "generation.max_new_tokens=12",
+    "learner.global_batch_size=4",
+    "learner.micro_batch_size=1",
+    "learner.epochs=1",
+    "learner.checkpoint_every=0",
+    "deepspeed.zero_stage=3",
+    "run.tensorboard=false",
+]
+
+
+@pytest.fixture(scope="module")
+def judge(tmp_path_factory) -> Path:
+    from inpo.models.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("judge") / "pairpm", seed=5)
+
+
+def layouts(judge: Path) -> dict[str, list[str]]:
+    """Actor counts of each layout; its simulated cluster comes on top."""
+    pairpm = ["oracle.backend=pairpm", f"oracle.model={judge}", "oracle.max_length=256"]
+    return {
+        # the paper's 4 + 2 + 2 on 8 GPUs
+        "paper": [
+            "learner.num_ranks=4",
+            "generation.num_generators=2",
+            *pairpm,
+            "oracle.num_actors=2",
+        ],
+        "two_ranks": ["learner.num_ranks=2", "generation.num_generators=2"],
+        # the smoke layout, with the optimizer offloaded (DeepSpeed's CPU Adam, ZeRO-2)
+        "smoke": [
+            "learner.num_ranks=1",
+            "deepspeed.zero_stage=2",
+            "deepspeed.offload_optimizer=true",
+        ],
+    }
+
+
+_CPU: dict[str, Path] = {}
+
+
+def cpu_reference(name: str, judge: Path, root: Path) -> Path:
+    """The layout on plain CPU, run once per module."""
+    if name not in _CPU:
+        run = root / f"cpu_{name}"
+        r = inpo_train(*BASE, *layouts(judge)[name], f"run.dir={run}")
+        assert r.returncode == 0, r.stderr[-3000:]
+        records = json.loads((run / "placement.json").read_text())
+        assert all(rec["gpus"] == [] and rec["gpu_fraction"] == 0 for rec in records)
+        _CPU[name] = run
+    return _CPU[name]
+
+
+def check_placement(run: Path, tp: int = 1) -> list[dict]:
+    records = json.loads((run / "placement.json").read_text())
+    promised: dict[tuple[str, int], float] = defaultdict(float)
+    for rec in records:
+        assert rec["gpus"], rec  # Ray assigned GPU ids inside the actor
+        for g in rec["gpus"]:
+            promised[rec["node"], g] += rec["gpu_fraction"] / len(rec["gpus"])
+    assert all(v <= 1.0 + 1e-9 for v in promised.values()), promised
+    ranks = [(r["node"], g) for r in records if r["role"] == "learner" for g in r["gpus"]]
+    assert len(ranks) == len(set(ranks)), ranks  # never two learner ranks on one GPU
+    for gen in (r for r in records if r["role"] == "generator"):
+        assert len(gen["gpus"]) == tp  # one actor, so one node, holds its TP group
+        assert tp == 1 or gen["gpu_fraction"] == tp
+    return records
+
+
+def same_weights(a: Path, b: Path) -> None:
+    x, y = final_weights(a, 1), final_weights(b, 1)
+    assert x.keys() == y.keys()
+    for k in x:
+        assert torch.equal(x[k], y[k]), k
+
+
+@pytest.mark.parametrize(
+    "name, gpus, roles",
+    [
+        ("paper", 8, {"learner": 4, "generator": 2, "judge": 2}),
+        ("two_ranks", 2, {"learner": 2, "generator": 2}),
+        ("smoke", 1, {"learner": 1, "generator": 1}),
+    ],
+)
+def test_simulated_layout_places_like_gpus_and_computes_like_cpu(
+    name, gpus, roles, judge, tmp_path_factory
+):
+    root = tmp_path_factory.getbasetemp()
+    run = tmp_path_factory.mktemp("sim") / name
+    sim = ["run.simulate_gpus=true", f"run.num_gpus={gpus}"]
+    r = inpo_train(*BASE, *layouts(judge)[name], *sim, f"run.dir={run}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    records = check_placement(run)
+    counts = defaultdict(int)
+    for rec in records:
+        counts[rec["role"]] += 1
+    assert counts == roles
+    if sum(roles.values()) > gpus:  # shared: Ray's fractions, and the run says who shares
+        assert "sharing: GPU bundle 0: learner 0 + " in r.stdout
+        assert all(rec["gpu_fraction"] < 1 for rec in records)
+    else:
+        assert all(rec["gpu_fraction"] == 1.0 for rec in records)
+        assert len({(rec["node"], rec["gpus"][0]) for rec in records}) == gpus
+    same_weights(run, cpu_reference(name, judge, root))
+
+
+@pytest.fixture
+def two_nodes(tmp_path):
+    """A head and a worker node of 4 logical GPUs and 8 CPUs each (`ray start --block` on
+    127.0.0.1, their own ports and temp dir); stopped by pid, worker first."""
+    ray = str(Path(sys.executable).parent / "ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    port = free_port()
+    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # sockets: paths <= 107 bytes
+
+    def start(head: bool) -> subprocess.Popen:
+        args = [ray, "start", "--block", "--num-gpus=4", "--num-cpus=8", "--disable-usage-stats"]
+        for flag in (
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "metrics-export-port",
+            "runtime-env-agent-port",
+            "node-manager-port",
+            "object-manager-port",
+        ):
+            args.append(f"--{flag}={free_port()}")
+        if head:
+            args += [f"--port={port}", "--head", "--include-dashboard=false"]
+            args += [f"--temp-dir={temp}", f"--ray-client-server-port={free_port()}"]
+        else:
+            args.append(f"--address=127.0.0.1:{port}")
+        log = (tmp_path / f"{'head' if head else 'worker'}.log").open("w")
+        return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    nodes = [start(head=True)]
+    time.sleep(3)
+    nodes.append(start(head=False))
+    probe = "import ray; ray.init(logging_level='ERROR'); print(ray.cluster_resources())"
+    deadline = time.monotonic() + 180
+    while True:
+        dead = [n for n in nodes if n.poll() is not None]
+        logs = "".join(f.read_text()[-1500:] for f in sorted(tmp_path.glob("*.log")))
+        assert not dead and time.monotonic() < deadline, logs
+        try:
+            out = subprocess.run(
+                [sys.executable, "-c", probe],
+                env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout
+        except subprocess.TimeoutExpired:
+            out = ""
+        if "'GPU': 8.0" in out:
+            break
+        time.sleep(1)
+    yield f"127.0.0.1:{port}", nodes
+    for node in reversed(nodes):
+        if node.poll() is None:
+            node.send_signal(signal.SIGTERM)
+            node.wait(timeout=60)
+    left = subprocess.run(["pgrep", "-f", str(temp)], capture_output=True, text=True)
+    shutil.rmtree(temp, ignore_errors=True)
+    assert left.stdout.strip() == "", f"Ray processes left behind: {left.stdout}"
+
+
+def test_two_nodes_tensor_parallel_generators(two_nodes, judge, tmp_path_factory):
+    address, _ = two_nodes
+    run = tmp_path_factory.mktemp("sim") / "two_nodes"
+    layout = layouts(judge)["two_ranks"] + ["generation.tensor_parallel_size=2"]
+    sim = ["run.simulate_gpus=true", f"run.ray_address={address}"]
+    r = inpo_train(*BASE, *layout, *sim, f"run.dir={run}", extra_env={"RAY_AUTH_MODE": "disabled"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    records = check_placement(run, tp=2)
+    print(json.dumps(records, indent=1))  # the note quotes it
+    assert len({rec["node"] for rec in records}) == 2  # 6 GPUs do not fit one node of 4
+    same_weights(run, cpu_reference("two_ranks", judge, tmp_path_factory.getbasetemp()))
+
+
+def test_a_layout_that_cannot_fit_fails_at_once_with_one_line(tmp_path):
+    """(The planner's other refusals are unit tests: tests/test_placement.py.)"""
+    t0 = time.monotonic()
+    sim = ["run.simulate_gpus=true", "run.num_gpus=2", "learner.num_ranks=4"]
+    r = inpo_train(*BASE, *sim, f"run.dir={tmp_path}")
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and "learner.num_ranks = 4 needs 4 GPUs" in last, r.stderr[-2000:]
+    assert time.monotonic() - t0 < 120
+
+
+def test_zero_offload_trains_checkpoints_and_resumes(tmp_path):
+    """ZeRO-3 with the optimizer offloaded (DeepSpeed's CPU Adam), 2 ranks, 2 iterations;
+    SIGKILLed after a step checkpoint of iteration 2, resumed to identical weights."""
+    args = [*BASE, "run.iterations=2", "learner.num_ranks=2", "learner.checkpoint_every=1"]
+    args.append("deepspeed.offload_optimizer=true")
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    r = inpo_train(*args, f"run.dir={whole}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = inpo_train(*args, f"run.dir={cut}", crash_at="learn.step2#2")
+    assert r.returncode == -9, r.stderr[-3000:]
+    assert (cut / "iter_2" / "checkpoints" / "step_000001").is_dir()
+    r = inpo_train("--resume", str(cut))
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = final_weights(whole, 2), final_weights(cut, 2)
+    assert all(torch.equal(a[k], b[k]) for k in a)

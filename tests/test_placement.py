@@ -1,0 +1,100 @@
+"""The placement planner (pure): bundles, shares, threads and the errors of a job that
+does not fit."""
+
+import pytest
+
+from inpo.placement import Node, PlacementError, plan_placement
+
+PAPER = {"learner": (4, 1), "generator": (2, 1), "judge": (2, 1)}
+
+
+def gpus_of(plan, role):
+    return [plan.bundles[s.bundle]["GPU"] for s in plan.slots[role]]
+
+
+def test_dedicated_one_bundle_per_actor_tp_generators_whole():
+    nodes = [Node("a", 4, 16), Node("b", 4, 16)]
+    plan = plan_placement(nodes, {"learner": (4, 1), "generator": (2, 2)})
+    assert len(plan.bundles) == 6 and not plan.sharing
+    assert gpus_of(plan, "generator") == [2.0, 2.0]
+    assert [s.num_gpus for s in plan.slots["generator"]] == [2.0, 2.0]
+    # 16 CPUs over 4 GPUs per node: 4 threads a GPU, reserved in the bundle
+    assert [s.num_cpus for s in plan.slots["learner"]] == [4] * 4
+    assert [s.num_cpus for s in plan.slots["generator"]] == [8, 8]
+    assert {b["CPU"] for b in plan.bundles} == {4.0, 8.0}
+    assert len({s.bundle for slots in plan.slots.values() for s in slots}) == 6
+
+
+def test_shared_gpus_never_put_two_learner_ranks_on_one():
+    # the reproduction: 2 GPUs, 2 generators + 2 learner ranks (Ray best-fit put the ranks
+    # on one GPU when each asked for 0.5)
+    plan = plan_placement([Node("a", 2, 8)], {"generator": (2, 1), "learner": (2, 1)})
+    ranks = [s.bundle for s in plan.slots["learner"]]
+    assert len(set(ranks)) == 2
+    per_bundle = {}
+    for slots in plan.slots.values():
+        for s in slots:
+            per_bundle[s.bundle] = per_bundle.get(s.bundle, 0) + s.num_gpus
+    assert all(v <= 1.0 for v in per_bundle.values())
+    assert len(plan.bundles) == 2 and all(b["GPU"] == 1.0 for b in plan.bundles)
+    assert len(plan.sharing) == 2 and "learner 0" in plan.sharing[0]
+    # 4 CPUs a GPU split between its 2 actors
+    assert {s.num_cpus for slots in plan.slots.values() for s in slots} == {2}
+
+
+def test_shared_three_roles_on_one_gpu_in_thirds():
+    plan = plan_placement(
+        [Node("a", 1, 6)], {"learner": (1, 1), "generator": (1, 1), "judge": (1, 1)}
+    )
+    shares = [s.num_gpus for slots in plan.slots.values() for s in slots]
+    assert shares == [0.3333] * 3 and sum(shares) <= 1.0
+    assert plan.sharing == ["GPU bundle 0: learner 0 + generator 0 + judge 0"]
+
+
+def test_shared_fills_gpus_without_a_learner_first():
+    plan = plan_placement(
+        [Node("a", 3, 12)], {"learner": (1, 1), "generator": (2, 1), "judge": (1, 1)}
+    )
+    learner = plan.slots["learner"][0].bundle
+    gens = [s.bundle for s in plan.slots["generator"]]
+    assert learner not in gens and len(set(gens)) == 2
+
+
+def test_refuses_what_cannot_fit_with_what_is_missing():
+    with pytest.raises(PlacementError, match=r"bundles of 4, 1.*node c 2 GPUs"):
+        plan_placement(
+            [Node("a", 2, 8), Node("b", 2, 8), Node("c", 2, 8)],
+            {"generator": (1, 4), "learner": (1, 1)},
+        )
+    with pytest.raises(PlacementError, match="multi-GPU actors cannot share"):
+        plan_placement([Node("a", 1, 4)], {"generator": (1, 2), "learner": (1, 1)})
+    with pytest.raises(PlacementError, match="learner.num_ranks = 4 needs 4 GPUs"):
+        plan_placement([Node("a", 2, 8)], {"learner": (4, 1), "generator": (1, 1)})
+
+
+def test_counts_free_gpus_not_total():
+    # 8 GPUs in all but 3 taken: the paper layout (8 actors) must share, not hang
+    plan = plan_placement([Node("a", 5, 40)], PAPER)
+    assert len(plan.bundles) == 5 and plan.sharing
+
+
+def test_paper_layout_on_two_nodes_of_four():
+    nodes = [Node("a", 4, 8), Node("b", 4, 8)]
+    plan = plan_placement(nodes, PAPER)
+    assert len(plan.bundles) == 8 and all(b == {"GPU": 1.0, "CPU": 2.0} for b in plan.bundles)
+
+
+def test_cpu_threads_split_the_host_per_role():
+    plan = plan_placement([], {"learner": (2, 1), "generator": (1, 1)}, host_cores=8)
+    assert [s.num_cpus for s in plan.slots["learner"]] == [4, 4]
+    assert [s.num_cpus for s in plan.slots["generator"]] == [8]
+    assert all(s.bundle is None and s.num_gpus == 0 for v in plan.slots.values() for s in v)
+    assert plan.bundles == []
+
+
+def test_num_gpus_sizes_only_the_local_cluster():
+    from inpo.config import ConfigError, load_config
+
+    assert load_config(None, ["run.num_gpus=2", "run.simulate_gpus=true"]).run.num_gpus == 2
+    with pytest.raises(ConfigError, match="run.num_gpus = 2: sizes the local Ray cluster"):
+        load_config(None, ["run.num_gpus=2", "run.ray_address=127.0.0.1:6379"])
