@@ -112,7 +112,9 @@ def test_train_sync_verify_and_catch_a_sabotaged_sync(
     tied, two_generators, tiny_model, tiny_tied_model, tmp_path, ray_session
 ):
     model = tiny_tied_model if tied else tiny_model
-    cfg = load_config(None, ["learner.lr=1e-2", "learner.global_batch_size=8"])
+    cfg = load_config(
+        None, ["learner.lr=1e-2", "learner.global_batch_size=8", "learner.heldout_fraction=0"]
+    )
     learner, tok, digest = _train_one_step(
         cfg, model, tmp_path, write_pairs(tmp_path / "p.jsonl", 8)
     )
@@ -154,7 +156,9 @@ def test_a_reload_that_changed_nothing_is_caught_even_for_a_tiny_update(
 ):
     """An update far below the probe tolerance: only the tensor hash can tell the stale
     weights (the directory the generators already hold) from the learner's."""
-    cfg = load_config(None, ["learner.lr=1e-7", "learner.global_batch_size=8"])
+    cfg = load_config(
+        None, ["learner.lr=1e-7", "learner.global_batch_size=8", "learner.heldout_fraction=0"]
+    )
     learner, tok, digest = _train_one_step(
         cfg, tiny_model, tmp_path, write_pairs(tmp_path / "p.jsonl", 8)
     )
