@@ -35,13 +35,8 @@ class Fleet:
         probe: tuple[list[int], int],
         known: Known,
     ):
-        self.cfg, self.run_dir, self.device, self.probe, self.known = (
-            cfg,
-            run_dir,
-            device,
-            probe,
-            known,
-        )
+        self.cfg, self.run_dir, self.device = cfg, run_dir, device
+        self.probe, self.known = probe, known
         self.plan: Plan | None = None
         self.generators = None
         self.oracle = None
@@ -88,11 +83,10 @@ class Fleet:
         a learner rank to score the probe: the generators start from it, their own probe
         log-prob becomes its expected value (every generator must agree), and a later
         reload of it is checked against that."""
-        if self.generators is not None and self.gen_policy != target:
-            if self.known(target) is None and target not in self.probes:
-                self._stop("generators")  # nothing to check a reload against: start anew
-        self.ensure(("generators",), policy=target)
         known = self.known(target)
+        if known is None and target not in self.probes and self.gen_policy != target:
+            self._stop("generators")  # nothing to check a reload against: start anew
+        self.ensure(("generators",), policy=target)
         if known is None and target not in self.probes:
             self.probes[target] = self.generators.scores(*self.probe)[0]
         expected, digest = known if known is not None else (self.probes[target], None)
