@@ -14,12 +14,8 @@ from typing import Any
 
 import ray
 
-from inpo.errors import InpoError
+from inpo.errors import ActorError, InpoError
 from inpo.placement import ActorSlot, actor_options
-
-
-class ActorError(InpoError):
-    """An actor failed; the message names it and the root cause."""
 
 
 def root_cause(e: BaseException) -> str:
@@ -42,6 +38,11 @@ def death_cause(e: BaseException) -> str:
     return lines[0]
 
 
+#: how long a new actor may wait for its placement bundle (the group is reserved already,
+#: so only a lost node makes it wait)
+PLACE_TIMEOUT_S = 300.0
+
+
 class ActorGroup:
     """``cls`` (an `inpo.placement.Actor`) instances as Ray actors, one per slot, built with
     ``init_args(index)`` (keep constructors light: an error there only leaves a dead
@@ -61,16 +62,23 @@ class ActorGroup:
     ):
         if not slots:
             raise ActorError(f"no placement slots for the {role} actors")
-        self.role = role
+        self.role, self.slots = role, slots
         remote = ray.remote(cls)
         self.actors = [
             remote.options(**actor_options(s, env)).remote(*init_args(i))
             for i, s in enumerate(slots)
         ]
         try:
-            where = self.get(
-                [a.placed.remote(s.num_cpus) for a, s in zip(self.actors, slots, strict=True)]
-            )
+            refs = [a.placed.remote(s.num_cpus) for a, s in zip(self.actors, slots, strict=True)]
+            _, pending = ray.wait(refs, num_returns=len(refs), timeout=PLACE_TIMEOUT_S)
+            if pending:  # their bundle's node is gone (the placement group is rescheduling)
+                raise ActorError(
+                    f"{len(pending)} of {len(refs)} {role} actors were not placed within "
+                    f"{PLACE_TIMEOUT_S:g} s: the GPUs and CPUs of their placement bundles are "
+                    "not free (a node left the cluster?); `ray status` shows what is missing",
+                    f"{slots[0].role} {slots[0].index}",
+                )
+            where = self.get(refs)
             #: one placement.json record per actor (inpo.fleet)
             self.placement = [
                 {"role": s.role, "index": s.index, **w, "gpu_fraction": s.num_gpus}
@@ -83,26 +91,38 @@ class ActorGroup:
             raise
 
     def get(self, refs: list) -> list:
-        """ray.get of one future per actor (in actor order), failures as one line."""
+        """ray.get of one future per actor (in actor order), failures as one line, the
+        first as soon as it happens (not after the peers it leaves waiting in a
+        collective)."""
         try:
+            pending = list(refs)
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                ray.get(ready)
             return ray.get(refs)
         except ray.exceptions.RayTaskError as e:
             cause = e.cause if isinstance(e.cause, BaseException) else e
             if isinstance(cause, InpoError):
                 raise cause from None
-            who = self._who(refs, e)
-            raise ActorError(f"{who} failed: {root_cause(cause)}") from None
+            who, actor = self._who(refs)
+            raise ActorError(f"{who} failed: {root_cause(cause)}", actor) from None
         except ray.exceptions.RayActorError as e:
-            raise ActorError(f"{self._who(refs, e)} died: {death_cause(e)}") from None
+            who, actor = self._who(refs)
+            raise ActorError(f"{who} died: {death_cause(e)}", actor, died=True) from None
 
-    def _who(self, refs: list, e: Exception) -> str:
-        # Ray does not say which future failed; the first that is not done fine is it.
+    def _who(self, refs: list) -> tuple[str, str]:
+        """(this group's name for the failed actor, its placement.json "role index")."""
+        # Ray does not say which future failed; the first that ended badly is it (its peers
+        # may still be waiting).
         for i, ref in enumerate(refs):
             try:
                 ray.get(ref, timeout=0)
+            except ray.exceptions.GetTimeoutError:
+                continue
             except Exception:
-                return f"{self.role} {i}"
-        return self.role
+                slot = self.slots[i]
+                return f"{self.role} {i}", f"{slot.role} {slot.index}"
+        return self.role, self.slots[0].role
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> list:
         """The same call on every actor; their answers in actor order."""

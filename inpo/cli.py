@@ -83,7 +83,9 @@ def cmd_judge(args: argparse.Namespace) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    from inpo.memory import GiB, estimate, format_estimate
+    from inpo.cost import format_times
+    from inpo.memory import GiB, estimate, format_estimate, gpu_table
+    from inpo.placement import colocated_layout
 
     cfg = config_or_exit(_config_path(args), args.overrides)
     per_node = args.gpus_per_node or args.gpus
@@ -92,8 +94,23 @@ def cmd_plan(args: argparse.Namespace) -> None:
             f"--gpus {args.gpus} does not split into nodes of --gpus-per-node {per_node}"
         )
     nodes = [per_node] * (args.gpus // per_node)
+    cfg = colocated_layout(cfg, args.gpus)
     est = estimate(cfg, nodes, args.gpu_memory * GiB, disk_bytes_per_s=args.disk_gb_per_s * 1e9)
     print(format_estimate(est, cfg))
+    # the other layout: split with the config's counts, or colocated filling the GPUs
+    other = cfg.model_copy(deep=True)
+    other.run.colocate = not cfg.run.colocate
+    if other.run.colocate:
+        other.learner.num_ranks = other.generation.num_generators = other.oracle.num_actors = None
+    other = colocated_layout(other, args.gpus)
+    other_est = estimate(other, nodes, args.gpu_memory * GiB)
+    layout = "colocated" if other.run.colocate else "split"
+    print(f"\n{layout} instead (run.colocate={str(other.run.colocate).lower()}), GPU memory, GiB")
+    print("\n".join(gpu_table(other_est)))
+    split = other if cfg.run.colocate else cfg
+    judge = est.shapes.get("judge", (None, None))[1]
+    print()
+    print(format_times(split, args.gpus, args.gpu, est.shapes["policy"][1], judge))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -109,6 +126,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from inpo.cost import PEAK_FLOPS
+
     parser = argparse.ArgumentParser(
         prog="inpo", description="Iterative Nash Policy Optimization trainer"
     )
@@ -125,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-node", type=int, help="GPUs per node (default: all on one)")
     p.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (default 80)")
     p.add_argument("--disk-gb-per-s", type=float, default=1.0, help="checkpoint write GB/s")
+    p.add_argument("--gpu", default="h100", choices=sorted(PEAK_FLOPS), help="for the times")
     p.set_defaults(fn=cmd_plan)
 
     p = sub.add_parser("learn", help="one INPO iteration from a file of preference pairs")

@@ -121,7 +121,19 @@ class GenerationConfig(_Section):
     temperature: float = Field(1.0, ge=0.0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
     max_new_tokens: int = Field(24, ge=1, description="Maximum tokens per response.")
-    num_generators: int = Field(1, ge=1, description="vLLM generator actors; prompts are split.")
+    num_generators: int | None = Field(
+        None,
+        ge=1,
+        description="vLLM generator actors; prompts are split. Unset: one per "
+        "generation.tensor_parallel_size GPUs under run.colocate, else 1.",
+    )
+    chunk_prompts: int = Field(
+        256,
+        ge=1,
+        description="Prompts per generator in one call of the generate stage; every finished "
+        "call is appended durably to iter_<t>/generations.partial.jsonl, so a stage redone "
+        "after a fault or a resume regenerates at most the chunk in flight.",
+    )
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per generator (vLLM TP).")
     gpu_memory_utilization: float | None = Field(
         None,
@@ -171,6 +183,14 @@ class OracleConfig(_Section):
         "(M + M^T = 1), instead of game_classes/game_win.",
     )
     model: str | None = Field(None, description="Judge model directory (pairpm, reward).")
+    engine: Literal["vllm", "hf"] | None = Field(
+        None,
+        description="Where pairpm and reward judges compute: vllm (one vLLM engine per judge "
+        "actor: the two choice tokens' log-probs, or the pooling runner's raw reward; prefix "
+        "caching) or hf (Hugging Face forward, the baseline). Unset: vllm where it can serve "
+        "the judge's architecture, else hf with one line saying why; an explicit vllm that "
+        "cannot is an error. Other backends ignore it.",
+    )
     callable: str | None = Field(
         None,
         description="python backend: 'package.module:function' called as "
@@ -186,7 +206,20 @@ class OracleConfig(_Section):
     )
     batch_size: int = Field(32, ge=1, description="Judge queries per forward pass / request.")
     max_length: int = Field(2048, ge=16, description="Judge input truncation, in tokens.")
-    num_actors: int = Field(1, ge=1, description="Judge actors for model backends.")
+    num_actors: int | None = Field(
+        None,
+        ge=1,
+        description="Judge actors for model backends. Unset: one per GPU under run.colocate, "
+        "else 1.",
+    )
+    chunk_prompts: int = Field(
+        1024,
+        ge=1,
+        description="Prompts the judge stage pairs per chunk (every chunk one round of oracle "
+        "calls per tournament level); each finished chunk is appended durably to "
+        "iter_<t>/judge.partial.jsonl, so a stage redone after a fault or a resume judges "
+        "at most the chunk in flight again.",
+    )
     sharpness: float = Field(
         4.0, gt=0, description="Synthetic oracle: logistic sharpness of score differences."
     )
@@ -233,7 +266,12 @@ class LossConfig(_Section):
 
 
 class LearnerConfig(_Section):
-    num_ranks: int = Field(1, ge=1, description="DeepSpeed ranks (one Ray actor, one GPU each).")
+    num_ranks: int | None = Field(
+        None,
+        ge=1,
+        description="DeepSpeed ranks (one Ray actor, one GPU each). Unset: one per GPU under "
+        "run.colocate, else 1.",
+    )
     lr: float = Field(2e-3, gt=0, description="Peak learning rate.")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Linear warmup share of steps.")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Cosine floor as a share of lr.")
@@ -271,14 +309,21 @@ class LearnerConfig(_Section):
         4, ge=0, description="Save a resumable learner checkpoint every N steps (0: never)."
     )
     keep_checkpoints: int = Field(2, ge=1, description="Step checkpoints kept (rotated).")
+    collective_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="Timeout of the ranks' collectives (torch.distributed, NCCL or gloo): a "
+        "rank left waiting for a dead peer gives up after it. The driver notices the dead "
+        "rank itself at once.",
+    )
 
     @model_validator(mode="after")
     def _batches(self) -> LearnerConfig:
-        per_step = self.num_ranks * self.micro_batch_size
+        per_step = self.ranks * self.micro_batch_size
         if self.global_batch_size % per_step:
             raise ValueError(
                 f"learner.global_batch_size = {self.global_batch_size}: must be a multiple of "
-                f"learner.num_ranks * learner.micro_batch_size = {per_step}"
+                f"learner.num_ranks ({self.ranks}) * learner.micro_batch_size = {per_step}"
             )
         return self
 
@@ -305,8 +350,13 @@ class LearnerConfig(_Section):
         return self.max_epochs if self.epochs == "auto" else self.epochs
 
     @property
+    def ranks(self) -> int:
+        """learner.num_ranks, 1 while unset (a colocated run sets it from its GPUs)."""
+        return self.num_ranks or 1
+
+    @property
     def grad_accum(self) -> int:
-        return self.global_batch_size // (self.num_ranks * self.micro_batch_size)
+        return self.global_batch_size // (self.ranks * self.micro_batch_size)
 
 
 class DeepSpeedConfig(_Section):
@@ -351,6 +401,22 @@ class RunConfig(_Section):
     )
     placement_timeout_s: float = Field(
         120.0, gt=0, description="How long to wait for the cluster to reserve the actors' GPUs."
+    )
+    colocate: bool | None = Field(
+        None,
+        description="Every GPU holds one learner rank, the generators (one per "
+        "generation.tensor_parallel_size GPUs) and one judge engine (model judges), and "
+        "each stage wakes what it uses and puts the rest to sleep (vLLM sleep mode, "
+        "DeepSpeed offload_states); run_dir/schedule.jsonl records it. Unset: on whenever "
+        "actors are placed on GPUs (real or run.simulate_gpus), except with "
+        "generation.tensor_parallel_size > 1 (not colocated yet).",
+    )
+    max_restarts: int = Field(
+        3,
+        ge=0,
+        description="Actor failures the run recovers from by itself (restart the actor's "
+        "group, redo the stage; backoff 1, 2, 4, ... s); past it, or at the same failure twice "
+        "in one stage, it stops resumable. Each is a row of run_dir/faults.jsonl.",
     )
     check_memory: bool = Field(
         True,

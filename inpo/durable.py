@@ -78,6 +78,44 @@ def write_jsonl_atomic(path: str | Path, rows: Iterable[dict[str, Any]]) -> None
     write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
+def append_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Append rows to a file of finished chunks and flush them to disk before returning."""
+    with path.open("a") as f:
+        f.write("".join(json.dumps(row) + "\n" for row in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl_prefix(path: Path) -> list[dict[str, Any]]:
+    """The whole rows of a file `append_jsonl` wrote (none if absent); a row torn by a crash
+    mid-append, and anything after it, is cut off the file."""
+    if not path.exists():
+        return []
+    rows, good = [], 0
+    with path.open("rb") as f:
+        for line in f:
+            try:
+                if not line.endswith(b"\n"):
+                    raise ValueError("torn")
+                rows.append(json.loads(line))
+            except ValueError:
+                break
+            good += len(line)
+    if good != path.stat().st_size:
+        os.truncate(path, good)
+    return rows
+
+
+def finished_chunks(path: Path | None, prompt_ids: list) -> list[dict[str, Any]]:
+    """The rows a stage interrupted before already appended to ``path`` for the first of
+    ``prompt_ids``; a file written for other prompts is removed (the stage starts over)."""
+    rows = read_jsonl_prefix(path) if path else []
+    if [r["prompt_id"] for r in rows] != prompt_ids[: len(rows)]:
+        path.unlink()
+        return []
+    return rows
+
+
 def file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:

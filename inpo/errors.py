@@ -11,6 +11,15 @@ class InpoError(Exception):
     """A problem the user can fix; the message names what and where."""
 
 
+class ActorError(InpoError):
+    """An actor failed; the message names it and the root cause. ``actor`` is its role and
+    index as in placement.json ("generator 0"), ``died`` whether its process is gone."""
+
+    def __init__(self, message: str, actor: str = "", died: bool = False):
+        super().__init__(message)
+        self.actor, self.died = actor, died
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     try:

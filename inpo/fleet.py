@@ -10,18 +10,25 @@ asked for.
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from inpo import faults
+from inpo.colocate import SCHEDULE_FILE, SLEEP_LEVEL, schedule_row, transitions
 from inpo.config import InpoConfig
-from inpo.durable import write_json_atomic
-from inpo.errors import InpoError
+from inpo.durable import append_jsonl, write_json_atomic
+from inpo.errors import ActorError, InpoError
 from inpo.memory import check_memory, role_demand
 from inpo.placement import Plan, cluster_nodes, plan_for, release
 
 PLACEMENT_FILE = "placement.json"
+#: placement.json's role -> the Fleet attribute holding that role's group
+GROUP_OF = {"generator": "generators", "judge": "oracle", "learner": "learner"}
 #: the probe log-prob and weights hash a policy directory is known to give, if known
 Known = Callable[[str], "tuple[float, str] | None"]
 
@@ -43,6 +50,11 @@ class Fleet:
         self.learner = None
         self.gen_policy: str | None = None  # the directory the generators' weights are from
         self.probes: dict[str, float] = {}  # user policies: probe log-prob a generator gave
+        self.restarts = 0
+        self.asleep: set[str] = set()  # roles put to sleep (run.colocate)
+        self.slept = False  # whether an engine really slept (CUDA), for schedule.jsonl
+        self.failures: set[tuple[int, str, str]] = set()  # (iteration, stage, cause) seen
+        faults.killer = self.kill
 
     def ensure(self, roles: tuple[str, ...], policy: str | None = None) -> None:
         """Start the groups of ``roles`` that are not running; new generators load
@@ -96,14 +108,104 @@ class Fleet:
         self.gen_policy = target
         return info
 
-    def write_placement(self) -> None:
+    def records(self) -> list[dict[str, Any]]:
         groups = (self.generators, getattr(self.oracle, "inner", self.oracle), self.learner)
-        records = [r for g in groups for r in getattr(g, "placement", [])]
-        write_json_atomic(self.run_dir / PLACEMENT_FILE, records)
+        return [r for g in groups for r in getattr(g, "placement", [])]
 
-    def _stop(self, role: str) -> None:
+    def write_placement(self) -> None:
+        write_json_atomic(self.run_dir / PLACEMENT_FILE, self.records())
+
+    def group(self, role: str):
+        """The running actor group of a role (placement.json's name), or None."""
+        group = getattr(self, GROUP_OF[role])
+        group = getattr(group, "inner", group)  # the debiased judge's actors
+        return group if getattr(group, "actors", None) else None
+
+    def enter(self, stage: str) -> None:
+        """Before a stage of a colocated run: the running roles it does not use go to
+        sleep, the ones it uses wake (`inpo.colocate`)."""
+        if not self.cfg.run.colocate:
+            return
+        running = [role for role in GROUP_OF if self.group(role) is not None]
+        to_sleep, to_wake = transitions(stage, running, self.asleep)
+        for role in to_sleep:
+            self.slept |= any(self.group(role).call("sleep", SLEEP_LEVEL[role]))
+            self.asleep.add(role)
+            if role == "generator":
+                self.gen_policy = None  # level 2 drops the weights: reload before use
+        for role in to_wake:
+            self.group(role).call("wake")
+            self.asleep.discard(role)
+
+    def leave(self, iteration: int, stage: str) -> None:
+        """After a stage of a colocated run: its schedule.jsonl row."""
+        if not self.cfg.run.colocate:
+            return
+        memory: dict[str, float] = {}
+        if self.device == "cuda":
+            for role in GROUP_OF:
+                if self.group(role) is not None:
+                    for used in self.group(role).call("gpu_memory_used"):
+                        memory.update(used)
+        row = schedule_row(iteration, stage, self.records(), self.asleep, self.slept, memory)
+        append_jsonl(self.run_dir / SCHEDULE_FILE, [row])
+
+    def kill(self, actor: str) -> None:
+        """SIGKILL the process of ``actor`` ("role:index"; fault injection)."""
+        role, _, index = actor.partition(":")
+        pid = next(
+            r["pid"] for r in self.records() if (r["role"], r["index"]) == (role, int(index))
+        )
+        os.kill(pid, signal.SIGKILL)
+
+    def recover(self, e: ActorError, iteration: int, stage: str, seconds_lost: float) -> str:
+        """After an actor failed in a stage: tear down its group, so that the redone stage
+        starts it again in its placement, and return the role; or, past run.max_restarts or
+        at the same failure twice in this stage, record the stop and raise ``e``. One
+        console line and one faults.jsonl row either way."""
+        role = e.actor.split()[0] if e.actor else ""
+        key = (iteration, stage, str(e))
+        stop = (
+            role not in GROUP_OF
+            or self.restarts >= self.cfg.run.max_restarts
+            or key in self.failures
+        )
+        self.failures.add(key)
+        action = "stopped" if stop else "restarted"
+        faults.record_fault(
+            self.run_dir,
+            iteration=iteration,
+            stage=stage,
+            actor=e.actor,
+            cause=str(e),
+            action=action,
+            seconds_lost=round(seconds_lost, 3),
+        )
+        where = f"iteration {iteration}, stage {stage}" if iteration else f"setup, stage {stage}"
+        if stop:
+            print(f"[fault] {where}: {e}; stopping (resume with inpo train --resume)", flush=True)
+            raise e
+        self.restarts += 1
+        backoff = 2.0 ** (self.restarts - 1)
+        print(
+            f"[fault] {where}: {e}; restarting the {role} actors in {backoff:.0f}s and redoing "
+            f"the stage (restart {self.restarts} of run.max_restarts={self.cfg.run.max_restarts})",
+            flush=True,
+        )
+        self._stop(GROUP_OF[role], failed=True)
+        time.sleep(backoff)
+        return role
+
+    def _stop(self, role: str, failed: bool = False) -> None:
+        """Tear down a role's group; a ``failed`` one is killed outright (a dead actor cannot
+        answer, and its peers may hang in a collective waiting for it)."""
+        from inpo.actors import ActorGroup
+
         group = getattr(self, role)
-        if group is not None:
+        self.asleep -= {r for r, attr in GROUP_OF.items() if attr == role}  # new ones wake
+        if group is not None and failed:
+            ActorGroup.shutdown(getattr(group, "inner", group))
+        elif group is not None:
             group.close() if role == "oracle" else group.shutdown()
         setattr(self, role, None)
 

@@ -19,9 +19,9 @@ from tqdm import tqdm
 
 from inpo.config import InpoConfig
 from inpo.data import Prompt, prompt_token_ids
+from inpo.durable import append_jsonl, finished_chunks
 from inpo.errors import InpoError
-
-CHUNK_PER_GENERATOR = 256
+from inpo.faults import crash_point
 
 
 def request_seed(run_seed: int, purpose: str, prompt_id: int) -> int:
@@ -59,13 +59,18 @@ def generate_rows(
     temperature: float,
     top_p: float,
     max_tokens: int,
+    chunk_prompts: int = 256,
     desc: str = "generate",
+    partial: Path | None = None,
 ) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    chunk = CHUNK_PER_GENERATOR * len(generators.actors)
-    bar = tqdm(total=len(prompts), desc=desc, unit="prompt", dynamic_ncols=True)
+    """The rows, generated chunk_prompts per generator at a time; with ``partial``, each
+    finished chunk is appended to it durably and the rows it already holds for these
+    prompts (a stage interrupted before) are kept, not generated again."""
+    rows = finished_chunks(partial, prompt_ids)
+    chunk = chunk_prompts * len(generators.actors)
+    bar = tqdm(total=len(prompts), initial=len(rows), desc=desc, unit="prompt", dynamic_ncols=True)
     t0, n_tokens = time.perf_counter(), 0
-    for start in range(0, len(prompts), chunk):
+    for start in range(len(rows), len(prompts), chunk):
         sl = slice(start, start + chunk)
         out = generators.generate(
             token_ids[sl],
@@ -75,11 +80,12 @@ def generate_rows(
             top_p=top_p,
             max_tokens=max_tokens,
         )
+        done = []
         for pid, prompt, ids, samples in zip(
             prompt_ids[sl], prompts[sl], token_ids[sl], out, strict=True
         ):
             n_tokens += sum(len(s["token_ids"]) for s in samples)
-            rows.append(
+            done.append(
                 {
                     "prompt_id": pid,
                     "prompt": prompt,
@@ -90,8 +96,12 @@ def generate_rows(
                     "response_ids": [s["token_ids"] for s in samples],
                 }
             )
+        if partial:
+            append_jsonl(partial, done)
+        rows += done
         bar.update(len(out))
         bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - t0):.0f}")
+        crash_point("generate.chunk")
     bar.close()
     return rows
 
@@ -102,7 +112,7 @@ def start_generators(cfg: InpoConfig, device: str, model_dir: str, slots=None, p
 
     if slots is None:
         gen = cfg.generation
-        demand = {"generator": (gen.num_generators, gen.tensor_parallel_size)}
+        demand = {"generator": (gen.num_generators or 1, gen.tensor_parallel_size)}
         slots = plan_for(cfg, device, demand).slots["generator"]
     return GeneratorGroup(model_dir, cfg, device, slots, probe_len)
 
@@ -135,6 +145,7 @@ def generate_file(cfg: InpoConfig, prompts_path: Path, out: Path) -> None:
             temperature=gen.temperature,
             top_p=gen.top_p,
             max_tokens=gen.max_new_tokens,
+            chunk_prompts=gen.chunk_prompts,
         )
     finally:
         generators.shutdown()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from inpo.config import InpoConfig
 from inpo.data import DataError, read_rows
-from inpo.durable import write_jsonl_atomic
+from inpo.durable import append_jsonl, finished_chunks, write_jsonl_atomic
 from inpo.errors import InpoError
 from inpo.faults import crash_point
 from inpo.oracle.base import MODEL_BACKENDS, Oracle, check_probs
@@ -101,6 +102,34 @@ def select_pairs(
         ]
     finally:
         bar.close()
+
+
+def select_in_chunks(
+    rows: list[dict[str, Any]],
+    oracle: Oracle,
+    strategy: str,
+    seed: int,
+    chunk_prompts: int,
+    partial: Path,
+    desc: str = "judge",
+) -> tuple[list[Selection], int]:
+    """`select_pairs` over chunks of ``chunk_prompts`` rows (a prompt's pairs do not depend
+    on the others'): each finished chunk's selections are appended to ``partial`` durably,
+    and those it already holds for these rows are kept. Returns (selections, rows kept)."""
+    done = finished_chunks(partial, [r["prompt_id"] for r in rows])
+    selections = [
+        Selection(tuple(Pair(**p) for p in d["pairs"]), d["n_comparisons"], d["dropped"])
+        for d in done
+    ]
+    for lo in range(len(done), len(rows), chunk_prompts):
+        part = rows[lo : lo + chunk_prompts]
+        new = select_pairs(part, oracle, strategy, seed, desc=desc)
+        append_jsonl(
+            partial,
+            [{"prompt_id": r["prompt_id"], **asdict(s)} for r, s in zip(part, new, strict=True)],
+        )
+        selections += new
+    return selections, len(done)
 
 
 def pair_rows(

@@ -177,7 +177,9 @@ def _resume_step(group: LearnerGroup, ckpt_root: Path, inputs: dict[str, str]) -
         ckpt_root.mkdir(parents=True, exist_ok=True)
         write_json_atomic(stamp, inputs)
         return 0
-    return group.load_checkpoint(str(done[-1][1]))
+    step = group.load_checkpoint(str(done[-1][1]))
+    print(f"[learn] continuing from the step {step} checkpoint in {ckpt_root}", flush=True)
+    return step
 
 
 def split_pairs(cfg: InpoConfig, pairs: TokenizedPairs) -> tuple[list[int], list[int]]:
@@ -343,7 +345,7 @@ def start_learner(cfg: InpoConfig, device: str, slots=None) -> LearnerGroup:
     from inpo.placement import plan_for
 
     if slots is None:
-        slots = plan_for(cfg, device, {"learner": (cfg.learner.num_ranks, 1)}).slots["learner"]
+        slots = plan_for(cfg, device, {"learner": (cfg.learner.ranks, 1)}).slots["learner"]
     return LearnerGroup(cfg, device, slots)
 
 

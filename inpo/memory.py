@@ -224,11 +224,11 @@ def role_demand(cfg: InpoConfig) -> dict[str, tuple[int, int]]:
     from inpo.oracle.base import MODEL_BACKENDS
 
     demand = {
-        "learner": (cfg.learner.num_ranks, 1),
-        "generator": (cfg.generation.num_generators, cfg.generation.tensor_parallel_size),
+        "learner": (cfg.learner.ranks, 1),
+        "generator": (cfg.generation.num_generators or 1, cfg.generation.tensor_parallel_size),
     }
     if cfg.oracle.backend in MODEL_BACKENDS:
-        demand["judge"] = (cfg.oracle.num_actors, 1)
+        demand["judge"] = (cfg.oracle.num_actors or 1, 1)
     return demand
 
 
@@ -262,9 +262,15 @@ class GpuRow:
     label: str  # "GPU 0" or "GPU 4-5"
     node: int
     actors: list[ActorMemory]
+    colocated: bool = False  # actors a stage does not use sleep: only their context stays
 
     def total(self, stage: str) -> float:
-        return sum(a.total(stage) for a in self.actors)
+        from inpo.colocate import USES
+
+        return sum(
+            a.total(stage) if not self.colocated or a.role in USES[stage] else CONTEXT_BYTES
+            for a in self.actors
+        )
 
     def peak(self) -> tuple[str, float]:
         return max(((s, self.total(s)) for s in STAGES), key=lambda x: x[1])
@@ -402,11 +408,12 @@ def estimate(
         shapes["judge"] = judge
     policy = shapes["policy"]
     width = 4 if cfg.model.dtype == "float32" else 2  # auto = bfloat16 on GPU
-    world = cfg.learner.num_ranks
+    world = cfg.learner.ranks
     if sum(nodes_gpus) < 1:
         raise InpoError(f"memory estimate: needs at least one GPU, got nodes of {nodes_gpus}")
     nodes = [Node(f"node{i}", g, 8.0 * g) for i, g in enumerate(nodes_gpus)]
-    plan = plan_placement(nodes, demand)
+    colocated = bool(cfg.run.colocate)
+    plan = plan_placement(nodes, demand, colocate=colocated)
     frozen = not cfg.model.lora.r and (
         cfg.run.iterations > 1 or cfg.model.reference not in (None, cfg.model.policy)
     )
@@ -443,6 +450,8 @@ def estimate(
             "learner", slot.index, 1, persistent, working, cpu
         )
     rows = _rows(plan, nodes_gpus, actors)
+    for row in rows:
+        row.colocated = colocated
     cpu_by_node = [dict.fromkeys(STAGES, 0.0) for _ in nodes_gpus]
     for row in rows:
         for a in row.actors:
@@ -510,7 +519,7 @@ def _assumptions(
         "trainable parameter ("
         + ("fp32 master + m + v" if width == 2 else "m + v; the fp32 weights are the master")
         + f"), gradients {width}",
-        f"ZeRO-{dc.zero_stage} over {lc.num_ranks} rank(s): optimizer state partitioned from "
+        f"ZeRO-{dc.zero_stage} over {lc.ranks} rank(s): optimizer state partitioned from "
         "stage 1, gradients from 2, weights from 3"
         + ("; optimizer state offloaded to host RAM" if dc.offload_optimizer else ""),
         f"learner sequences: {seq} tokens (min of learner.max_length and prompt + response), "
@@ -536,9 +545,12 @@ def _assumptions(
         "after the engine is released"
         if frozen_ref
         else "no frozen pi_ref copy (LoRA: the adapter off; or one iteration from pi_ref)",
-        "nothing sleeps: every actor holds its memory in every stage; a learner rank keeps "
-        "its engine (weights, gradients, optimizer) across iterations; PyTorch's caching "
-        "allocator may hold more than these figures",
+        "run.colocate: in each stage the actors it does not use sleep and keep only their "
+        f"{_gib(CONTEXT_BYTES)} of context (vLLM sleep, DeepSpeed offload_states)"
+        if cfg.run.colocate
+        else "nothing sleeps: every actor holds its memory in every stage; a learner rank "
+        "keeps its engine (weights, gradients, optimizer) across iterations; PyTorch's "
+        "caching allocator may hold more than these figures",
         f"step checkpoint: weights in {dtype} + Adam state (adapter only under LoRA), written "
         f"at {disk / 1e9:g} GB/s; host RAM: rank 0 gathers the whole policy to save it",
     ]
@@ -557,13 +569,7 @@ def format_estimate(est: Estimate, cfg: InpoConfig) -> str:
     ]
     for role, (shape, n) in est.shapes.items():
         lines.append(f"{role}: {shape.name or 'model'}, {n:,} parameters")
-    head = f"{'GPU':<10}{'holds':<28}" + "".join(f"{s:>10}" for s in STAGES) + f"{'peak':>10}"
-    lines += ["", "GPU memory, GiB (per GPU of a tensor-parallel group)", head, "-" * len(head)]
-    for row in est.rows:
-        holds = " + ".join(f"{a.role} {a.index}" for a in row.actors)
-        cells = "".join(f"{row.total(s) / GiB:>10.1f}" for s in STAGES)
-        over = " over" if row.peak()[1] > est.gpu_bytes else ""
-        lines.append(f"{row.label:<10}{holds:<28}{cells}{row.peak()[1] / GiB:>10.1f}{over}")
+    lines += ["", "GPU memory, GiB (per GPU of a tensor-parallel group)", *gpu_table(est)]
     row, stage, total = est.worst()
     lines.append("")
     lines.append(f"largest: {row.label} in {stage}, {_gib(total)} of {_gib(est.gpu_bytes)}")
@@ -597,6 +603,18 @@ def format_estimate(est: Estimate, cfg: InpoConfig) -> str:
     lines += [f"warning: {w}" for w in est.warnings]
     lines += ["", "assumptions:"] + [f"  - {a}" for a in est.assumptions]
     return "\n".join(lines)
+
+
+def gpu_table(est: Estimate) -> list[str]:
+    """GPUs x stages: what each GPU holds and its memory in every stage, GiB."""
+    head = f"{'GPU':<10}{'holds':<36}" + "".join(f"{s:>10}" for s in STAGES) + f"{'peak':>10}"
+    lines = [head, "-" * len(head)]
+    for row in est.rows:
+        holds = " + ".join(f"{a.role} {a.index}" for a in row.actors)
+        cells = "".join(f"{row.total(s) / GiB:>10.1f}" for s in STAGES)
+        over = " over" if row.peak()[1] > est.gpu_bytes else ""
+        lines.append(f"{row.label:<10}{holds:<36}{cells}{row.peak()[1] / GiB:>10.1f}{over}")
+    return lines
 
 
 def check_memory(cfg: InpoConfig, nodes_gpus: list[int], gpu_memory_bytes: float) -> None:

@@ -33,11 +33,12 @@ from inpo.durable import (
     damaged,
     fsync_tree,
     manifest,
+    read_jsonl_prefix,
     write_json_atomic,
     write_jsonl_atomic,
     write_text_atomic,
 )
-from inpo.errors import InpoError
+from inpo.errors import ActorError, InpoError
 from inpo.evaluate import compare, eval_rows, response_metrics, win_rate
 from inpo.faults import crash_point
 from inpo.fleet import Fleet
@@ -126,7 +127,9 @@ class Trainer:
         spec = next(s for s in stages_of(t) if s.name == name)
         self.state.start(t, name)
         t0 = time.perf_counter()
-        info = fn() or {}
+        self.fleet.enter(name)
+        info = self._until_done(t, name, fn)
+        self.fleet.leave(t, name)
         root = self.iter_dir(t) if t else self.run_dir
         outputs = [root / o for o in spec.outputs if (root / o).exists()]
         for path in outputs:
@@ -140,6 +143,22 @@ class Trainer:
         extra = ", ".join(f"{k}={format_value(v)}" for k, v in shown.items())
         print(f"[{label}] {name} done in {info['seconds']:.1f}s" + (f" ({extra})" if extra else ""))
         return info
+
+    def _until_done(self, t: int, name: str, fn: Callable[[], dict[str, Any] | None]) -> dict:
+        """``fn()``; after an actor failure the fleet restarts that actor's group (or stops
+        the run) and the stage is redone: deterministic, it gives the same output."""
+        restarts = 0
+        while True:
+            t0 = time.perf_counter()
+            try:
+                info = fn() or {}
+                return info | ({"restarts": restarts} if restarts else {})
+            except ActorError as e:
+                if self.fleet is None:
+                    raise
+                if self.fleet.recover(e, t, name, time.perf_counter() - t0) == "learner":
+                    self.learner_pairs = self.engine_iteration = None  # a new group holds none
+                restarts += 1
 
     def validate(self) -> None:
         """Redo what a resumed run would read but is no longer whole on disk (a power loss
@@ -171,7 +190,14 @@ class Trainer:
 
     # --- stages -----------------------------------------------------------------
     def _generate_rows(
-        self, ids: list[int], pool: list, purpose: str, n: int, temperature: float, max_tokens: int
+        self,
+        ids: list[int],
+        pool: list,
+        purpose: str,
+        n: int,
+        temperature: float,
+        max_tokens: int,
+        partial: Path | None = None,
     ) -> list[dict]:
         from inpo.generate import generate_rows, request_seed, tokenize_prompts
 
@@ -190,7 +216,9 @@ class Trainer:
             temperature=temperature,
             top_p=self.cfg.generation.top_p,
             max_tokens=max_tokens,
+            chunk_prompts=self.cfg.generation.chunk_prompts,
             desc=purpose,
+            partial=partial,
         )
 
     def _eval_rows(self, purpose: str, policy: str) -> list[dict]:
@@ -234,32 +262,45 @@ class Trainer:
         self.fleet.hold(self.policy(t))
         g = self.cfg.generation
         pool, ids = self.prompts.iteration(t, self.cfg.data.prompts_per_iteration)
+        partial = self.iter_dir(t) / "generations.partial.jsonl"
+        kept = len(read_jsonl_prefix(partial))  # what generate_rows will keep of it
         rows = self._generate_rows(
-            ids, pool, f"generate{t}", g.num_samples, g.temperature, g.max_new_tokens
+            ids, pool, f"generate{t}", g.num_samples, g.temperature, g.max_new_tokens, partial
         )
         crash_point("generate")
         write_jsonl_atomic(self.iter_dir(t) / "generations.jsonl", rows)
+        partial.unlink(missing_ok=True)
         n_tok = sum(len(x) for r in rows for x in r["response_ids"])
-        return {"prompts": len(rows), "skipped": len(ids) - len(rows), "tokens": n_tok}
+        info = {"prompts": len(rows), "skipped": len(ids) - len(rows), "tokens": n_tok}
+        return info | ({"kept_prompts": kept} if kept else {})
 
     def _judge(self, t: int) -> dict:
-        from inpo.judge import pair_rows, select_pairs
+        from inpo.judge import pair_rows, select_in_chunks
 
         cfg = self.cfg
         self.fleet.ensure(("oracle",))
         rows = read_rows(self.iter_dir(t) / "generations.jsonl")
         cut_before = self.fleet.oracle.truncated()  # the oracle also serves eval
-        selections = select_pairs(
-            rows, self.fleet.oracle, cfg.pairing.strategy, cfg.run.seed, desc=f"judge{t}"
+        partial = self.iter_dir(t) / "judge.partial.jsonl"
+        selections, kept = select_in_chunks(
+            rows,
+            self.fleet.oracle,
+            cfg.pairing.strategy,
+            cfg.run.seed,
+            cfg.oracle.chunk_prompts,
+            partial,
+            desc=f"judge{t}",
         )
         pairs, dropped = pair_rows(rows, selections, cfg.pairing.label, cfg.run.seed)
         write_jsonl_atomic(self.iter_dir(t) / "pairs.jsonl", pairs)
-        return {
+        partial.unlink(missing_ok=True)
+        info = {
             "pairs": len(pairs),
             "dropped": dict(dropped),
             "comparisons": sum(s.n_comparisons for s in selections),
             "truncated": self.fleet.oracle.truncated() - cut_before,
         }
+        return info | ({"kept_prompts": kept} if kept else {})
 
     def _learner_pairs(self, t: int):
         """Iteration t's pairs, held by the learner."""
@@ -368,9 +409,15 @@ class Trainer:
     def start(self, run_id: str) -> None:
         """Ray, the (not yet started) actors and the reporter."""
         from inpo.cluster import start_ray
+        from inpo.placement import laid_out
 
         self.reporter = Reporter(self.cfg, self.run_dir, run_id)
-        self.fleet = Fleet(self.cfg, self.run_dir, start_ray(self.cfg), self.probe, self._known)
+        device = start_ray(self.cfg)
+        try:  # run.colocate and the actor counts it fills in, for this cluster's GPUs
+            self.cfg = laid_out(self.cfg, device)
+        except ConfigError as e:
+            _refuse(e)
+        self.fleet = Fleet(self.cfg, self.run_dir, device, self.probe, self._known)
 
     def run(self) -> list[dict[str, Any]]:
         """The loop, once `prepare` has run."""

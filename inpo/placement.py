@@ -61,11 +61,16 @@ def _share(k: int) -> float:
 
 
 def plan_placement(
-    nodes: list[Node], demand: dict[str, tuple[int, int]], host_cores: int | None = None
+    nodes: list[Node],
+    demand: dict[str, tuple[int, int]],
+    host_cores: int | None = None,
+    colocate: bool = False,
 ) -> Plan:
     """demand: role -> (actors, GPUs per actor). ``nodes`` are the cluster's nodes with
     their free resources; no GPU anywhere plans for CPU, where every actor of a role gets
-    host_cores / actors threads (roles take turns, so they need not split the host)."""
+    host_cores / actors threads (roles take turns, so they need not split the host).
+    ``colocate``: one bundle per GPU shared by a learner rank, a generator and a judge
+    (run.colocate), even where the cluster could give each its own."""
     gpu_nodes = [n for n in nodes if n.gpus >= 1]
     if not gpu_nodes:
         cores = host_cores or os.cpu_count() or 1
@@ -78,12 +83,56 @@ def plan_placement(
     free = sum(int(n.gpus) for n in gpu_nodes)
     per_gpu = max(1, min(int(n.cpus // n.gpus) for n in gpu_nodes))
     need = sum(n * g for n, g in demand.values())
-    if need <= free:
+    if need <= free and not colocate:
         plan = _dedicated(demand, per_gpu)
     else:
         plan = _shared(demand, free, per_gpu)
     _check_fit(plan, nodes, demand)
     return plan
+
+
+def colocated_layout(cfg: InpoConfig, gpus: int) -> InpoConfig:
+    """The config with run.colocate decided (unset: on when actors are placed on ``gpus``
+    > 0 GPUs and generators are not tensor-parallel) and, when colocated, the unset actor
+    counts filling the GPUs: one learner rank, one generator and one judge per GPU.
+    Explicit counts above that are refused with one line."""
+    from inpo.config import ConfigError
+
+    tp = cfg.generation.tensor_parallel_size
+    # unset: on where actors are placed on GPUs, except for tensor-parallel generators
+    colocate = cfg.run.colocate if cfg.run.colocate is not None else gpus > 0 and tp == 1
+    out = cfg.model_copy(deep=True)
+    out.run.colocate = colocate
+    if not colocate:
+        return out
+    if gpus == 0:
+        raise ConfigError(
+            "run.colocate = true: the actors are not placed on GPUs (a CUDA cluster, or "
+            "run.simulate_gpus with logical ones)"
+        )
+    if tp > 1:
+        raise ConfigError(
+            f"run.colocate with generation.tensor_parallel_size = {tp}: a tensor-parallel "
+            "engine cannot share its GPUs with learner ranks yet; set run.colocate=false"
+        )
+    fields = (
+        (out.learner, "num_ranks", "learner"),
+        (out.generation, "num_generators", "generator"),
+        (out.oracle, "num_actors", "judge"),
+    )
+    for section, name, role in fields:
+        n = getattr(section, name)
+        if n is not None and n > gpus:
+            key = f"{type(section).__name__.removesuffix('Config').lower()}.{name}"
+            raise ConfigError(
+                f"{key} = {n}: the colocated layout of {gpus} GPUs holds at most one {role} per "
+                "GPU; lower it or set run.colocate=false"
+            )
+        try:
+            setattr(section, name, gpus if n is None else n)
+        except ValueError as e:  # learner.global_batch_size no longer divides
+            raise ConfigError(f"run.colocate on {gpus} GPUs: {e}") from None
+    return out
 
 
 def _dedicated(demand: dict[str, tuple[int, int]], per_gpu: int) -> Plan:
@@ -178,7 +227,20 @@ class Actor:
         return {
             "node": ray.get_runtime_context().get_node_id(),
             "gpus": [int(g) for g in ray.get_gpu_ids()],
+            "pid": os.getpid(),
         }
+
+    def gpu_memory_used(self) -> dict[str, float]:
+        """Bytes in use on this actor's GPU (every process on it), keyed like
+        schedule.jsonl: the start of the node id / the GPU id."""
+        import ray
+        import torch
+
+        if not torch.cuda.is_available():
+            return {}
+        free, total = torch.cuda.mem_get_info()
+        node = ray.get_runtime_context().get_node_id()[:8]
+        return {f"{node}/{g}": float(total - free) for g in ray.get_gpu_ids()[:1]}
 
 
 def cluster_nodes() -> list[Node]:
@@ -204,11 +266,23 @@ def on_gpus(cfg: InpoConfig, device: str) -> bool:
 
 def plan_for(cfg: InpoConfig, device: str, demand: dict[str, tuple[int, int]]) -> Plan:
     """`reserve` for a config and the device it computes on."""
-    return reserve(demand, on_gpus(cfg, device), cfg.run.placement_timeout_s)
+    gpus = on_gpus(cfg, device)
+    colocate = cfg.run.colocate if cfg.run.colocate is not None else gpus
+    return reserve(demand, gpus, cfg.run.placement_timeout_s, colocate=colocate)
+
+
+def laid_out(cfg: InpoConfig, device: str) -> InpoConfig:
+    """`colocated_layout` for the running cluster's GPUs (none when computing on CPU)."""
+    gpus = sum(int(n.gpus) for n in cluster_nodes()) if on_gpus(cfg, device) else 0
+    return colocated_layout(cfg, gpus)
 
 
 def reserve(
-    demand: dict[str, tuple[int, int]], on_gpus: bool, timeout_s: float, name: str = "inpo"
+    demand: dict[str, tuple[int, int]],
+    on_gpus: bool,
+    timeout_s: float,
+    name: str = "inpo",
+    colocate: bool = False,
 ) -> Plan:
     """Plan over the cluster's free resources and reserve the plan's bundles in one
     placement group; a plan that does not fit in ``timeout_s`` is an error saying what is
@@ -217,7 +291,7 @@ def reserve(
     from ray.util.placement_group import placement_group, remove_placement_group
 
     nodes = cluster_nodes() if on_gpus else []
-    plan = plan_placement(nodes, demand)
+    plan = plan_placement(nodes, demand, colocate=colocate)
     if not plan.bundles:
         return plan
     pg = placement_group(plan.bundles, strategy="PACK", name=name)
@@ -229,7 +303,8 @@ def reserve(
             f"run.placement_timeout_s = {timeout_s:g}"
         )
     if plan.sharing:
-        print("fewer free GPUs than actors, sharing: " + "; ".join(plan.sharing))
+        why = "colocated" if colocate else "fewer free GPUs than actors"
+        print(f"{why}, sharing: " + "; ".join(plan.sharing))
     plan.slots = {r: [replace(s, pg=pg) for s in slots] for r, slots in plan.slots.items()}
     return plan
 

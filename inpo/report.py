@@ -22,6 +22,7 @@ COLUMNS = (
     ("win vs prev [95% CI]", "win_vs_prev", None),
     ("len", "mean_length", "{:.1f}"),
     ("pass", "pass_rate", "{:.3f}"),
+    ("restarts", "restarts", "{}"),
     ("time s", None, None),
 )
 LEARN_SCALARS = ("loss", "margin", "margin_error", "grad_norm", "lr")
@@ -40,11 +41,15 @@ ITERATION_SCALARS = (
 def iteration_row(state: RunState, t: int) -> dict[str, Any]:
     """One row per iteration: every done stage's info, with its time as <stage>_seconds."""
     row: dict[str, Any] = {"iteration": t}
+    restarts = 0
     for stage in ITERATION:
         if state.is_done(t, stage.name):
             info = state.info(t, stage.name)
             row[f"{stage.name}_seconds"] = info.get("seconds")
+            restarts += info.get("restarts", 0)
             row.update({k: v for k, v in info.items() if k not in ("seconds", "outputs")})
+    if restarts:  # actors restarted during the iteration's stages (run_dir/faults.jsonl)
+        row["restarts"] = restarts
     return row
 
 

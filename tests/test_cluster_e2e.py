@@ -235,3 +235,51 @@ def test_zero_offload_trains_checkpoints_and_resumes(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = final_weights(whole, 2), final_weights(cut, 2)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- colocation --------------------------------------------------------------------------
+
+
+def test_colocated_two_gpus_hold_one_of_each_and_train_like_the_split_layout(judge, tmp_path):
+    """run.colocate on 2 logical GPUs (the default on GPUs; the counts fill them): every
+    GPU holds one learner rank, one generator and one judge, no stage of two iterations
+    ran with an engine it does not use awake, and the weights equal the split layout's (the
+    same 2 + 2 + 2 actors on 6 GPUs of their own)."""
+    from inpo.colocate import awake_but_unused
+
+    pairpm = ["oracle.backend=pairpm", f"oracle.model={judge}", "oracle.max_length=256"]
+    args = [*BASE, "run.iterations=2", *pairpm, "run.simulate_gpus=true"]
+    colocated, split = tmp_path / "colocated", tmp_path / "split"
+    r = inpo_train(*args, "run.num_gpus=2", f"run.dir={colocated}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "colocated, sharing: GPU bundle 0: learner 0 + generator 0 + judge 0" in r.stdout
+    held = defaultdict(list)
+    for rec in check_placement(colocated):
+        held[rec["node"], rec["gpus"][0]].append(rec["role"])
+    assert sorted(sorted(v) for v in held.values()) == [["generator", "judge", "learner"]] * 2
+    rows = [json.loads(x) for x in (colocated / "schedule.jsonl").read_text().splitlines()]
+    stages = [(row["iteration"], row["stage"]) for row in rows]
+    for t in (1, 2):
+        assert [s for i, s in stages if i == t] == [
+            "generate",
+            "judge",
+            "logps",
+            "learn",
+            "save",
+            "sync",
+            "eval",
+        ]
+    for row in rows:
+        assert awake_but_unused(row) == [], row
+        assert row["performed"] is False  # vLLM cannot sleep on CPU: recorded only
+    learn = next(row for row in rows if row["stage"] == "learn")
+    assert all(
+        set(g["asleep"]) == {f"generator {i}", f"judge {i}"}
+        for i, g in enumerate(learn["gpus"].values())
+    )
+    counts = ["learner.num_ranks=2", "generation.num_generators=2", "oracle.num_actors=2"]
+    r = inpo_train(*args, *counts, "run.colocate=false", "run.num_gpus=6", f"run.dir={split}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not (split / "schedule.jsonl").exists()
+    x, y = final_weights(colocated, 2), final_weights(split, 2)
+    assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)

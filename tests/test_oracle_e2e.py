@@ -199,6 +199,38 @@ def test_model_oracle_errors_come_back_clean(ray_session, tiny_model, tmp_path):
         PairPM(str(missing), "cpu", batch_size=1, max_length=64)
 
 
+# --- the vLLM engine against the Hugging Face one ------------------------------------------
+
+
+def test_vllm_judges_agree_with_hf(tiny_model, tiny_reward_model):
+    for cls, model in ((PairPM, tiny_model), (RewardModel, tiny_reward_model)):
+        on = {e: cls(str(model), "cpu", 2, 2048, engine=e) for e in ("vllm", "hf")}
+        assert on["vllm"].engine == "vllm" and on["hf"].engine == "hf"
+        p = {e: j.prob(PROMPTS, A, B) for e, j in on.items()}
+        assert p["vllm"] == pytest.approx(p["hf"], abs=1e-5), cls.__name__
+        del on
+
+
+def test_engine_choice_for_an_architecture_vllm_lacks(tiny_reward_model, tmp_path, capsys):
+    import json
+    import shutil
+
+    from inpo.oracle.engine import choose_engine
+
+    model = shutil.copytree(tiny_reward_model, tmp_path / "rm")
+    config = json.loads((model / "config.json").read_text())
+    config["architectures"] = ["NoSuchForSequenceClassification"]
+    (model / "config.json").write_text(json.dumps(config))
+    assert choose_engine(None, str(model), reward=True) == "hf"
+    assert "no pooling model for architecture NoSuchForSequenceClassification" in (
+        capsys.readouterr().out
+    )
+    with pytest.raises(OracleError, match="oracle.engine = vllm: vLLM has no pooling model"):
+        choose_engine("vllm", str(model), reward=True)
+    assert choose_engine("hf", str(model), reward=True) == "hf"
+    assert choose_engine(None, str(tiny_reward_model), reward=True) == "vllm"
+
+
 # --- http against a real vLLM server ------------------------------------------------------
 
 

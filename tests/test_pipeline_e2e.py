@@ -207,32 +207,83 @@ def judge_dir(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("judges") / "pairpm", seed=5)
 
 
-def test_paper_pairpm_recipe_zero3_three_iterations_and_resume(tmp_path, judge_dir):
-    """configs/paper_pairpm.yaml: ZeRO-3 (2 ranks, bf16), pair-PM judge, tournament, three
-    iterations; killed in iteration 2 (where a ZeRO-3 run used to die loading the frozen
-    pi_t) and resumed, it ends with exactly the weights of an uninterrupted run."""
-    args = [
+def paper_pairpm_args(judge_dir: Path) -> list[str]:
+    return [
         "configs/paper_pairpm.yaml",
         "model.policy=builtin:tiny",
         f"oracle.model={judge_dir}",
         "data.prompts=builtin:quickstart",
         *PAPER_SHRUNK,
     ]
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    r = inpo_train(*args, f"run.dir={whole}")
+
+
+@pytest.fixture(scope="module")
+def paper_pairpm_whole(tmp_path_factory, judge_dir) -> Path:
+    whole = tmp_path_factory.mktemp("paper_pairpm") / "whole"
+    r = inpo_train(*paper_pairpm_args(judge_dir), f"run.dir={whole}")
     assert r.returncode == 0, r.stderr[-3000:]
+    return whole
+
+
+def assert_same_weights(a_run: Path, b_run: Path, t: int) -> None:
+    a, b = final_weights(a_run, t), final_weights(b_run, t)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_paper_pairpm_recipe_zero3_three_iterations_and_resume(
+    tmp_path, judge_dir, paper_pairpm_whole
+):
+    """configs/paper_pairpm.yaml: ZeRO-3 (2 ranks, bf16), pair-PM judge, tournament, three
+    iterations; killed in iteration 2 (where a ZeRO-3 run used to die loading the frozen
+    pi_t) and resumed, it ends with exactly the weights of an uninterrupted run."""
+    whole, cut = paper_pairpm_whole, tmp_path / "cut"
     cfg = yaml.safe_load((whole / "config.yaml").read_text())
     assert cfg["deepspeed"]["zero_stage"] == 3 and cfg["model"]["dtype"] == "bfloat16"
     rows = [json.loads(x) for x in (whole / "metrics.jsonl").read_text().splitlines()]
     assert [row["iteration"] for row in rows] == [0, 1, 2, 3]
     assert final_weights(whole, 3)["model.norm.weight"].dtype == torch.bfloat16
-    r = inpo_train(*args, f"run.dir={cut}", crash_at="logps.written#2")
+    r = inpo_train(*paper_pairpm_args(judge_dir), f"run.dir={cut}", crash_at="logps.written#2")
     assert r.returncode == -9, r.stderr[-3000:]
     r = inpo_train("--resume", str(cut))
     assert r.returncode == 0, r.stderr[-3000:]
-    a, b = final_weights(whole, 3), final_weights(cut, 3)
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_same_weights(whole, cut, 3)
+
+
+def test_dead_actors_are_restarted_and_their_stages_redone(tmp_path, judge_dir, paper_pairpm_whole):
+    """The same run with the generator's process SIGKILLed after 2 of its 4 chunks of
+    iteration 1's generate stage, the judge's after the first tournament round of iteration
+    1, and learner rank 1's (of 2, ZeRO-3) after the last of 2 steps of iteration 2's learn
+    stage: the run finishes by itself, each fault is one faults.jsonl row, the generate
+    stage kept its finished chunks, the learn stage continued from its step-1 checkpoint,
+    and the weights are exactly the uninterrupted run's."""
+    from inpo.state import RunState
+
+    run = tmp_path / "faulty"
+    kills = "generator:0@generate.chunk#4,judge:0@judge#1,learner:1@learn.step2#2"
+    r = inpo_train(
+        *paper_pairpm_args(judge_dir),
+        "generation.chunk_prompts=4",
+        "learner.checkpoint_every=1",
+        f"run.dir={run}",
+        extra_env={"INPO_KILL_AT": kills},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    faults = [json.loads(x) for x in (run / "faults.jsonl").read_text().splitlines()]
+    assert [(f["iteration"], f["stage"], f["actor"], f["action"]) for f in faults] == [
+        (1, "generate", "generator 0", "restarted"),
+        (1, "judge", "judge 0", "restarted"),
+        (2, "learn", "learner 1", "restarted"),
+    ], faults
+    assert all("died" in f["cause"] and f["seconds_lost"] >= 0 for f in faults)
+    assert r.stdout.count("[fault]") == 3
+    state = RunState.load(run / "state.json")
+    assert state.info(1, "generate")["kept_prompts"] == 8  # 2 chunks of 4 were not redone
+    assert not (run / "iter_1" / "generations.partial.jsonl").exists()
+    steps = [json.loads(x)["step"] for x in (run / "iter_2" / "learn_metrics.jsonl").open()]
+    assert steps == [1, 2] and "continuing from the step 1 checkpoint" in r.stdout
+    assert_same_weights(paper_pairpm_whole, run, 3)
 
 
 def test_paper_reward_recipe_on_a_base_model_with_another_reference(tmp_path):

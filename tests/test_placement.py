@@ -98,3 +98,74 @@ def test_num_gpus_sizes_only_the_local_cluster():
     assert load_config(None, ["run.num_gpus=2", "run.simulate_gpus=true"]).run.num_gpus == 2
     with pytest.raises(ConfigError, match="run.num_gpus = 2: sizes the local Ray cluster"):
         load_config(None, ["run.num_gpus=2", "run.ray_address=127.0.0.1:6379"])
+
+
+# --- colocation -----------------------------------------------------------------------
+
+
+def colocated(gpus: int, **sections):
+    from inpo.config import InpoConfig
+    from inpo.placement import colocated_layout
+
+    judge = {"backend": "pairpm", "model": "/judge"}
+    cfg = InpoConfig.model_validate({"oracle": judge, **sections})
+    return colocated_layout(cfg, gpus)
+
+
+def test_colocated_counts_fill_the_gpus_and_each_gpu_holds_one_of_each():
+    from inpo.memory import role_demand
+
+    cfg = colocated(4, learner={"global_batch_size": 8, "micro_batch_size": 2})
+    assert cfg.run.colocate is True
+    assert (cfg.learner.num_ranks, cfg.generation.num_generators, cfg.oracle.num_actors) == (4,) * 3
+    plan = plan_placement([Node("a", 4, 16)], role_demand(cfg), colocate=True)
+    assert len(plan.bundles) == 4 and all(b["GPU"] == 1.0 for b in plan.bundles)
+    for role in ("learner", "generator", "judge"):
+        assert sorted(s.bundle for s in plan.slots[role]) == [0, 1, 2, 3], role
+        assert all(s.num_gpus == 0.3333 for s in plan.slots[role])
+    # without run.colocate the same counts get 12 GPUs of their own where they exist
+    plan = plan_placement([Node("a", 12, 48)], role_demand(cfg))
+    assert len(plan.bundles) == 12 and not plan.sharing
+
+
+def test_colocate_defaults_and_refusals():
+    from inpo.config import ConfigError
+
+    off = colocated(0)
+    assert off.run.colocate is False and off.learner.num_ranks is None and off.learner.ranks == 1
+    assert colocated(2, learner={"num_ranks": 1}).learner.num_ranks == 1  # fewer is fine
+    with pytest.raises(ConfigError, match="learner.num_ranks = 4: the colocated layout of 2 GPUs"):
+        colocated(2, learner={"num_ranks": 4})
+    with pytest.raises(ConfigError, match="tensor_parallel_size = 2"):
+        colocated(4, generation={"tensor_parallel_size": 2}, run={"colocate": True})
+    assert colocated(4, generation={"tensor_parallel_size": 2}).run.colocate is False
+    with pytest.raises(ConfigError, match="global_batch_size = 16: must be a multiple"):
+        colocated(3, learner={"global_batch_size": 16, "micro_batch_size": 4})
+    with pytest.raises(ConfigError, match="not placed on GPUs"):
+        colocated(0, run={"colocate": True})
+    assert colocated(2, run={"colocate": False}).learner.num_ranks is None
+
+
+def test_the_schedule_wakes_what_a_stage_uses():
+    from inpo.colocate import awake_but_unused, schedule_row, transitions
+
+    running = ["generator", "judge", "learner"]
+    assert transitions("judge", running, set()) == (["generator", "learner"], [])
+    assert transitions("logps", running, {"generator", "learner"}) == (["judge"], ["learner"])
+    assert transitions("eval", running, {"generator", "judge"}) == (
+        ["learner"],
+        ["generator", "judge"],
+    )
+    records = [
+        {"role": role, "index": 0, "node": "abcdef0123", "gpus": [0]}
+        for role in ("learner", "generator", "judge")
+    ]
+    row = schedule_row(1, "learn", records, {"generator", "judge"}, performed=False)
+    assert row["gpus"] == {
+        "abcdef01/0": {"awake": ["learner 0"], "asleep": ["generator 0", "judge 0"]}
+    }
+    assert awake_but_unused(row) == []
+    assert awake_but_unused(schedule_row(1, "learn", records, set(), False)) == [
+        "abcdef01/0: generator 0",
+        "abcdef01/0: judge 0",
+    ]

@@ -149,6 +149,45 @@ def test_pairpm_judge_on_smollm2_labels_pairs(smollm2, ray_session):
         assert p["p_chosen"] == pytest.approx((ab + 1 - ba) / 2, abs=1e-4)
 
 
+def test_inpo_judge_on_vllm_and_hf_agree_on_smollm2(smollm2, ray_session, tmp_path):
+    """`inpo judge` on one generations file, the pair-PM judge on each engine: the same
+    tournament pairs, every P within 1e-4 (fp32)."""
+    from inpo.cli import main
+
+    words = ["The sea is blue.", "Paris, surely.", "no", "I think it is large, deep and old."]
+    rows = [
+        {"prompt_id": r["prompt_id"], "prompt": r["prompt"], "responses": words[i:] + words[:i]}
+        for i, r in enumerate(generations(3))
+    ]
+    gen = tmp_path / "generations.jsonl"
+    gen.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = {}
+    for engine in ("vllm", "hf"):
+        pairs = tmp_path / f"pairs_{engine}.jsonl"
+        main(
+            [
+                "judge",
+                "--generations",
+                str(gen),
+                "--out",
+                str(pairs),
+                "oracle.backend=pairpm",
+                f"oracle.model={smollm2}",
+                f"oracle.engine={engine}",
+                "pairing.strategy=tournament",
+            ]
+        )
+        out[engine] = [json.loads(x) for x in pairs.read_text().splitlines()]
+    assert len(out["vllm"]) == len(rows)
+    for v, h in zip(out["vllm"], out["hf"], strict=True):
+        assert (v["prompt_id"], v["chosen"], v["rejected"]) == (
+            h["prompt_id"],
+            h["chosen"],
+            h["rejected"],
+        )
+        assert v["p_chosen"] == pytest.approx(h["p_chosen"], abs=1e-4)
+
+
 def test_reward_judge_on_smollm2_with_a_seeded_head(smollm2, ray_session, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

@@ -19,7 +19,7 @@ from inpo.placement import ActorSlot
 
 class LearnerGroup(ActorGroup):
     def __init__(self, cfg: InpoConfig, device: str, slots: list[ActorSlot]):
-        world = cfg.learner.num_ranks
+        world = cfg.learner.ranks
         if len(slots) != world:
             raise ValueError(f"{len(slots)} placement slots for {world} learner ranks")
         self.cfg = cfg

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 from contextlib import nullcontext
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +155,9 @@ class LearnerRank(Actor):
         if self.device == "cuda":
             torch.cuda.set_device(0)  # Ray gives each rank exactly one visible GPU
         deepspeed.init_distributed(
-            dist_backend="nccl" if self.device == "cuda" else "gloo", verbose=False
+            dist_backend="nccl" if self.device == "cuda" else "gloo",
+            verbose=False,
+            timeout=timedelta(seconds=self.cfg.learner.collective_timeout_s),
         )
 
     def set_data(self, pairs: TokenizedPairs, pad_id: int) -> None:
@@ -303,7 +306,27 @@ class LearnerRank(Actor):
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
             return DeepSpeedCPUAdam(params, adamw_mode=True, **kwargs)
+        if self.cfg.run.colocate and self.device == "cuda":
+            # ZeRO-3's offload_states (a colocated learner's sleep) takes only FusedAdam.
+            from deepspeed.ops.adam import FusedAdam
+
+            return FusedAdam(params, adam_w_mode=True, **kwargs)
         return torch.optim.AdamW(params, **kwargs)
+
+    def sleep(self, level: int = 0) -> bool:
+        """Move the engine's optimizer state, gradients and (ZeRO-3) parameters to host memory
+        while other engines use the GPU; True if something moved (only on CUDA)."""
+        if self.device != "cuda" or self.engine is None:
+            return False
+        self.engine.offload_states()
+        torch.cuda.empty_cache()
+        return True
+
+    def wake(self) -> bool:
+        if self.device != "cuda" or self.engine is None:
+            return False
+        self.engine.reload_states()
+        return True
 
     def _with_adapter(self, model, policy_dir: str):
         """With model.lora.r > 0: the LoRA adapter of pi_t (saved under policy_dir/adapter

@@ -5,7 +5,11 @@ any token sequence decodes to text that encodes back to the same tokens: the
 pairs a tiny run writes as text are exactly the tokens vLLM sampled. The model
 is a Llama-architecture decoder (as in the paper; transformers forces its own
 byte-level tokenizer on Qwen2 directories) with head_dim 64 (the vLLM CPU attention
-kernel rejects smaller heads).
+kernel rejects smaller heads). Its input embeddings share one direction, as trained LMs'
+hidden states do (anisotropy); a purely random init has none, and then a preference over
+the response alone (oracle.synthetic=vowels: a per-token bias would do) is learned pair by
+pair instead of as a direction that carries to prompts the learner never saw: in a replay
+of the quickstart's first learn stage the held-out excess removed went from 39% to 62%.
 """
 
 from __future__ import annotations
@@ -113,6 +117,10 @@ def build_tiny_model(
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(llama).float()
+    with torch.no_grad():
+        emb = model.model.embed_tokens.weight
+        shared = torch.randn(emb.shape[1])
+        emb += emb.norm(dim=1).mean() * shared / shared.norm()
     model.generation_config = GenerationConfig(
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
     )

@@ -35,8 +35,8 @@ def build_oracle(cfg: InpoConfig, device: str, slots: list[ActorSlot] | None = N
         from inpo.placement import plan_for
 
         if slots is None:
-            slots = plan_for(cfg, device, {"judge": (oc.num_actors, 1)}).slots["judge"]
-        oracle = OracleGroup(oc, device, slots)
+            slots = plan_for(cfg, device, {"judge": (oc.num_actors or 1, 1)}).slots["judge"]
+        oracle = OracleGroup(oc, device, slots, bool(cfg.run.colocate) and device == "cuda")
     elif oc.backend == "synthetic":
         from inpo.oracle.synthetic import synthetic_oracle
 

@@ -32,8 +32,22 @@ def judge_class(backend: str) -> type[Oracle]:
 class OracleWorker(Actor):
     """Thin Ray actor around one model judge."""
 
-    def load(self, oc: OracleConfig, device: str) -> None:
-        self.judge = judge_class(oc.backend)(oc.model, device, oc.batch_size, oc.max_length)
+    def load(self, oc: OracleConfig, device: str, shared_gpu: bool, sleep_mode: bool) -> None:
+        self.judge = judge_class(oc.backend)(
+            oc.model,
+            device,
+            oc.batch_size,
+            oc.max_length,
+            engine=oc.engine,
+            shared_gpu=shared_gpu,
+            sleep_mode=sleep_mode,
+        )
+
+    def sleep(self, level: int) -> bool:
+        return self.judge.sleep()
+
+    def wake(self) -> bool:
+        return self.judge.wake()
 
     def prob(self, prompts: list[Prompt], a: list[str], b: list[str]) -> list[float]:
         return self.judge.prob(prompts, a, b)
@@ -48,13 +62,20 @@ class OracleWorker(Actor):
 class OracleGroup(ActorGroup, Oracle):
     """Judge actors as one Oracle: every batch is split evenly across them, in order."""
 
-    def __init__(self, oracle_cfg: OracleConfig, device: str, slots: list[ActorSlot]):
+    def __init__(
+        self, oracle_cfg: OracleConfig, device: str, slots: list[ActorSlot], sleep_mode: bool
+    ):
         self.backend = oracle_cfg.backend
         cls = judge_class(self.backend)
         self.position_biased = cls.position_biased
         self._has_scores = cls.scores is not Oracle.scores
+        shared = any(0 < s.num_gpus < 1 for s in slots)
         super().__init__(
-            "judge", OracleWorker, slots, setup="load", setup_args=(oracle_cfg, device)
+            "judge",
+            OracleWorker,
+            slots,
+            setup="load",
+            setup_args=(oracle_cfg, device, shared, sleep_mode),
         )
 
     @property

@@ -21,11 +21,12 @@ counted (`truncated`, reported by the judge stage).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from inpo.data import Prompt
 from inpo.oracle.base import Oracle, OracleError
-from inpo.oracle.hf import chunks, forward_last, load_judge
+from inpo.oracle.engine import ModelJudge, forward_last
 
 PAIRPM_TEMPLATE = "[CONTEXT] {context} [RESPONSE A] {a} [RESPONSE B] {b} \n"
 
@@ -65,21 +66,17 @@ def single_token_id(tok, text: str, model_dir: str) -> int:
     return ids[0]
 
 
-class PairPM(Oracle):
+class PairPM(ModelJudge, Oracle):
     position_biased = True
+    reward = False
 
-    def __init__(self, model_dir: str, device: str, batch_size: int, max_length: int):
-        self.tok, self.model = load_judge(model_dir, device, reward=False)
+    def check(self) -> None:
         if not self.tok.chat_template:
             raise OracleError(
-                f"oracle.model = {model_dir}: the judge's tokenizer has no chat template; "
-                "the pairpm format asks the question as a user turn of it"
+                f"oracle.model = {self.model_dir}: the judge's tokenizer has no chat "
+                "template; the pairpm format asks the question as a user turn of it"
             )
-        self.model_dir = model_dir
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self.n_truncated = 0
-        self.choice_ids = [single_token_id(self.tok, c, model_dir) for c in ("A", "B")]
+        self.choice_ids = [single_token_id(self.tok, c, self.model_dir) for c in ("A", "B")]
 
     def judge_ids(self, context: str, a: str, b: str) -> list[int]:
         """Token ids of the judge input, untruncated."""
@@ -115,14 +112,14 @@ class PairPM(Oracle):
                 return ids
             room -= len(ids) - self.max_length  # tokens merged differently at the seams
 
-    def truncated(self) -> int:
-        return self.n_truncated
+    def _vllm(self, seqs: list[list[int]]) -> list[list[float]]:
+        return self.vllm.next_token_logprobs(seqs, self.choice_ids)
+
+    def _hf(self, seqs: list[list[int]]) -> list[list[float]]:
+        output = forward_last(self.model, seqs, self.tok.pad_token_id, logits_to_keep=1)
+        return output.logits[:, -1, self.choice_ids].float().tolist()
 
     def prob(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> list[float]:
-        out: list[float] = []
-        for s in chunks(len(prompts), self.batch_size):
-            seqs = [self.fitted_ids(*t) for t in zip(prompts[s], a[s], b[s], strict=True)]
-            output = forward_last(self.model, seqs, self.tok.pad_token_id, logits_to_keep=1)
-            pair = output.logits[:, -1, self.choice_ids].float()
-            out += pair.softmax(-1)[:, 0].tolist()
-        return out
+        seqs = [self.fitted_ids(*t) for t in zip(prompts, a, b, strict=True)]
+        # Softmax over the two choices: log-probs and logits give the same P.
+        return [1.0 / (1.0 + math.exp(lb - la)) for la, lb in self.outputs(seqs)]

@@ -19,27 +19,21 @@ import torch
 
 from inpo.data import Prompt
 from inpo.oracle.base import Oracle, OracleError
-from inpo.oracle.hf import chunks, forward_last, load_judge
+from inpo.oracle.engine import ModelJudge, forward_last
 
 
-class RewardModel(Oracle):
-    def __init__(self, model_dir: str, device: str, batch_size: int, max_length: int):
-        self.tok, self.model = load_judge(model_dir, device, reward=True)
-        labels = self.model.config.num_labels
+class RewardModel(ModelJudge, Oracle):
+    reward = True
+
+    def check(self) -> None:
+        from transformers import AutoConfig
+
+        labels = AutoConfig.from_pretrained(self.model_dir).num_labels
         if labels != 1:
             raise OracleError(
-                f"oracle.model = {model_dir}: a reward model has one output, this model has "
-                f"num_labels = {labels}"
+                f"oracle.model = {self.model_dir}: a reward model has one output, this model "
+                f"has num_labels = {labels}"
             )
-        if not hasattr(self.model, "score"):
-            raise OracleError(
-                f"oracle.model = {model_dir}: {type(self.model).__name__} has no 'score' "
-                "head; the reward backend reads a decoder's sequence classifier"
-            )
-        self.model_dir = model_dir
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self.n_truncated = 0
 
     def input_ids(self, prompt: Prompt, response: str) -> list[int]:
         if isinstance(prompt, str):
@@ -56,17 +50,22 @@ class RewardModel(Oracle):
         self.n_truncated += len(ids) > self.max_length
         return ids[-self.max_length :]
 
-    def rewards(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> torch.Tensor:
-        out = []
-        for s in chunks(len(prompts), self.batch_size):
-            seqs = [self.input_ids(p, r) for p, r in zip(prompts[s], responses[s], strict=True)]
-            hidden = forward_last(self.model.base_model, seqs, self.tok.pad_token_id)
-            with torch.inference_mode():
-                out.append(self.model.score(hidden.last_hidden_state[:, -1])[:, 0].float())
-        return torch.cat(out) if out else torch.zeros(0)
+    def _vllm(self, seqs: list[list[int]]) -> list[list[float]]:
+        return self.vllm.classify(seqs)
 
-    def truncated(self) -> int:
-        return self.n_truncated
+    def _hf(self, seqs: list[list[int]]) -> list[list[float]]:
+        if not hasattr(self.model, "score"):
+            raise OracleError(
+                f"oracle.model = {self.model_dir}: {type(self.model).__name__} has no 'score' "
+                "head; the reward backend reads a decoder's sequence classifier"
+            )
+        hidden = forward_last(self.model.base_model, seqs, self.tok.pad_token_id)
+        with torch.inference_mode():
+            return self.model.score(hidden.last_hidden_state[:, -1]).float().tolist()
+
+    def rewards(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> torch.Tensor:
+        seqs = [self.input_ids(p, r) for p, r in zip(prompts, responses, strict=True)]
+        return torch.tensor([r[0] for r in self.outputs(seqs)], dtype=torch.float32)
 
     def scores(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
         return self.rewards(prompts, responses).tolist()

@@ -84,6 +84,12 @@ class Generator(Actor):
     def score(self, ids: list[int], prompt_len: int) -> float:
         return self.engine.score(ids, prompt_len)
 
+    def sleep(self, level: int) -> bool:
+        return self.engine.sleep(level)
+
+    def wake(self) -> bool:
+        return self.engine.wake()
+
     def reload(self, weights_dir: str) -> tuple[float, str]:
         """(seconds, hash of the tensors the engine loaded)."""
         t0 = time.perf_counter()
@@ -114,6 +120,7 @@ class GeneratorGroup(ActorGroup):
             "chunked_prefill": device != "cpu",
             "max_model_len": max_len,
             "stop_token_ids": stop_token_ids(model_dir),
+            "sleep_mode": bool(cfg.run.colocate) and device == "cuda",
         }
         if device == "cpu" and gc.gpu_memory_utilization is None:
             engine_kwargs["kv_cache_bytes"] = cpu_kv_cache_bytes(model_dir, dtype, max_len)

@@ -55,6 +55,9 @@ class VLLMEngine:
         enforce_eager: bool = False,
         chunked_prefill: bool = True,
         stop_token_ids: list[int] | None = None,
+        runner: str = "auto",
+        prefix_caching: bool = True,
+        sleep_mode: bool = False,
     ):
         # The engine core in this process: its errors (KV cache too small, ...) reach the
         # caller as themselves instead of "Engine core initialization failed. See root
@@ -63,6 +66,7 @@ class VLLMEngine:
         from vllm import LLM
 
         self.stop_token_ids = stop_token_ids or []
+        self.sleep_mode = sleep_mode  # vLLM sleeps on CUDA only (refused on CPU)
 
         extra = {}
         if not chunked_prefill:
@@ -83,7 +87,9 @@ class VLLMEngine:
             enforce_eager=enforce_eager,
             max_model_len=max_model_len,
             kv_cache_memory_bytes=kv_cache_bytes,
-            enable_prefix_caching=True,
+            enable_prefix_caching=prefix_caching,
+            runner=runner,
+            enable_sleep_mode=sleep_mode,
             **extra,
         )
 
@@ -137,6 +143,48 @@ class VLLMEngine:
         out = self.llm.generate([TokensPrompt(prompt_token_ids=ids)], params, use_tqdm=False)
         plp = out[0].prompt_logprobs
         return sum(plp[i][ids[i]].logprob for i in range(prompt_len, len(ids)))
+
+    def next_token_logprobs(
+        self, prompts: list[list[int]], token_ids: list[int]
+    ) -> list[list[float]]:
+        """Log-probs of exactly ``token_ids`` as the next token after each prompt."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=token_ids)
+        outs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False
+        )
+        return [[out.outputs[0].logprobs[0][t].logprob for t in token_ids] for out in outs]
+
+    def classify(self, prompts: list[list[int]]) -> list[list[float]]:
+        """The pooling runner's classifier outputs at each prompt's last token, raw: the
+        classify pooler would apply the head's activation (sigmoid, softmax) by default."""
+        from vllm import PoolingParams
+        from vllm.inputs import TokensPrompt
+
+        outs = self.llm.classify(
+            [TokensPrompt(prompt_token_ids=p) for p in prompts],
+            pooling_params=PoolingParams(use_activation=False),
+            use_tqdm=False,
+        )
+        return [list(out.outputs.probs) for out in outs]
+
+    def sleep(self, level: int) -> bool:
+        """Free the GPU for another engine: level 1 keeps the weights in host memory, level
+        2 drops them (reload before use). False where the engine cannot sleep (CPU)."""
+        if not self.sleep_mode:
+            return False
+        self.llm.sleep(level=level)
+        return True
+
+    def wake(self) -> bool:
+        """Weights first, then the KV cache (so the cache never sits beside stale weights)."""
+        if not self.sleep_mode:
+            return False
+        self.llm.wake_up(tags=["weights"])
+        self.llm.wake_up(tags=["kv_cache"])
+        return True
 
     def reload(self, weights_dir: str) -> str:
         """Load new weights in place from a Hugging Face directory (no engine restart);
