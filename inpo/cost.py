@@ -96,7 +96,10 @@ def format_times(
         t = iteration_seconds(flops, lay, gpu)
         lines.append(f"{lay.name:<70}" + "".join(f"{v / 3600:>11.2f}" for v in t.values()))
     total = [iteration_seconds(flops, lay, gpu)["total"] for lay in rows]
-    lines.append(f"colocated / split: {total[1] / total[0]:.2f} of the time")
+    lines.append(
+        f"colocated / split: {total[1] / total[0]:.2f} of the time; the colocated sleep/wake "
+        f"moves take {rows[1].moves_s:.0f} s per iteration"
+    )
     lines += [
         "time assumptions:",
         f"  - {gpu.upper()} dense bf16 peak {PEAK_FLOPS[gpu] / 1e12:g} TFLOP/s; efficiency "

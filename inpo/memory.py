@@ -437,7 +437,16 @@ def estimate(
         reserve = [("vLLM weights", gen_weights), ("vLLM KV cache + runtime", kv_room)]
         actors["generator", slot.index] = ActorMemory("generator", slot.index, tp, reserve)
     for slot in plan.slots.get("judge", []):
-        persistent, working = _judge(cfg, shapes["judge"])
+        if cfg.oracle.engine == "hf":
+            persistent, working = _judge(cfg, shapes["judge"])
+        else:  # a vLLM engine takes its share of the GPU whole, as a generator does
+            judge_weights = shapes["judge"].params * 2
+            share = default_memory_fraction(0 < slot.num_gpus < 1) * gpu_bytes
+            persistent = [
+                ("vLLM weights", judge_weights),
+                ("vLLM KV cache + runtime", share - judge_weights),
+            ]
+            working = []
         actors["judge", slot.index] = ActorMemory(
             "judge", slot.index, 1, persistent, {"judge": working}
         )
@@ -538,9 +547,12 @@ def _assumptions(
         f"vLLM reserves generation.gpu_memory_utilization = {fraction:g} of each of its GPUs "
         "whole (weights / tensor_parallel_size + KV cache + its runtime); default "
         f"{VLLM_FRACTION['own']} on a GPU of its own, {VLLM_FRACTION['shared']} shared",
-        f"judge: bf16 weights; a batch of oracle.batch_size = {cfg.oracle.batch_size} inputs "
-        f"of {_judge_seq(cfg)} tokens (prompt + response(s), at most oracle.max_length) with "
-        "no KV cache (one forward)",
+        f"judge (oracle.engine=hf): bf16 weights; a batch of oracle.batch_size = "
+        f"{cfg.oracle.batch_size} inputs of {_judge_seq(cfg)} tokens (prompt + response(s), at "
+        "most oracle.max_length) with no KV cache (one forward)"
+        if cfg.oracle.engine == "hf"
+        else "judge on vLLM (oracle.engine unset or vllm): the vLLM share of its GPU whole, "
+        "bf16 weights + KV cache",
         "frozen pi_ref on every rank in the logps stage (full fine-tuning from iteration 2), "
         "after the engine is released"
         if frozen_ref

@@ -413,10 +413,8 @@ class Trainer:
 
         self.reporter = Reporter(self.cfg, self.run_dir, run_id)
         device = start_ray(self.cfg)
-        try:  # run.colocate and the actor counts it fills in, for this cluster's GPUs
-            self.cfg = laid_out(self.cfg, device)
-        except ConfigError as e:
-            _refuse(e)
+        # run.colocate and the actor counts it fills in, for this cluster's GPUs
+        self.cfg = laid_out(self.cfg, device)
         self.fleet = Fleet(self.cfg, self.run_dir, device, self.probe, self._known)
 
     def run(self) -> list[dict[str, Any]]:
@@ -490,14 +488,15 @@ def train(
     trainer = Trainer(cfg, run_dir, state)
     try:
         trainer.prepare()
+        if resume is not None:
+            save_config(run_dir, cfg)
+        return trainer.run()  # refuses a layout the cluster's GPUs cannot colocate
     except ConfigError as e:
-        if resume is None:  # nothing ran: leave no run behind, so the fixed config can start
+        if resume is None and not state.data.get("done"):
+            # nothing ran: leave no run behind, so the fixed config can start
             (run_dir / STATE_FILE).unlink()
             (run_dir / CONFIG_FILE).unlink()
         _refuse(e)
-    if resume is not None:
-        save_config(run_dir, cfg)
-    return trainer.run()
 
 
 def save_config(run_dir: Path, cfg: InpoConfig) -> None:

@@ -214,10 +214,15 @@ def test_a_layout_that_cannot_fit_fails_at_once_with_one_line(tmp_path):
     """(The planner's other refusals are unit tests: tests/test_placement.py.)"""
     t0 = time.monotonic()
     sim = ["run.simulate_gpus=true", "run.num_gpus=2", "learner.num_ranks=4"]
-    r = inpo_train(*BASE, *sim, f"run.dir={tmp_path}")
+    r = inpo_train(*BASE, *sim, "run.colocate=false", f"run.dir={tmp_path / 'split'}")
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 1 and "learner.num_ranks = 4 needs 4 GPUs" in last, r.stderr[-2000:]
     assert time.monotonic() - t0 < 120
+    r = inpo_train(*BASE, *sim, f"run.dir={tmp_path / 'colocated'}")  # colocated: the default
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "learner.num_ranks = 4: the colocated layout of 2 GPUs holds at most one" in last
+    assert not (tmp_path / "colocated" / "state.json").exists()  # the fixed config can start
 
 
 def test_zero_offload_trains_checkpoints_and_resumes(tmp_path):

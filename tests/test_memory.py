@@ -241,3 +241,28 @@ def test_inpo_plan_prints_the_table(capsys):
     assert "GPUs: 8 x 80.0 GiB (GPUs per node: 4, 4)" in out
     assert "7,504,928,768 parameters" in out  # the reward model: score head, no LM head
     assert "host RAM, node 1" in out and "step checkpoint: 104.7 GiB" in out
+    assert "colocated instead (run.colocate=true)" in out
+    assert "GPU 7     learner 7 + generator 7 + judge 7" in out
+    assert "colocated / split:" in out and "time assumptions:" in out
+
+
+def test_iteration_time_split_vs_colocated():
+    from inpo.cost import iteration_seconds, layouts, phase_flops
+
+    cfg = paper()
+    k, prompts = cfg.generation.num_samples, cfg.data.prompts_per_iteration
+    lp, lr = cfg.data.max_prompt_tokens, cfg.generation.max_new_tokens
+    flops = phase_flops(cfg, P8B // 2, P8B // 2)
+    # the tournament's 3K/2 - 1 comparisons per prompt, both orders, prompt + two responses
+    assert flops["judge"] == pytest.approx(
+        2 * (P8B // 2) * prompts * (3 * k // 2 - 1) * 2 * (lp + 2 * lr)
+    )
+    split, colocated = layouts(cfg, 8, P8B, P8B)
+    assert split.gpus == {"generate": 2, "judge": 2, "learn": 4}
+    a, b = (iteration_seconds(flops, lay, "h100") for lay in (split, colocated))
+    # every phase on 8 GPUs instead of its own 2, 2 and 4
+    assert b["judge"] == pytest.approx(a["judge"] / 4) and b["learn"] == pytest.approx(
+        a["learn"] / 2
+    )
+    assert b["total"] == pytest.approx(b["generate"] + b["judge"] + b["learn"] + colocated.moves_s)
+    assert 0 < colocated.moves_s < 60 and b["total"] < a["total"]
