@@ -158,6 +158,22 @@ class Fleet:
         )
         os.kill(pid, signal.SIGKILL)
 
+    def until_done(
+        self, iteration: int, stage: str, fn: Callable[[], dict | None], restarted: Callable
+    ) -> dict:
+        """``fn()`` (a stage); after an actor failure, `recover` (``restarted(role)`` is
+        told) and ``fn()`` again: stages are deterministic, so a redone one gives the same
+        output. The info says how many restarts it took."""
+        restarts = 0
+        while True:
+            t0 = time.perf_counter()
+            try:
+                info = fn() or {}
+                return info | ({"restarts": restarts} if restarts else {})
+            except ActorError as e:
+                restarted(self.recover(e, iteration, stage, time.perf_counter() - t0))
+                restarts += 1
+
     def recover(self, e: ActorError, iteration: int, stage: str, seconds_lost: float) -> str:
         """After an actor failed in a stage: tear down its group, so that the redone stage
         starts it again in its placement, and return the role; or, past run.max_restarts or

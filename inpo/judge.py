@@ -105,17 +105,13 @@ def select_pairs(
 
 
 def select_in_chunks(
-    rows: list[dict[str, Any]],
-    oracle: Oracle,
-    strategy: str,
-    seed: int,
-    chunk_prompts: int,
-    partial: Path,
-    desc: str = "judge",
+    rows: list[dict[str, Any]], oracle: Oracle, cfg: InpoConfig, partial: Path, desc: str
 ) -> tuple[list[Selection], int]:
-    """`select_pairs` over chunks of ``chunk_prompts`` rows (a prompt's pairs do not depend
-    on the others'): each finished chunk's selections are appended to ``partial`` durably,
-    and those it already holds for these rows are kept. Returns (selections, rows kept)."""
+    """`select_pairs` over chunks of oracle.chunk_prompts rows (a prompt's pairs do not
+    depend on the others'): each finished chunk's selections are appended to ``partial``
+    durably, and those it already holds for these rows are kept. Returns (selections, rows
+    kept)."""
+    strategy, seed, chunk_prompts = cfg.pairing.strategy, cfg.run.seed, cfg.oracle.chunk_prompts
     done = finished_chunks(partial, [r["prompt_id"] for r in rows])
     selections = [
         Selection(tuple(Pair(**p) for p in d["pairs"]), d["n_comparisons"], d["dropped"])

@@ -38,12 +38,12 @@ from inpo.durable import (
     write_jsonl_atomic,
     write_text_atomic,
 )
-from inpo.errors import ActorError, InpoError
+from inpo.errors import InpoError
 from inpo.evaluate import compare, eval_rows, response_metrics, win_rate
 from inpo.faults import crash_point
 from inpo.fleet import Fleet
 from inpo.report import Reporter, format_value, init_row, iteration_row, plot, table
-from inpo.state import ITERATION, STAGES, RunState, stages_of
+from inpo.state import ITERATION, RunState, stages_of
 
 CONFIG_FILE = "config.yaml"
 STATE_FILE = "state.json"
@@ -128,7 +128,7 @@ class Trainer:
         self.state.start(t, name)
         t0 = time.perf_counter()
         self.fleet.enter(name)
-        info = self._until_done(t, name, fn)
+        info = self.fleet.until_done(t, name, fn, self._restarted)
         self.fleet.leave(t, name)
         root = self.iter_dir(t) if t else self.run_dir
         outputs = [root / o for o in spec.outputs if (root / o).exists()]
@@ -144,21 +144,9 @@ class Trainer:
         print(f"[{label}] {name} done in {info['seconds']:.1f}s" + (f" ({extra})" if extra else ""))
         return info
 
-    def _until_done(self, t: int, name: str, fn: Callable[[], dict[str, Any] | None]) -> dict:
-        """``fn()``; after an actor failure the fleet restarts that actor's group (or stops
-        the run) and the stage is redone: deterministic, it gives the same output."""
-        restarts = 0
-        while True:
-            t0 = time.perf_counter()
-            try:
-                info = fn() or {}
-                return info | ({"restarts": restarts} if restarts else {})
-            except ActorError as e:
-                if self.fleet is None:
-                    raise
-                if self.fleet.recover(e, t, name, time.perf_counter() - t0) == "learner":
-                    self.learner_pairs = self.engine_iteration = None  # a new group holds none
-                restarts += 1
+    def _restarted(self, role: str) -> None:
+        if role == "learner":
+            self.learner_pairs = self.engine_iteration = None  # a new group holds none
 
     def validate(self) -> None:
         """Redo what a resumed run would read but is no longer whole on disk (a power loss
@@ -271,8 +259,8 @@ class Trainer:
         write_jsonl_atomic(self.iter_dir(t) / "generations.jsonl", rows)
         partial.unlink(missing_ok=True)
         n_tok = sum(len(x) for r in rows for x in r["response_ids"])
-        info = {"prompts": len(rows), "skipped": len(ids) - len(rows), "tokens": n_tok}
-        return info | ({"kept_prompts": kept} if kept else {})
+        kept_info = {"kept_prompts": kept} if kept else {}
+        return {"prompts": len(rows), "skipped": len(ids) - len(rows), "tokens": n_tok, **kept_info}
 
     def _judge(self, t: int) -> dict:
         from inpo.judge import pair_rows, select_in_chunks
@@ -282,15 +270,7 @@ class Trainer:
         rows = read_rows(self.iter_dir(t) / "generations.jsonl")
         cut_before = self.fleet.oracle.truncated()  # the oracle also serves eval
         partial = self.iter_dir(t) / "judge.partial.jsonl"
-        selections, kept = select_in_chunks(
-            rows,
-            self.fleet.oracle,
-            cfg.pairing.strategy,
-            cfg.run.seed,
-            cfg.oracle.chunk_prompts,
-            partial,
-            desc=f"judge{t}",
-        )
+        selections, kept = select_in_chunks(rows, self.fleet.oracle, cfg, partial, f"judge{t}")
         pairs, dropped = pair_rows(rows, selections, cfg.pairing.label, cfg.run.seed)
         write_jsonl_atomic(self.iter_dir(t) / "pairs.jsonl", pairs)
         partial.unlink(missing_ok=True)
@@ -413,8 +393,7 @@ class Trainer:
 
         self.reporter = Reporter(self.cfg, self.run_dir, run_id)
         device = start_ray(self.cfg)
-        # run.colocate and the actor counts it fills in, for this cluster's GPUs
-        self.cfg = laid_out(self.cfg, device)
+        self.cfg = laid_out(self.cfg, device)  # run.colocate, and the counts it fills in
         self.fleet = Fleet(self.cfg, self.run_dir, device, self.probe, self._known)
 
     def run(self) -> list[dict[str, Any]]:
@@ -467,7 +446,7 @@ def train(
             )
         cfg = config_or_exit(run_dir / CONFIG_FILE, overrides + [f"run.dir={run_dir}"])
         state = RunState.load(run_dir / STATE_FILE)
-        print(f"resuming {run_dir}: {_describe_progress(state, cfg)}")
+        print(f"resuming {run_dir}: {state.progress(cfg.run.iterations)}")
     else:
         cfg = config_or_exit(config_path, overrides)
         try:
@@ -510,11 +489,3 @@ def save_config(run_dir: Path, cfg: InpoConfig) -> None:
 def _refuse(e: ConfigError) -> NoReturn:
     print(str(e), file=sys.stderr)
     raise SystemExit(2) from None
-
-
-def _describe_progress(state: RunState, cfg: InpoConfig) -> str:
-    for t in range(1, cfg.run.iterations + 1):
-        for stage in STAGES:
-            if not state.is_done(t, stage):
-                return f"continuing at iteration {t}, stage {stage}"
-    return "all iterations done"

@@ -84,3 +84,11 @@ class RunState:
 
     def iteration_done(self, iteration: int) -> bool:
         return all(self.is_done(iteration, s) for s in STAGES)
+
+    def progress(self, iterations: int) -> str:
+        """Where a resumed run of ``iterations`` continues, for its first line."""
+        for t in range(1, iterations + 1):
+            for stage in STAGES:
+                if not self.is_done(t, stage):
+                    return f"continuing at iteration {t}, stage {stage}"
+        return "all iterations done"

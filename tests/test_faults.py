@@ -126,7 +126,10 @@ def test_judge_keeps_finished_chunks_and_redoes_the_rest(tmp_path):
     ]
     whole = select_pairs(rows, oracle, "tournament", 0)
     partial = tmp_path / "judge.partial.jsonl"
-    first, kept = select_in_chunks(rows[:3], oracle, "tournament", 0, 3, partial)
+    cfg = InpoConfig.model_validate(
+        {"pairing": {"strategy": "tournament"}, "oracle": {"chunk_prompts": 3}, "run": {"seed": 0}}
+    )
+    first, kept = select_in_chunks(rows[:3], oracle, cfg, partial, "judge")
     assert kept == 0 and first == whole[:3]  # one finished chunk of three prompts
     calls = []
 
@@ -136,6 +139,6 @@ def test_judge_keeps_finished_chunks_and_redoes_the_rest(tmp_path):
             return super().prob(prompts, a, b)
 
     counting = Counting(oracle.score, oracle.scale)
-    again, kept = select_in_chunks(rows, counting, "tournament", 0, 3, partial)
+    again, kept = select_in_chunks(rows, counting, cfg, partial, "judge")
     assert again == whole and kept == 3
     assert sum(calls) == sum(s.n_comparisons for s in whole[3:])  # rows 3..6 only
