@@ -102,24 +102,16 @@ def start_vllm_judge(
 ) -> Any:
     """A vLLM engine for a judge: bf16 on GPU, fp32 on CPU (as the Hugging Face judge),
     sized for inputs of at most ``max_len`` tokens."""
-    from inpo.memory import default_memory_fraction
     from inpo.models import dtype_name
-    from inpo.rollout.generator import cpu_kv_cache_bytes
+    from inpo.rollout.generator import device_settings
     from inpo.rollout.vllm_engine import VLLMEngine
 
-    dtype = dtype_name("auto", device)
+    settings = device_settings(model_dir, device, dtype_name("auto", device), max_len, shared_gpu)
     try:
         return VLLMEngine(
             model_dir,
-            dtype=dtype,
+            **settings,
             seed=0,
-            gpu_memory_utilization=default_memory_fraction(shared_gpu),
-            max_model_len=max_len,
-            kv_cache_bytes=cpu_kv_cache_bytes(model_dir, dtype, max_len)
-            if device == "cpu"
-            else None,
-            enforce_eager=device == "cpu",
-            chunked_prefill=device != "cpu",
             runner="pooling" if reward else "generate",
             prefix_caching=prefix_caching,
             sleep_mode=sleep_mode,
@@ -144,6 +136,11 @@ def load_hf_judge(model_dir: str, device: str, *, reward: bool) -> Any:
         model = cls.from_pretrained(model_dir, dtype=torch_dtype("auto", device))
     except (OSError, ValueError) as e:
         raise OracleError(f"oracle.model = {model_dir}: cannot load the judge: {e}") from e
+    if reward and not hasattr(model, "score"):
+        raise OracleError(
+            f"oracle.model = {model_dir}: {type(model).__name__} has no 'score' head; the "
+            "reward backend reads a decoder's sequence classifier"
+        )
     return model.to(device).eval()
 
 

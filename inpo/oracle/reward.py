@@ -54,11 +54,6 @@ class RewardModel(ModelJudge, Oracle):
         return self.vllm.classify(seqs)
 
     def _hf(self, seqs: list[list[int]]) -> list[list[float]]:
-        if not hasattr(self.model, "score"):
-            raise OracleError(
-                f"oracle.model = {self.model_dir}: {type(self.model).__name__} has no 'score' "
-                "head; the reward backend reads a decoder's sequence classifier"
-            )
         hidden = forward_last(self.model.base_model, seqs, self.tok.pad_token_id)
         with torch.inference_mode():
             return self.model.score(hidden.last_hidden_state[:, -1]).float().tolist()

@@ -49,6 +49,24 @@ def cpu_kv_cache_bytes(model_dir: str, dtype: str, max_len: int) -> int:
     return max(per_sequence, min(CPU_KV_SEQUENCES * per_sequence, CPU_KV_MAX_BYTES))
 
 
+def device_settings(
+    model_dir: str, device: str, dtype: str, max_len: int, shared_gpu: bool
+) -> dict[str, Any]:
+    """VLLMEngine settings every inpo engine (generator or judge) takes from where it runs:
+    vLLM's share of the GPU, eager mode and whole prefills on CPU (where the seeded
+    chunked-prefill crash lives), and there an explicit KV cache."""
+    return {
+        "dtype": dtype,
+        "max_model_len": max_len,
+        "gpu_memory_utilization": default_memory_fraction(shared_gpu),
+        "enforce_eager": device == "cpu",
+        "chunked_prefill": device != "cpu",
+        "kv_cache_bytes": cpu_kv_cache_bytes(model_dir, dtype, max_len)
+        if device == "cpu"
+        else None,
+    }
+
+
 def stop_token_ids(model_dir: str) -> list[int]:
     """Every token that ends a response: the chat template's end of turn (<|eot_id|> for
     Llama 3, which is neither its tokenizer's EOS nor always in generation_config.json),
@@ -110,20 +128,20 @@ class GeneratorGroup(ActorGroup):
         shared = any(0 < s.num_gpus < 1 for s in slots)
         dtype = dtype_name(cfg.model.dtype, device)
         max_len = max_model_len(cfg, probe_len)
-        engine_kwargs = {
-            "dtype": dtype,
+        engine_kwargs = device_settings(model_dir, device, dtype, max_len, shared)
+        if gc.gpu_memory_utilization is not None:  # the user's share: vLLM sizes the KV cache
+            engine_kwargs |= {
+                "gpu_memory_utilization": gc.gpu_memory_utilization,
+                "kv_cache_bytes": None,
+            }
+        engine_kwargs |= {
             "seed": cfg.run.seed,
-            "gpu_memory_utilization": gc.gpu_memory_utilization or default_memory_fraction(shared),
             # simulated GPUs: the generator reserves its TP GPUs and runs one CPU engine
             "tensor_parallel_size": gc.tensor_parallel_size if device == "cuda" else 1,
             "enforce_eager": gc.enforce_eager or device == "cpu",
-            "chunked_prefill": device != "cpu",
-            "max_model_len": max_len,
             "stop_token_ids": stop_token_ids(model_dir),
             "sleep_mode": bool(cfg.run.colocate) and device == "cuda",
         }
-        if device == "cpu" and gc.gpu_memory_utilization is None:
-            engine_kwargs["kv_cache_bytes"] = cpu_kv_cache_bytes(model_dir, dtype, max_len)
         self.sync_timeout = gc.sync_timeout_s
         # bf16 kernels in vLLM and in the learner round differently; fp32 agrees to ~1e-6.
         bf16 = engine_kwargs["dtype"] == "bfloat16"
