@@ -24,7 +24,7 @@ from inpo.config import InpoConfig
 from inpo.durable import append_jsonl, write_json_atomic
 from inpo.errors import ActorError, InpoError
 from inpo.memory import check_memory, role_demand
-from inpo.placement import Plan, cluster_nodes, plan_for, release
+from inpo.placement import PlacementError, Plan, cluster_nodes, lost_bundles, plan_for, release
 
 PLACEMENT_FILE = "placement.json"
 #: placement.json's role -> the Fleet attribute holding that role's group
@@ -181,25 +181,28 @@ class Fleet:
         console line and one faults.jsonl row either way."""
         role = e.actor.split()[0] if e.actor else ""
         key = (iteration, stage, str(e))
+        lost = e.died and lost_bundles(self.plan, self.cfg.run.placement_timeout_s)
         stop = (
-            role not in GROUP_OF
+            bool(lost)
+            or role not in GROUP_OF
             or self.restarts >= self.cfg.run.max_restarts
             or key in self.failures
         )
         self.failures.add(key)
-        action = "stopped" if stop else "restarted"
         faults.record_fault(
             self.run_dir,
             iteration=iteration,
             stage=stage,
             actor=e.actor,
-            cause=str(e),
-            action=action,
+            cause=f"{e}; {lost}" if lost else str(e),
+            action="stopped" if stop else "restarted",
             seconds_lost=round(seconds_lost, 3),
         )
         where = f"iteration {iteration}, stage {stage}" if iteration else f"setup, stage {stage}"
         if stop:
             print(f"[fault] {where}: {e}; stopping (resume with inpo train --resume)", flush=True)
+            if lost:
+                raise PlacementError(lost) from e
             raise e
         self.restarts += 1
         backoff = 2.0 ** (self.restarts - 1)

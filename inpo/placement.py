@@ -15,6 +15,7 @@ threads it uses, and uses that many.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -307,6 +308,38 @@ def reserve(
         print(f"{why}, sharing: " + "; ".join(plan.sharing))
     plan.slots = {r: [replace(s, pg=pg) for s in slots] for r, slots in plan.slots.items()}
     return plan
+
+
+def lost_bundles(plan: Plan | None, timeout_s: float) -> str | None:
+    """After an actor died: Ray places again the bundles of a node that left the cluster,
+    where they fit. Wait up to ``timeout_s`` for that; None once every bundle has a live
+    node, else one line naming what is missing."""
+    import ray
+    from ray.util.placement_group import placement_group_table
+
+    pgs = {s.pg.id: s.pg for slots in (plan.slots.values() if plan else []) for s in slots if s.pg}
+    if not pgs:  # on CPU nothing is reserved
+        return None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        lost = []
+        for pg in pgs.values():
+            where = placement_group_table(pg)["bundles_to_node_id"]  # "" while unplaced
+            lost += [b for i, b in enumerate(pg.bundle_specs) if where.get(i) not in alive]
+        if not lost or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    if not lost:
+        return None
+    gpus, cpus = sum(b.get("GPU", 0) for b in lost), sum(b.get("CPU", 0) for b in lost)
+    have = ", ".join(f"node {n.name} {n.gpus:g} GPUs {n.cpus:g} CPUs" for n in cluster_nodes())
+    return (
+        f"a node left the cluster: {len(lost)} placement bundle(s) of this run, {gpus:g} GPUs "
+        f"and {cpus:g} CPUs, are missing and were not placed again within "
+        f"run.placement_timeout_s = {timeout_s:g} (free now: {have}); resume the run with "
+        "inpo train --resume once the cluster has them"
+    )
 
 
 def release(plan: Plan | None) -> None:

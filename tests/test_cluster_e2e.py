@@ -137,17 +137,24 @@ def test_simulated_layout_places_like_gpus_and_computes_like_cpu(
     same_weights(run, cpu_reference(name, judge, root))
 
 
-@pytest.fixture
-def two_nodes(tmp_path):
+class TwoNodes:
     """A head and a worker node of 4 logical GPUs and 8 CPUs each (`ray start --block` on
-    127.0.0.1, their own ports and temp dir); stopped by pid, worker first."""
-    ray = str(Path(sys.executable).parent / "ray")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    port = free_port()
-    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # sockets: paths <= 107 bytes
+    127.0.0.1, their own ports and temp dir). The worker can be killed like a lost machine
+    (SIGKILL of its whole process tree) and started again."""
 
-    def start(head: bool) -> subprocess.Popen:
-        args = [ray, "start", "--block", "--num-gpus=4", "--num-cpus=8", "--disable-usage-stats"]
+    def __init__(self, logs: Path):
+        self.ray = str(Path(sys.executable).parent / "ray")
+        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+        self.port, self.logs = free_port(), logs
+        self.temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # sockets: <= 107 bytes
+        self.address = f"127.0.0.1:{self.port}"
+        self.nodes = [self._start(head=True)]
+        time.sleep(3)
+        self.start_worker()
+
+    def _start(self, head: bool) -> subprocess.Popen:
+        args = [self.ray, "start", "--block", "--num-gpus=4", "--num-cpus=8"]
+        args.append("--disable-usage-stats")
         for flag in (
             "dashboard-agent-listen-port",
             "dashboard-agent-grpc-port",
@@ -158,55 +165,101 @@ def two_nodes(tmp_path):
         ):
             args.append(f"--{flag}={free_port()}")
         if head:
-            args += [f"--port={port}", "--head", "--include-dashboard=false"]
-            args += [f"--temp-dir={temp}", f"--ray-client-server-port={free_port()}"]
+            args += [f"--port={self.port}", "--head", "--include-dashboard=false"]
+            args += [f"--temp-dir={self.temp}", f"--ray-client-server-port={free_port()}"]
         else:
-            args.append(f"--address=127.0.0.1:{port}")
-        log = (tmp_path / f"{'head' if head else 'worker'}.log").open("w")
-        return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+            args.append(f"--address={self.address}")
+        name = "head" if head else f"worker{len(self.nodes)}"
+        log = (self.logs / f"{name}.log").open("w")
+        return subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
-    nodes = [start(head=True)]
-    time.sleep(3)
-    nodes.append(start(head=False))
-    probe = "import ray; ray.init(logging_level='ERROR'); print(ray.cluster_resources())"
-    deadline = time.monotonic() + 180
-    while True:
-        dead = [n for n in nodes if n.poll() is not None]
-        logs = "".join(f.read_text()[-1500:] for f in sorted(tmp_path.glob("*.log")))
-        assert not dead and time.monotonic() < deadline, logs
-        try:
-            out = subprocess.run(
-                [sys.executable, "-c", probe],
-                env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"},
-                capture_output=True,
-                text=True,
-                timeout=60,
-            ).stdout
-        except subprocess.TimeoutExpired:
-            out = ""
-        if "'GPU': 8.0" in out:
-            break
-        time.sleep(1)
-    yield f"127.0.0.1:{port}", nodes
-    for node in reversed(nodes):
-        if node.poll() is None:
-            node.send_signal(signal.SIGTERM)
-            node.wait(timeout=60)
-    left = subprocess.run(["pgrep", "-f", str(temp)], capture_output=True, text=True)
-    shutil.rmtree(temp, ignore_errors=True)
-    assert left.stdout.strip() == "", f"Ray processes left behind: {left.stdout}"
+    def start_worker(self) -> None:
+        self.nodes.append(self._start(head=False))
+        self.wait_for(gpus=8)
+
+    def kill_worker(self) -> None:
+        import psutil
+
+        worker = psutil.Process(self.nodes[-1].pid)
+        for p in [*worker.children(recursive=True), worker]:
+            p.kill()
+        self.nodes[-1].wait(timeout=30)
+        self.wait_for(gpus=4)  # Ray has marked it dead
+
+    def wait_for(self, gpus: int) -> None:
+        probe = "import ray; ray.init(logging_level='ERROR'); print(ray.cluster_resources())"
+        deadline = time.monotonic() + 180
+        while True:
+            dead = [n for n in self.nodes if n.poll() is not None and n.returncode != -9]
+            logs = "".join(f.read_text()[-1500:] for f in sorted(self.logs.glob("*.log")))
+            assert not dead and time.monotonic() < deadline, logs
+            try:
+                out = subprocess.run(
+                    [sys.executable, "-c", probe],
+                    env={**self.env, "RAY_ADDRESS": self.address},
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                ).stdout
+            except subprocess.TimeoutExpired:
+                out = ""
+            if f"'GPU': {gpus:.1f}" in out:
+                return
+            time.sleep(1)
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            if node.poll() is None:
+                node.send_signal(signal.SIGTERM)
+                node.wait(timeout=60)
+        left = subprocess.run(["pgrep", "-f", str(self.temp)], capture_output=True, text=True)
+        shutil.rmtree(self.temp, ignore_errors=True)
+        assert left.stdout.strip() == "", f"Ray processes left behind: {left.stdout}"
 
 
-def test_two_nodes_tensor_parallel_generators(two_nodes, judge, tmp_path_factory):
-    address, _ = two_nodes
+@pytest.fixture
+def two_nodes(tmp_path):
+    cluster = TwoNodes(tmp_path)
+    yield cluster
+    cluster.stop()
+
+
+def test_two_nodes_tensor_parallel_generators_lose_the_worker_and_resume(
+    two_nodes, judge, tmp_path_factory
+):
+    """Two learner ranks and two 2-GPU generators (6 GPUs: both nodes). The worker node is
+    killed in the learn stage: the run stops with one line naming what is missing (the
+    layout does not fit the head alone), and `--resume` once the node is back ends with the
+    weights of the layout on plain CPU."""
     run = tmp_path_factory.mktemp("sim") / "two_nodes"
     layout = layouts(judge)["two_ranks"] + ["generation.tensor_parallel_size=2"]
-    sim = ["run.simulate_gpus=true", f"run.ray_address={address}"]
-    r = inpo_train(*BASE, *layout, *sim, f"run.dir={run}", extra_env={"RAY_AUTH_MODE": "disabled"})
-    assert r.returncode == 0, r.stderr[-3000:]
+    sim = ["run.simulate_gpus=true", f"run.ray_address={two_nodes.address}"]
+    steps = ["learner.checkpoint_every=1", "run.placement_timeout_s=10"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled"}
+    out, err = (run.parent / "first.out").open("w"), (run.parent / "first.err").open("w")
+    cmd = [sys.executable, "-m", "inpo.cli", "train", *BASE, *layout, *sim, *steps]
+    proc = subprocess.Popen(
+        [*cmd, f"run.dir={run}"], env=env, stdout=out, stderr=err, start_new_session=True
+    )
+    first_step = run / "iter_1" / "checkpoints" / "step_000001"
+    deadline = time.monotonic() + 400
+    while not first_step.is_dir():
+        assert proc.poll() is None and time.monotonic() < deadline, out.name
+        time.sleep(0.2)
     records = check_placement(run, tp=2)
     print(json.dumps(records, indent=1))  # the note quotes it
     assert len({rec["node"] for rec in records}) == 2  # 6 GPUs do not fit one node of 4
+    two_nodes.kill_worker()
+    assert proc.wait(timeout=300) == 1, Path(err.name).read_text()[-3000:]
+    last = Path(err.name).read_text().strip().splitlines()[-1]
+    assert last.startswith("error: a node left the cluster: ") and "GPUs" in last, last
+    assert "free now: node " in last and "inpo train --resume" in last
+    fault = json.loads((run / "faults.jsonl").read_text().splitlines()[-1])
+    assert fault["action"] == "stopped" and "a node left the cluster" in fault["cause"]
+    assert fault["iteration"] == 1
+    two_nodes.start_worker()
+    r = inpo_train("--resume", str(run), extra_env={"RAY_AUTH_MODE": "disabled"})
+    assert r.returncode == 0, r.stderr[-3000:]
     same_weights(run, cpu_reference("two_ranks", judge, tmp_path_factory.getbasetemp()))
 
 
