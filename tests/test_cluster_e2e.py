@@ -298,45 +298,53 @@ def test_zero_offload_trains_checkpoints_and_resumes(tmp_path):
 # --- colocation --------------------------------------------------------------------------
 
 
-def test_colocated_two_gpus_hold_one_of_each_and_train_like_the_split_layout(judge, tmp_path):
-    """run.colocate on 2 logical GPUs (the default on GPUs; the counts fill them): every
+@pytest.mark.parametrize(
+    "gpus, kills", [(2, ("generate", "judge", "learn.step2", "sync.written")), (4, ())]
+)
+def test_colocated_gpus_hold_one_of_each_and_train_like_the_split_layout(
+    gpus, kills, judge, tmp_path
+):
+    """run.colocate on 2 and 4 logical GPUs (the default on GPUs; the counts fill them): every
     GPU holds one learner rank, one generator and one judge, no stage of two iterations
     ran with an engine it does not use awake, and the weights equal the split layout's (the
-    same 2 + 2 + 2 actors on 6 GPUs of their own)."""
+    same actors on GPUs of their own). On 2 GPUs the colocated run is SIGKILLed in generate,
+    judge, learn and sync of iteration 1 and resumed after each."""
     from inpo.colocate import awake_but_unused
 
     pairpm = ["oracle.backend=pairpm", f"oracle.model={judge}", "oracle.max_length=256"]
-    args = [*BASE, "run.iterations=2", *pairpm, "run.simulate_gpus=true"]
+    args = [*BASE, "run.iterations=2", *pairpm, "run.simulate_gpus=true", "run.num_cpus=12"]
     colocated, split = tmp_path / "colocated", tmp_path / "split"
-    r = inpo_train(*args, "run.num_gpus=2", f"run.dir={colocated}")
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = inpo_train(
+        *args, f"run.num_gpus={gpus}", f"run.dir={colocated}", crash_at=kills[0] if kills else None
+    )
+    assert r.returncode == (-9 if kills else 0), r.stderr[-3000:]
     assert "colocated, sharing: GPU bundle 0: learner 0 + generator 0 + judge 0" in r.stdout
+    for point in kills[1:]:
+        r = inpo_train("--resume", str(colocated), crash_at=point)
+        assert r.returncode == -9, (point, r.stderr[-3000:])
+    if kills:
+        r = inpo_train("--resume", str(colocated))
+        assert r.returncode == 0, r.stderr[-3000:]
     held = defaultdict(list)
     for rec in check_placement(colocated):
         held[rec["node"], rec["gpus"][0]].append(rec["role"])
-    assert sorted(sorted(v) for v in held.values()) == [["generator", "judge", "learner"]] * 2
+    assert sorted(sorted(v) for v in held.values()) == [["generator", "judge", "learner"]] * gpus
     rows = [json.loads(x) for x in (colocated / "schedule.jsonl").read_text().splitlines()]
-    stages = [(row["iteration"], row["stage"]) for row in rows]
     for t in (1, 2):
-        assert [s for i, s in stages if i == t] == [
-            "generate",
-            "judge",
-            "logps",
-            "learn",
-            "save",
-            "sync",
-            "eval",
-        ]
+        stages = [row["stage"] for row in rows if row["iteration"] == t]
+        ran = [s for k, s in enumerate(stages) if k == 0 or s != stages[k - 1]]  # a redone one
+        assert ran == ["generate", "judge", "logps", "learn", "save", "sync", "eval"], stages
     for row in rows:
         assert awake_but_unused(row) == [], row
         assert row["performed"] is False  # vLLM cannot sleep on CPU: recorded only
-    learn = next(row for row in rows if row["stage"] == "learn")
+    learn = [row for row in rows if row["stage"] == "learn"][-1]  # iteration 2: all running
     assert all(
         set(g["asleep"]) == {f"generator {i}", f"judge {i}"}
         for i, g in enumerate(learn["gpus"].values())
     )
-    counts = ["learner.num_ranks=2", "generation.num_generators=2", "oracle.num_actors=2"]
-    r = inpo_train(*args, *counts, "run.colocate=false", "run.num_gpus=6", f"run.dir={split}")
+    counts = [f"learner.num_ranks={gpus}", f"generation.num_generators={gpus}"]
+    counts += [f"oracle.num_actors={gpus}", f"run.num_gpus={3 * gpus}", "run.colocate=false"]
+    r = inpo_train(*args, *counts, f"run.dir={split}")
     assert r.returncode == 0, r.stderr[-3000:]
     assert not (split / "schedule.jsonl").exists()
     x, y = final_weights(colocated, 2), final_weights(split, 2)
