@@ -14,13 +14,18 @@ Sleep per role, and why:
 vLLM sleeps on CUDA only, so on CPU (run.simulate_gpus) the same schedule runs and is
 recorded, and the engines stay as they are. Each stage appends a row to
 run_dir/schedule.jsonl: per GPU, which actors were awake and asleep, whether the sleeps
-were performed, and on CUDA the memory in use on each GPU after the stage.
+were performed, and the memory of each GPU: on CUDA what was in use after the stage, on
+simulated GPUs what inpo.memory (`inpo plan`'s model) estimates for the awake actors.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from inpo.config import InpoConfig
 
 SCHEDULE_FILE = "schedule.jsonl"
 #: the roles each stage calls (eval generates, then judges)
@@ -65,6 +70,25 @@ def schedule_row(
     if memory:
         row["gpu_memory_used"] = memory
     return row
+
+
+def estimated_memory(cfg: InpoConfig, row: dict[str, Any], gpu_bytes: float) -> dict[str, float]:
+    """Simulated GPUs: each GPU's bytes in the row's stage by inpo.memory's model for GPUs of
+    ``gpu_bytes``: the whole share of each awake actor, the CUDA context of each sleeping
+    one (what `inpo plan` sums per phase), keyed like the row."""
+    from inpo.memory import CONTEXT_BYTES, estimate
+
+    nodes = Counter(gpu.split("/")[0] for gpu in row["gpus"])
+    actors = {
+        f"{a.role} {a.index}": a
+        for r in estimate(cfg, list(nodes.values()), gpu_bytes).rows
+        for a in r.actors
+    }
+    return {
+        gpu: sum(actors[name].total(row["stage"]) for name in who["awake"])
+        + CONTEXT_BYTES * len(who["asleep"])
+        for gpu, who in row["gpus"].items()
+    }
 
 
 def awake_but_unused(row: dict[str, Any]) -> list[str]:

@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from inpo import faults
-from inpo.colocate import SCHEDULE_FILE, SLEEP_LEVEL, schedule_row, transitions
+from inpo.colocate import (
+    SCHEDULE_FILE,
+    SLEEP_LEVEL,
+    estimated_memory,
+    schedule_row,
+    transitions,
+)
 from inpo.config import InpoConfig
 from inpo.durable import append_jsonl, write_json_atomic
 from inpo.errors import ActorError, InpoError
@@ -27,6 +33,8 @@ from inpo.memory import check_memory, role_demand
 from inpo.placement import PlacementError, Plan, cluster_nodes, lost_bundles, plan_for, release
 
 PLACEMENT_FILE = "placement.json"
+#: what schedule.jsonl's estimate assumes each simulated GPU holds (`inpo plan`'s default)
+SIMULATED_GPU_BYTES = 80 * (1 << 30)
 #: placement.json's role -> the Fleet attribute holding that role's group
 GROUP_OF = {"generator": "generators", "judge": "oracle", "learner": "learner"}
 #: the probe log-prob and weights hash a policy directory is known to give, if known
@@ -148,6 +156,11 @@ class Fleet:
                     for used in self.group(role).call("gpu_memory_used"):
                         memory.update(used)
         row = schedule_row(iteration, stage, self.records(), self.asleep, self.slept, memory)
+        if self.device != "cuda":
+            try:
+                row["gpu_memory_estimated"] = estimated_memory(self.cfg, row, SIMULATED_GPU_BYTES)
+            except InpoError:  # a model inpo.memory cannot size: the row goes without
+                pass
         append_jsonl(self.run_dir / SCHEDULE_FILE, [row])
 
     def kill(self, actor: str) -> None:

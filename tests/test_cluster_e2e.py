@@ -337,11 +337,15 @@ def test_colocated_gpus_hold_one_of_each_and_train_like_the_split_layout(
     for row in rows:
         assert awake_but_unused(row) == [], row
         assert row["performed"] is False  # vLLM cannot sleep on CPU: recorded only
+        assert row["gpu_memory_estimated"].keys() == row["gpus"].keys(), row  # inpo plan's model
     learn = [row for row in rows if row["stage"] == "learn"][-1]  # iteration 2: all running
     assert all(
         set(g["asleep"]) == {f"generator {i}", f"judge {i}"}
         for i, g in enumerate(learn["gpus"].values())
     )
+    generate = [row for row in rows if row["stage"] == "generate"][-1]
+    for gpu, awake_bytes in generate["gpu_memory_estimated"].items():  # vLLM's share, awake
+        assert awake_bytes > learn["gpu_memory_estimated"][gpu], gpu
     counts = [f"learner.num_ranks={gpus}", f"generation.num_generators={gpus}"]
     counts += [f"oracle.num_actors={gpus}", f"run.num_gpus={3 * gpus}", "run.colocate=false"]
     r = inpo_train(*args, *counts, f"run.dir={split}")

@@ -169,3 +169,25 @@ def test_the_schedule_wakes_what_a_stage_uses():
         "abcdef01/0: generator 0",
         "abcdef01/0: judge 0",
     ]
+
+
+def test_simulated_gpus_record_the_estimated_memory_of_the_awake_actors():
+    from inpo.colocate import estimated_memory, schedule_row
+    from inpo.config import InpoConfig
+    from inpo.memory import CONTEXT_BYTES, GiB, estimate
+    from inpo.placement import colocated_layout
+
+    cfg = colocated_layout(InpoConfig.model_validate({}), 2)  # synthetic oracle: no judge
+    records = [
+        {"role": role, "index": i, "node": "abcdef0123", "gpus": [i]}
+        for role in ("learner", "generator")
+        for i in (0, 1)
+    ]
+    actors = {(a.role, a.index): a for r in estimate(cfg, [2], 80 * GiB).rows for a in r.actors}
+    learn = estimated_memory(cfg, schedule_row(1, "learn", records, {"generator"}, False), 80 * GiB)
+    gen = estimated_memory(cfg, schedule_row(1, "generate", records, {"learner"}, False), 80 * GiB)
+    for i in (0, 1):
+        key = f"abcdef01/{i}"
+        assert learn[key] == actors["learner", i].total("learn") + CONTEXT_BYTES
+        assert gen[key] == actors["generator", i].total("generate") + CONTEXT_BYTES
+        assert gen[key] > 0.3 * 80 * GiB > learn[key]  # vLLM's share vs a tiny model's ranks
