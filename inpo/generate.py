@@ -70,39 +70,39 @@ def generate_rows(
     chunk = chunk_prompts * len(generators.actors)
     bar = tqdm(total=len(prompts), initial=len(rows), desc=desc, unit="prompt", dynamic_ncols=True)
     t0, n_tokens = time.perf_counter(), 0
-    for start in range(len(rows), len(prompts), chunk):
-        sl = slice(start, start + chunk)
-        out = generators.generate(
-            token_ids[sl],
-            seeds[sl],
-            n=n,
-            temperature=temperature,
-            top_p=top_p,
-            max_tokens=max_tokens,
-        )
-        done = []
-        for pid, prompt, ids, samples in zip(
-            prompt_ids[sl], prompts[sl], token_ids[sl], out, strict=True
-        ):
-            n_tokens += sum(len(s["token_ids"]) for s in samples)
-            done.append(
-                {
-                    "prompt_id": pid,
-                    "prompt": prompt,
-                    "responses": [s["text"] for s in samples],
-                    "finish_reasons": [s["finish_reason"] for s in samples],
-                    "logps": [s["logp"] for s in samples],
-                    "prompt_ids": ids,
-                    "response_ids": [s["token_ids"] for s in samples],
-                }
+    with bar:  # closed on a failure too, so the run's error line is the last printed
+        for start in range(len(rows), len(prompts), chunk):
+            sl = slice(start, start + chunk)
+            out = generators.generate(
+                token_ids[sl],
+                seeds[sl],
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_tokens,
             )
-        if partial:
-            append_jsonl(partial, done)
-        rows += done
-        bar.update(len(out))
-        bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - t0):.0f}")
-        crash_point("generate.chunk")
-    bar.close()
+            done = []
+            for pid, prompt, ids, samples in zip(
+                prompt_ids[sl], prompts[sl], token_ids[sl], out, strict=True
+            ):
+                n_tokens += sum(len(s["token_ids"]) for s in samples)
+                done.append(
+                    {
+                        "prompt_id": pid,
+                        "prompt": prompt,
+                        "responses": [s["text"] for s in samples],
+                        "finish_reasons": [s["finish_reason"] for s in samples],
+                        "logps": [s["logp"] for s in samples],
+                        "prompt_ids": ids,
+                        "response_ids": [s["token_ids"] for s in samples],
+                    }
+                )
+            if partial:
+                append_jsonl(partial, done)
+            rows += done
+            bar.update(len(out))
+            bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - t0):.0f}")
+            crash_point("generate.chunk")
     return rows
 
 

@@ -253,8 +253,9 @@ def train_policy(
         r["heldout_excess"] for r in rows if "heldout_excess" in r
     ]
     per_epoch = total // lc.epoch_cap
+    # closed on a failure too, so the run's error line is the last thing printed
     bar = tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True)
-    with metrics_path.open("a") as mf:
+    with bar, metrics_path.open("a") as mf:
         for step in range(start, total):
             if auto and not keeps_improving(curve):
                 break  # a resumed run that had stopped
@@ -277,7 +278,6 @@ def train_policy(
             last = step + 1 == total or (auto and not keeps_improving(curve))
             if last or (every and (step + 1) % every == 0):
                 _save_checkpoint(group, ckpt_root, step + 1, lc.keep_checkpoints)
-    bar.close()
     logps = group.compute_logps(len(pairs), "engine", desc="excess")
     summary: dict[str, Any] = {"epochs": rows[-1]["epoch"], "heldout_pairs": len(held_ids)}
     for name, ids in (("train", train_ids), ("heldout", held_ids)):
