@@ -189,15 +189,19 @@ def _describe(demand: dict[str, tuple[int, int]]) -> str:
     return ", ".join(f"{role} {n}x{g}" for role, (n, g) in demand.items() if n)
 
 
+def free_text(nodes: list[Node]) -> str:
+    """'node A 4 GPUs 32 CPUs, node B 2 GPUs 16 CPUs'"""
+    return ", ".join(f"node {n.name} {n.gpus:g} GPUs {n.cpus:g} CPUs" for n in nodes)
+
+
 def needs_message(plan: Plan, nodes: list[Node], demand: dict[str, tuple[int, int]]) -> str:
     """'needs 8 GPUs in bundles of 2, 2, 1, ...; the cluster has 6 free: node A 4, node B 2'"""
     sizes = sorted((b["GPU"] for b in plan.bundles), reverse=True)
     cpus = sum(b["CPU"] for b in plan.bundles)
-    have = ", ".join(f"node {n.name} {n.gpus:g} GPUs {n.cpus:g} CPUs" for n in nodes)
     return (
         f"the job ({_describe(demand)}) needs {sum(sizes):g} GPUs in bundles of "
         f"{', '.join(f'{s:g}' for s in sizes)} and {cpus:g} CPUs; the cluster has "
-        f"{sum(n.gpus for n in nodes):g} GPUs free: {have}"
+        f"{sum(n.gpus for n in nodes):g} GPUs free: {free_text(nodes)}"
     )
 
 
@@ -317,14 +321,14 @@ def lost_bundles(plan: Plan | None, timeout_s: float) -> str | None:
     import ray
     from ray.util.placement_group import placement_group_table
 
-    pgs = {s.pg.id: s.pg for slots in (plan.slots.values() if plan else []) for s in slots if s.pg}
+    pgs = placement_groups(plan)
     if not pgs:  # on CPU nothing is reserved
         return None
     deadline = time.monotonic() + timeout_s
     while True:
         alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
         lost = []
-        for pg in pgs.values():
+        for pg in pgs:
             where = placement_group_table(pg)["bundles_to_node_id"]  # "" while unplaced
             lost += [b for i, b in enumerate(pg.bundle_specs) if where.get(i) not in alive]
         if not lost or time.monotonic() > deadline:
@@ -333,23 +337,27 @@ def lost_bundles(plan: Plan | None, timeout_s: float) -> str | None:
     if not lost:
         return None
     gpus, cpus = sum(b.get("GPU", 0) for b in lost), sum(b.get("CPU", 0) for b in lost)
-    have = ", ".join(f"node {n.name} {n.gpus:g} GPUs {n.cpus:g} CPUs" for n in cluster_nodes())
     return (
         f"a node left the cluster: {len(lost)} placement bundle(s) of this run, {gpus:g} GPUs "
         f"and {cpus:g} CPUs, are missing and were not placed again within "
-        f"run.placement_timeout_s = {timeout_s:g} (free now: {have}); resume the run with "
-        "inpo train --resume once the cluster has them"
+        f"run.placement_timeout_s = {timeout_s:g} (free now: {free_text(cluster_nodes())}); "
+        "resume the run with inpo train --resume once the cluster has them"
     )
 
 
-def release(plan: Plan | None) -> None:
+def placement_groups(plan: Plan | None) -> list:
+    """The placement groups a plan's slots hold, each once (none on CPU)."""
     pgs = {id(s.pg): s.pg for slots in (plan.slots.values() if plan else []) for s in slots}
+    return [pg for pg in pgs.values() if pg is not None]
+
+
+def release(plan: Plan | None) -> None:
+    pgs = placement_groups(plan)
     if pgs:
         from ray.util.placement_group import remove_placement_group
 
-        for pg in pgs.values():
-            if pg is not None:
-                remove_placement_group(pg)
+        for pg in pgs:
+            remove_placement_group(pg)
 
 
 def actor_options(slot: ActorSlot, env: dict[str, str] | None = None) -> dict[str, Any]:
