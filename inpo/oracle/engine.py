@@ -23,6 +23,9 @@ from typing import Any
 from inpo.oracle.base import OracleError
 
 SEQ_CLS = "ForSequenceClassification"
+# vLLM's prefix cache reuses whole blocks: the CPU default (128 tokens) is longer than most
+# questions; 32 is the smallest block vLLM-CPU's attention takes (16 is refused)
+CPU_BLOCK = 32
 
 
 def check_dir(model_dir: str) -> None:
@@ -115,9 +118,7 @@ def start_vllm_judge(
             runner="pooling" if reward else "generate",
             prefix_caching=prefix_caching,
             sleep_mode=sleep_mode,
-            # the prefix cache reuses whole blocks: the CPU default (128 tokens) is longer
-            # than most questions; 32 is the smallest the CPU kernels take well
-            block_size=32 if device == "cpu" else None,
+            block_size=CPU_BLOCK if device == "cpu" else None,
         )
     except (OSError, ValueError, RuntimeError) as e:
         raise OracleError(f"oracle.model = {model_dir}: vLLM cannot start the judge: {e}") from e
