@@ -16,7 +16,7 @@ that share, not the engine, sets most of vLLM's gain. --question-words lengthens
 question by that many words (the paper's prompts are longer than these one-line tasks).
 
     .venv/bin/python bench/judge.py [--prompts 4] [--k 8] [--hf-batches 4,16] [--repeats 3]
-                                    [--question-words 0]
+                                    [--question-words 0] [--judges pairpm,reward]
 """
 
 from __future__ import annotations
@@ -157,7 +157,9 @@ def main() -> None:
     ap.add_argument("--hf-batches", default="4,16")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--question-words", type=int, default=0)
+    ap.add_argument("--judges", default="pairpm,reward")
     args = ap.parse_args()
+    judges = args.judges.split(",")
     torch.set_num_threads(os.cpu_count() or 1)
     smollm2 = str(ensure_smollm2())
     calls = tournament_calls(args.prompts, args.k, args.question_words)
@@ -170,8 +172,11 @@ def main() -> None:
         f"{os.cpu_count()} cores, float32, best of {args.repeats}"
     )
     hf_batches = [int(x) for x in args.hf_batches.split(",")]
-    print("pair-PM judge (SmolLM2-135M-Instruct):")
-    compare(PairPM, smollm2, calls, hf_batches, args.repeats)
+    if "pairpm" in judges:
+        print("pair-PM judge (SmolLM2-135M-Instruct):")
+        compare(PairPM, smollm2, calls, hf_batches, args.repeats)
+    if "reward" not in judges:
+        return
     with tempfile.TemporaryDirectory() as tmp:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
