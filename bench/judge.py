@@ -66,11 +66,11 @@ def lengthened(prompt, words: int, rng: random.Random):
 def tournament_calls(
     n_prompts: int, k: int, question_words: int = 0
 ) -> list[tuple[list, list, list]]:
-    rng = random.Random(0)
+    rng, words_rng = random.Random(0), random.Random(1)  # the same responses at any length
     rows = [
         {
             "prompt_id": i,
-            "prompt": lengthened(p, question_words, rng),
+            "prompt": lengthened(p, question_words, words_rng),
             "responses": [
                 " ".join(rng.choice(WORDS) for _ in range(rng.randint(30, 250))) for _ in range(k)
             ],
