@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from inpo.models import TINY
+from inpo.prompts import DEFAULT_KINDS, KINDS
 
 QUICKSTART_PROMPTS = "builtin:quickstart"
 
@@ -83,6 +84,12 @@ class DataConfig(_Section):
         "(tokenized as is, as TRL does: for a chat model give messages, or text already "
         "rendered with its template).",
     )
+    ifeval_kinds: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_KINDS),
+        description="builtin:ifeval: the instruction kinds its prompts carry, taking turns ("
+        + ", ".join(KINDS)
+        + "; default all but lowercase).",
+    )
     eval_prompts: str | None = Field(
         None,
         description="Held-out prompt file; default: data.eval_size prompts held out of "
@@ -109,6 +116,16 @@ class DataConfig(_Section):
     max_prompt_tokens: int = Field(
         256, ge=1, description="Prompts longer than this (in tokens) are skipped and counted."
     )
+
+    @field_validator("ifeval_kinds")
+    @classmethod
+    def _kinds(cls, kinds: list[str]) -> list[str]:
+        unknown = [k for k in kinds if k not in KINDS]
+        if unknown or not kinds or len(set(kinds)) < len(kinds):
+            raise ValueError(
+                f"data.ifeval_kinds = {kinds}: give distinct kinds of {', '.join(KINDS)}"
+            )
+        return kinds
 
     @property
     def prompt_files(self) -> list[str]:

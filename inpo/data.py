@@ -20,7 +20,7 @@ from typing import Any
 
 from inpo.config import ConfigError, DataConfig
 from inpo.errors import InpoError
-from inpo.prompts import constraint_prompts, quickstart_prompts
+from inpo.prompts import ifeval_prompts, quickstart_prompts
 
 Prompt = str | list[dict[str, str]]
 
@@ -267,8 +267,8 @@ def load_prompt_sets(data: DataConfig, iterations: int, seed: int) -> PromptSets
     first file. A run that would draw a training prompt twice, or fewer than it asks, is a
     ConfigError unless data.allow_reuse."""
     # Only the files the run's iterations draw from (a one-iteration trial needs one).
-    pools = [prompts_from(f, data.prompt_field) for f in data.prompt_files[:iterations]]
-    own_eval = prompts_from(data.eval_prompts, data.prompt_field) if data.eval_prompts else None
+    pools = [prompts_from(f, data) for f in data.prompt_files[:iterations]]
+    own_eval = prompts_from(data.eval_prompts, data) if data.eval_prompts else None
     own_size = None if own_eval is None else len(own_eval)
     splits = [
         split_prompts(len(pool), own_size, data.eval_size if i == 0 else 0, seed, data.selection)
@@ -306,16 +306,16 @@ def _check_supply(data: DataConfig, sets: PromptSets, iterations: int) -> None:
         )
 
 
-def prompts_from(source: str, field: str) -> list[Prompt]:
-    """The prompts one entry of data.prompts (or data.eval_prompts) names: a file or a
-    builtin set."""
+def prompts_from(source: str, data: DataConfig) -> list[Prompt]:
+    """The prompts one entry of data.prompts (or data.eval_prompts) names: a file (its
+    data.prompt_field) or a builtin set (builtin:ifeval asks data.ifeval_kinds)."""
     if source == "builtin:quickstart":
         return quickstart_prompts()
     if source == "builtin:ifeval":
-        return constraint_prompts(1200)  # 3 x 256 training + 128 held out, all distinct
+        return ifeval_prompts(data.ifeval_kinds)
     if source.startswith("builtin:"):
         raise DataError(
             f"data.prompts = {source!r}: unknown builtin (known: builtin:quickstart, "
             f"builtin:ifeval)"
         )
-    return load_prompts(source, field)
+    return load_prompts(source, data.prompt_field)

@@ -259,3 +259,9 @@ def constraint_prompts(
         instruction = _draw(kind, tasks[j], rng)
         out.append([{"role": "user", "content": f"{tasks[j].text} {instruction}"}])
     return out
+
+
+def ifeval_prompts(kinds: Sequence[str] = DEFAULT_KINDS) -> list[list[dict[str, str]]]:
+    """builtin:ifeval: 1200 prompts (3 x 256 training + 128 held out, all distinct), or
+    every distinct one when fewer kinds allow fewer (440 tasks per kind)."""
+    return constraint_prompts(min(1200, len(_tasks()) * len(set(kinds))), kinds=kinds)

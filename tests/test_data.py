@@ -259,10 +259,35 @@ def test_the_data_side_never_imports_the_oracle():
     import sys
 
     code = (
-        "import sys, inpo.data, inpo.prompts\n"
-        "inpo.data.prompts_from('builtin:ifeval', 'prompt')\n"
+        "import sys, inpo.config, inpo.data, inpo.prompts\n"
+        "inpo.data.prompts_from('builtin:ifeval', inpo.config.DataConfig())\n"
         "print(sorted(m for m in sys.modules if m.startswith('inpo.oracle')))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_builtin_ifeval_asks_the_kinds_of_data_ifeval_kinds():
+    from collections import Counter
+
+    from inpo.config import ConfigError, load_config
+    from inpo.data import load_prompt_sets
+    from inpo.oracle.constraints import parse_constraint
+
+    kinds = ["start_word", "max_words", "one_sentence"]
+    cfg = load_config(
+        None, ["data.prompts=builtin:ifeval", f"data.ifeval_kinds=[{','.join(kinds)}]"]
+    )
+    sets = load_prompt_sets(cfg.data, iterations=3, seed=0)
+    drawn = Counter(parse_constraint(p).kind for p in sets.pools[0][:300])  # the kinds take turns
+    assert set(drawn) == set(kinds) and max(drawn.values()) - min(drawn.values()) <= 1
+    assert {parse_constraint(p).kind for p in sets.pools[0]} == set(kinds)
+    assert len(sets.pools[0]) == 1200 and len(set(map(str, sets.pools[0]))) == 1200
+    # one kind holds one prompt per task: every distinct one, no repeat
+    one = load_config(None, ["data.prompts=builtin:ifeval", "data.ifeval_kinds=[no_commas]"])
+    pool = load_prompt_sets(one.data, iterations=1, seed=0).pools[0]
+    assert len(pool) == len(set(map(str, pool))) == 440
+    for bad in ("[keyword,keyword]", "[]", "[uppercase]"):
+        with pytest.raises(ConfigError, match="data.ifeval_kinds"):
+            load_config(None, [f"data.ifeval_kinds={bad}"])
