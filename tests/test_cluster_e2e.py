@@ -100,6 +100,19 @@ def check_placement(run: Path, tp: int = 1) -> list[dict]:
     return records
 
 
+def learner_threads(ranks: int) -> int:
+    """A learner rank's threads on plain CPU (inpo.placement.plan_placement)."""
+    return max(1, (os.cpu_count() or 1) // ranks)
+
+
+def matching_cpus(gpus: int, roles: dict[str, int]) -> int:
+    """run.num_cpus that gives a simulated learner rank the threads it has on plain CPU:
+    with another thread count the BLAS sums in another order and the weights differ in
+    their last bits (seen on a 2-core EPYC: 7e-7)."""
+    sharing = -(-sum(roles.values()) // gpus)  # actors on the learner's GPU
+    return gpus * sharing * learner_threads(roles["learner"])
+
+
 def same_weights(a: Path, b: Path) -> None:
     x, y = final_weights(a, 1), final_weights(b, 1)
     assert x.keys() == y.keys()
@@ -121,6 +134,7 @@ def test_simulated_layout_places_like_gpus_and_computes_like_cpu(
     root = tmp_path_factory.getbasetemp()
     run = tmp_path_factory.mktemp("sim") / name
     sim = ["run.simulate_gpus=true", f"run.num_gpus={gpus}"]
+    sim.append(f"run.num_cpus={matching_cpus(gpus, roles)}")
     r = inpo_train(*BASE, *layouts(judge)[name], *sim, f"run.dir={run}")
     assert r.returncode == 0, r.stderr[-3000:]
     records = check_placement(run)
@@ -138,7 +152,8 @@ def test_simulated_layout_places_like_gpus_and_computes_like_cpu(
 
 
 class TwoNodes:
-    """A head and a worker node of 4 logical GPUs and 8 CPUs each (`ray start --block` on
+    """A head and a worker node of 4 logical GPUs each and the CPUs that give each GPU the
+    threads of a learner rank of two on plain CPU (`ray start --block` on
     127.0.0.1, their own ports and temp dir). The worker can be killed like a lost machine
     (SIGKILL of its whole process tree) and started again."""
 
@@ -153,7 +168,8 @@ class TwoNodes:
         self.start_worker()
 
     def _start(self, head: bool) -> subprocess.Popen:
-        args = [self.ray, "start", "--block", "--num-gpus=4", "--num-cpus=8"]
+        args = [self.ray, "start", "--block", "--num-gpus=4"]
+        args.append(f"--num-cpus={4 * learner_threads(2)}")
         args.append("--disable-usage-stats")
         for flag in (
             "dashboard-agent-listen-port",
