@@ -24,6 +24,8 @@ import pytest
 import torch
 from helpers import final_weights, free_port, inpo_train
 
+from inpo.placement import plan_placement
+
 pytestmark = pytest.mark.e2e
 
 BASE = [
@@ -101,8 +103,8 @@ def check_placement(run: Path, tp: int = 1) -> list[dict]:
 
 
 def learner_threads(ranks: int) -> int:
-    """A learner rank's threads on plain CPU (inpo.placement.plan_placement)."""
-    return max(1, (os.cpu_count() or 1) // ranks)
+    """A learner rank's threads on plain CPU: the planner's own CPU plan (no GPU node)."""
+    return plan_placement([], {"learner": (ranks, 0)}).slots["learner"][0].num_cpus
 
 
 def matching_cpus(gpus: int, roles: dict[str, int]) -> int:
@@ -153,8 +155,8 @@ def test_simulated_layout_places_like_gpus_and_computes_like_cpu(
 
 class TwoNodes:
     """A head and a worker node of 4 logical GPUs each and the CPUs that give each GPU the
-    threads of a learner rank of two on plain CPU (`ray start --block` on
-    127.0.0.1, their own ports and temp dir). The worker can be killed like a lost machine
+    threads of a learner rank of two on plain CPU (`ray start --block` on 127.0.0.1, their
+    own ports and temp dir). The worker can be killed like a lost machine
     (SIGKILL of its whole process tree) and started again."""
 
     def __init__(self, logs: Path):
