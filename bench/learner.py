@@ -32,6 +32,7 @@ pi_ref only for full fine-tuning).
 Run:  .venv/bin/python bench/learner.py            (about 80 s with defaults here)
       .venv/bin/python bench/learner.py --ranks 2
       .venv/bin/python bench/learner.py --lora 16
+      .venv/bin/python bench/learner.py --autocast
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=192, help="longest prompt+response")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lora", type=int, default=0, help="compare LoRA rank R with full FT")
+    p.add_argument("--autocast", action="store_true", help="compare bf16 autocast with fp32")
     return p.parse_args()
 
 
@@ -246,6 +248,63 @@ def peak_rss_mib(_actor) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def side_by_side(cfgs, model_dir, pairs, cache, pad_id, args):
+    """Fresh learners, one per config, taking turns one optimizer step each (a load change
+    on a shared machine hits all alike): ({name: tokens/s}, {name: peak RSS MiB of a
+    rank}, {name: [loss per step]})."""
+    from inpo.cluster import start_ray
+    from inpo.learn import start_learner, total_steps
+
+    total = args.warmup + args.steps
+    groups = {}
+    secs, tokens = dict.fromkeys(cfgs, 0.0), dict.fromkeys(cfgs, 0.0)
+    losses = {name: [] for name in cfgs}
+    try:
+        for name, cfg in cfgs.items():
+            groups[name] = start_learner(cfg, start_ray(cfg))
+            groups[name].set_data(pairs, pad_id)
+            groups[name].set_cache(cache)
+            groups[name].build_engine(model_dir, total_steps(cfg, pairs))
+        for step in range(total):
+            for name, group in groups.items():
+                t0 = time.perf_counter()
+                m = group.train_step(step)
+                losses[name].append(m["loss"])
+                if step >= args.warmup:
+                    secs[name] += time.perf_counter() - t0
+                    tokens[name] += m["tokens"]
+        peak = {
+            name: max(group.get([a.__ray_call__.remote(peak_rss_mib) for a in group.actors]))
+            for name, group in groups.items()
+        }
+    finally:
+        for group in groups.values():
+            group.shutdown()
+    return {name: tokens[name] / secs[name] for name in cfgs}, peak, losses
+
+
+def autocast_main(args: argparse.Namespace) -> None:
+    """learner.autocast = bfloat16 vs off, float32 weights both: tokens/s, and how far
+    apart their losses are (the same batches, from the same weights)."""
+    total = args.warmup + args.steps
+    tok = build_tokenizer()
+    pairs = synthetic_pairs(total * args.global_batch, len(tok), args.seq_len, args.seed)
+    cache = uniform_cache(pairs, len(tok))
+    cfgs = {
+        "float32": bench_config(args),
+        "bf16 autocast": bench_config(args, "learner.autocast=bfloat16"),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = str(build_tiny_model(tmp, layers=args.layers, hidden=args.hidden))
+        print(f"model: {count_parameters(model_dir) / 1e6:.1f}M params, {len(pairs)} pairs")
+        tps, peak, losses = side_by_side(cfgs, model_dir, pairs, cache, tok.pad_token_id, args)
+    print(f"\n{'':16s}{'tokens/s':>10s}{'peak RSS MiB':>14s}{'first loss':>12s}{'last loss':>12s}")
+    for name in cfgs:
+        row = f"{tps[name]:10.1f}{peak[name]:14.0f}{losses[name][0]:12.5f}{losses[name][-1]:12.5f}"
+        print(f"{name:16s}{row}")
+    print(f"ratio bf16 autocast / float32: tokens/s {tps['bf16 autocast'] / tps['float32']:.2f}x")
+
+
 def lora_main(args: argparse.Namespace) -> None:
     """LoRA rank args.lora vs full fine-tuning: memory, tokens/s, logps stage time. The
     two learners train side by side, one optimizer step each in turn, so a load change
@@ -258,7 +317,7 @@ def lora_main(args: argparse.Namespace) -> None:
     pairs = synthetic_pairs(total * args.global_batch, len(tok), args.seq_len, args.seed)
     cache = uniform_cache(pairs, len(tok))
     modes = {"full fine-tuning": 0, f"LoRA r={args.lora}": args.lora}
-    logps, groups = {}, {}
+    logps = {}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = str(build_tiny_model(tmp, layers=args.layers, hidden=args.hidden))
         print(f"model: {count_parameters(model_dir) / 1e6:.1f}M params, {len(pairs)} pairs")
@@ -280,38 +339,18 @@ def lora_main(args: argparse.Namespace) -> None:
                 logps[name] = (old, time.perf_counter() - t0)
             finally:
                 group.shutdown()
-        try:
-            for name, cfg in cfgs.items():  # fresh ranks: their peak memory is training's
-                groups[name] = start_learner(cfg, start_ray(cfg))
-                groups[name].set_data(pairs, tok.pad_token_id)
-                groups[name].set_cache(cache)
-                groups[name].build_engine(model_dir, steps)
-            secs, tokens = dict.fromkeys(modes, 0.0), dict.fromkeys(modes, 0.0)
-            for step in range(total):
-                for name, group in groups.items():
-                    t0 = time.perf_counter()
-                    m = group.train_step(step)
-                    if step >= args.warmup:
-                        secs[name] += time.perf_counter() - t0
-                        tokens[name] += m["tokens"]
-            peak = {
-                name: max(group.get([a.__ray_call__.remote(peak_rss_mib) for a in group.actors]))
-                for name, group in groups.items()
-            }
-        finally:
-            for group in groups.values():
-                group.shutdown()
+        tps, peak, _ = side_by_side(cfgs, model_dir, pairs, cache, tok.pad_token_id, args)
     print(
         f"\n{'':22s}{'tokens/s':>10s}{'peak RSS MiB':>14s}{'logps old s':>13s}{'logps new s':>13s}"
     )
     for name in modes:
-        tps = tokens[name] / secs[name]
         print(
-            f"{name:22s}{tps:10.1f}{peak[name]:14.0f}{logps[name][0]:13.2f}{logps[name][1]:13.2f}"
+            f"{name:22s}{tps[name]:10.1f}{peak[name]:14.0f}"
+            f"{logps[name][0]:13.2f}{logps[name][1]:13.2f}"
         )
     full, lora = list(modes)
     print(
-        f"LoRA / full: tokens/s {tokens[lora] / secs[lora] / (tokens[full] / secs[full]):.2f}x, "
+        f"LoRA / full: tokens/s {tps[lora] / tps[full]:.2f}x, "
         f"peak memory {peak[lora] / peak[full]:.2f}x; logps stage now / before: full "
         f"{logps[full][1] / logps[full][0]:.2f}x, LoRA {logps[lora][1] / logps[lora][0]:.2f}x"
     )
@@ -319,4 +358,9 @@ def lora_main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     args = parse_args()
-    lora_main(args) if args.lora else main(args)
+    if args.lora:
+        lora_main(args)
+    elif args.autocast:
+        autocast_main(args)
+    else:
+        main(args)

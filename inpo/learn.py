@@ -65,7 +65,8 @@ def cache_logps(
     group: LearnerGroup, pairs: TokenizedPairs, pi_t_dir: str, reference_dir: str, path: Path
 ) -> dict[str, torch.Tensor]:
     """log pi_ref and log pi_t of every pair, computed once and kept in ``path``; a cache
-    computed from other inputs (pairs, models, dtype, length normalisation) is redone.
+    computed from other inputs (pairs, models, dtype, autocast, length normalisation) is
+    redone.
 
     pi_t is the training model itself before its first step (the engine is built here and
     kept for the learn stage), so no frozen copy of pi_t is ever loaded. pi_ref is pi_t in
@@ -82,6 +83,7 @@ def cache_logps(
         "pi_t": model_identity(pi_t_dir),
         "pi_ref": model_identity(reference_dir),
         "dtype": group.dtype,
+        "autocast": cfg.learner.autocast,
         "normalize_length": str(cfg.loss.normalize_length),
         "lora": digest(cfg.model.lora.model_dump(mode="json")),
     }

@@ -248,6 +248,39 @@ def test_dropout_is_off_so_the_first_margin_is_zero(tmp_path, ray_session):
     assert saved["attention_dropout"] == 0.5  # the user's config is saved as it was
 
 
+def test_autocast_trains_in_bf16_and_saves_and_probes_fp32_weights(
+    tmp_path, tiny_model, ray_session
+):
+    """learner.autocast = bfloat16 under ZeRO-3 with 2 ranks: the forwards run in bf16
+    (pi_t's cached log-probs are not the fp32 ones), the weights and the saved policy stay
+    fp32, it learns, and the weight-sync probe scores the weights as saved."""
+    from transformers import AutoTokenizer
+
+    from inpo.rollout.generator import probe_sequence
+
+    model = tiny_model
+    pairs_path = write_pairs(tmp_path / "pairs.jsonl", 32, seed=5)
+    probe = probe_sequence(AutoTokenizer.from_pretrained(model))
+    got = {}
+
+    def after(group, pairs):
+        got["probe"] = group.probe_logp(*probe)
+        got["pairs"] = pairs
+
+    out = tmp_path / "out"
+    overrides = ["learner.num_ranks=2", "deepspeed.zero_stage=3", "learner.autocast=bfloat16"]
+    rows = _train_in_process(BASE + overrides, pairs_path, model, out, after=after)
+    assert rows[-1]["loss"] < 0.5 * rows[0]["loss"]
+    saved = load_file(str(out / "policy" / "model.safetensors"))
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+    assert got["probe"] == pytest.approx(hf_logp(out / "policy", *probe), abs=1e-4)
+    pi_t = load_file(str(out / "logps.safetensors"))["pi_t_chosen"]
+    pairs = got["pairs"]
+    fp32 = [hf_logp(model, pairs.prompt[i] + pairs.chosen[i], len(pairs.prompt[i])) for i in (0, 1)]
+    diffs = [abs(pi_t[i].item() - fp32[i]) for i in (0, 1)]
+    assert max(diffs) > 1e-3 and max(diffs) < 0.1 * abs(fp32[0]), diffs
+
+
 def test_learn_refuses_stale_state_and_drops_pairs_that_do_not_fit(
     tmp_path, tiny_model, tiny_tied_model
 ):

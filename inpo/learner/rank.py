@@ -113,6 +113,7 @@ class LearnerRank(Actor):
     def __init__(self, rank: int, world: int, cfg: InpoConfig, device: str):
         self.rank, self.world, self.cfg, self.device = rank, world, cfg, device
         self.dtype = torch_dtype(cfg.model.dtype, device)
+        self.autocast = cfg.learner.autocast == "bfloat16" and self.dtype != torch.bfloat16
         self.engine = None
         self.frozen = None
         self.hf_config = None
@@ -209,6 +210,8 @@ class LearnerRank(Actor):
         padded = part + [0] * (max(0, min(hi, largest) - lo) - len(part))
         model = self.frozen if source == "frozen" else self.engine
         adapter_off = source == "base"
+        # the engine autocasts itself; a frozen model is scored in the same precision
+        frozen_autocast = self.autocast and model is self.frozen
         if model is self.engine:
             model.eval()
         bs = self.cfg.learner.logps_batch_size
@@ -216,7 +219,10 @@ class LearnerRank(Actor):
         try:
             for i in range(0, len(padded), bs):
                 batch = self._to_device(self._collate(padded[i : i + bs]))
-                with self.engine.module.disable_adapter() if adapter_off else nullcontext():
+                with (
+                    self.engine.module.disable_adapter() if adapter_off else nullcontext(),
+                    torch.autocast(self._torch_device().type, torch.bfloat16, frozen_autocast),
+                ):
                     c, r = forward_logps(model, batch, self.cfg.loss.normalize_length)
                 out.append(torch.stack([c, r], dim=1).float().cpu())
         finally:
@@ -245,6 +251,13 @@ class LearnerRank(Actor):
             "gradient_clipping": lc.grad_clip,
             "zero_optimization": zero,
             "bf16": {"enabled": self.dtype == torch.bfloat16},
+            # compute only: no module is "lower-precision safe", so ZeRO gathers parameters
+            # and reduces gradients in model.dtype (by default linear layers' go in bf16)
+            "torch_autocast": {
+                "enabled": self.autocast,
+                "dtype": "bfloat16",
+                "lower_precision_safe_modules": [],
+            },
             "steps_per_print": 1 << 30,
             "wall_clock_breakdown": False,
         }
@@ -490,10 +503,11 @@ class LearnerRank(Actor):
         config.save_pretrained(str(out))
 
     def probe_logp(self, ids: list[int], prompt_len: int) -> float:
-        """Summed log-prob of ids[prompt_len:] under the engine's current weights."""
+        """Summed log-prob of ids[prompt_len:] under the engine's current weights as saved:
+        the module itself, outside the engine's autocast."""
         self.engine.eval()
         try:
-            return self._score(self.engine, ids, prompt_len)
+            return self._score(self.engine.module, ids, prompt_len)
         finally:
             self.engine.train()
 
