@@ -258,9 +258,8 @@ def test_autocast_trains_in_bf16_and_saves_and_probes_fp32_weights(
 
     from inpo.rollout.generator import probe_sequence
 
-    model = tiny_model
     pairs_path = write_pairs(tmp_path / "pairs.jsonl", 32, seed=5)
-    probe = probe_sequence(AutoTokenizer.from_pretrained(model))
+    probe = probe_sequence(AutoTokenizer.from_pretrained(tiny_model))
     got = {}
 
     def after(group, pairs):
@@ -269,14 +268,16 @@ def test_autocast_trains_in_bf16_and_saves_and_probes_fp32_weights(
 
     out = tmp_path / "out"
     overrides = ["learner.num_ranks=2", "deepspeed.zero_stage=3", "learner.autocast=bfloat16"]
-    rows = _train_in_process(BASE + overrides, pairs_path, model, out, after=after)
+    rows = _train_in_process(BASE + overrides, pairs_path, tiny_model, out, after=after)
     assert rows[-1]["loss"] < 0.5 * rows[0]["loss"]
     saved = load_file(str(out / "policy" / "model.safetensors"))
     assert {t.dtype for t in saved.values()} == {torch.float32}
     assert got["probe"] == pytest.approx(hf_logp(out / "policy", *probe), abs=1e-4)
     pi_t = load_file(str(out / "logps.safetensors"))["pi_t_chosen"]
     pairs = got["pairs"]
-    fp32 = [hf_logp(model, pairs.prompt[i] + pairs.chosen[i], len(pairs.prompt[i])) for i in (0, 1)]
+    fp32 = [
+        hf_logp(tiny_model, pairs.prompt[i] + pairs.chosen[i], len(pairs.prompt[i])) for i in (0, 1)
+    ]
     diffs = [abs(pi_t[i].item() - fp32[i]) for i in (0, 1)]
     assert max(diffs) > 1e-3 and max(diffs) < 0.1 * abs(fp32[0]), diffs
 
