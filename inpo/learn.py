@@ -83,7 +83,7 @@ def cache_logps(
         "pi_t": model_identity(pi_t_dir),
         "pi_ref": model_identity(reference_dir),
         "dtype": group.dtype,
-        "autocast": cfg.learner.autocast,
+        "autocast": str(group.autocast),
         "normalize_length": str(cfg.loss.normalize_length),
         "lora": digest(cfg.model.lora.model_dump(mode="json")),
     }

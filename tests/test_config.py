@@ -144,3 +144,21 @@ def test_auto_epochs_need_heldout_pairs_and_lay_the_schedule_over_the_cap():
     assert load_config(None, ["learner.epochs=3"]).learner.epoch_cap == 3
     with pytest.raises(ConfigError, match="learner.heldout_fraction > 0"):
         load_config(None, ["learner.epochs=auto", "learner.heldout_fraction=0"])
+
+
+@pytest.mark.parametrize(
+    "dtype,device,expected",
+    [
+        ("auto", "cpu", True),
+        ("float32", "cuda", True),
+        ("auto", "cuda", False),
+        ("bfloat16", "cpu", False),
+    ],
+)
+def test_autocast_is_in_effect_only_over_weights_not_already_bf16(dtype, device, expected):
+    """The learner and the logps cache key ask one helper; autocast over bf16 weights is
+    a no-op, so switching it must not recompute a cache."""
+    from inpo.models import autocasts
+
+    assert autocasts("bfloat16", dtype, device) is expected
+    assert autocasts("off", dtype, device) is False

@@ -13,7 +13,7 @@ from inpo.config import InpoConfig
 from inpo.data import TokenizedPairs
 from inpo.learner.rank import LearnerRank
 from inpo.loss import CACHE_KEYS
-from inpo.models import dtype_name
+from inpo.models import autocasts, dtype_name
 from inpo.placement import ActorSlot
 
 
@@ -24,6 +24,7 @@ class LearnerGroup(ActorGroup):
             raise ValueError(f"{len(slots)} placement slots for {world} learner ranks")
         self.cfg = cfg
         self.dtype = dtype_name(cfg.model.dtype, device)
+        self.autocast = autocasts(cfg.learner.autocast, cfg.model.dtype, device)
         env = {"DS_ACCELERATOR": "cpu"} if device == "cpu" else {}
         super().__init__(
             "learner rank",

@@ -29,7 +29,7 @@ from inpo.learner.batching import (
     rank_micro_batches,
     training_batch,
 )
-from inpo.models import tensor_digest, torch_dtype, weights_digest
+from inpo.models import autocasts, tensor_digest, torch_dtype, weights_digest
 from inpo.placement import Actor
 
 SHARD_BYTES = 4 << 30
@@ -113,7 +113,7 @@ class LearnerRank(Actor):
     def __init__(self, rank: int, world: int, cfg: InpoConfig, device: str):
         self.rank, self.world, self.cfg, self.device = rank, world, cfg, device
         self.dtype = torch_dtype(cfg.model.dtype, device)
-        self.autocast = cfg.learner.autocast == "bfloat16" and self.dtype != torch.bfloat16
+        self.autocast = autocasts(cfg.learner.autocast, cfg.model.dtype, device)
         self.engine = None
         self.frozen = None
         self.hf_config = None

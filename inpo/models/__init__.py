@@ -16,6 +16,12 @@ def dtype_name(dtype: str, device: str) -> str:
     return dtype
 
 
+def autocasts(autocast: str, dtype: str, device: str) -> bool:
+    """Whether learner.autocast is in effect: bf16 products over weights of another dtype
+    (weights already in bf16 have nothing to autocast)."""
+    return autocast == "bfloat16" and dtype_name(dtype, device) != "bfloat16"
+
+
 def torch_dtype(dtype: str, device: str):
     """model.dtype as a torch dtype for a device."""
     import torch
