@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PositiveInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -96,11 +97,12 @@ class DataConfig(_Section):
         "the first data.prompts file before any training prompt is drawn.",
     )
     eval_size: int = Field(64, ge=0, description="Held-out evaluation prompts (0 disables eval).")
-    prompts_per_iteration: int = Field(
+    prompts_per_iteration: PositiveInt | list[PositiveInt] = Field(
         64,
-        ge=1,
-        description="Fresh prompts drawn for each iteration; one file must hold "
-        "run.iterations times as many training prompts, a per-iteration file this many.",
+        description="Fresh prompts drawn for each iteration, or a list: iteration t draws "
+        "the t-th count (the last one for later iterations), e.g. more where pairs get "
+        "scarce as the policy improves. One file must hold all the iterations' prompts, a "
+        "per-iteration file its iteration's count.",
     )
     allow_reuse: bool = Field(
         False,
@@ -117,6 +119,13 @@ class DataConfig(_Section):
         256, ge=1, description="Prompts longer than this (in tokens) are skipped and counted."
     )
 
+    @field_validator("prompts_per_iteration")
+    @classmethod
+    def _counts(cls, per: int | list[int]) -> int | list[int]:
+        if per == []:
+            raise ValueError("data.prompts_per_iteration = []: give a count, or one per iteration")
+        return per
+
     @field_validator("ifeval_kinds")
     @classmethod
     def _kinds(cls, kinds: list[str]) -> list[str]:
@@ -131,6 +140,11 @@ class DataConfig(_Section):
     def prompt_files(self) -> list[str]:
         """data.prompts as a list: one entry for every iteration, or one per iteration."""
         return [self.prompts] if isinstance(self.prompts, str) else list(self.prompts)
+
+    def prompts_for(self, t: int) -> int:
+        """Prompts iteration t (1-based) draws."""
+        per = self.prompts_per_iteration
+        return per if isinstance(per, int) else per[min(t, len(per)) - 1]
 
 
 class GenerationConfig(_Section):

@@ -28,9 +28,10 @@ class Layout:
 
 
 def phase_flops(cfg: InpoConfig, policy_params: int, judge_params: int | None) -> dict:
-    """FLOPs of one iteration's phases; the token counts assume full-length prompts and
-    responses (data.max_prompt_tokens, generation.max_new_tokens)."""
-    prompts, k = cfg.data.prompts_per_iteration, cfg.generation.num_samples
+    """FLOPs of the largest iteration's phases; the token counts assume full-length prompts
+    and responses (data.max_prompt_tokens, generation.max_new_tokens)."""
+    prompts = max(cfg.data.prompts_for(t) for t in range(1, cfg.run.iterations + 1))
+    k = cfg.generation.num_samples
     lp, lr = cfg.data.max_prompt_tokens, cfg.generation.max_new_tokens
     gen = 2 * policy_params * prompts * (lp + k * lr)
     strategy = cfg.pairing.strategy

@@ -238,10 +238,10 @@ def split_prompts(
     return train, eval_ids
 
 
-def iteration_prompts(train_ids: list[int], per_iter: int, t: int) -> list[int]:
-    """Prompt ids of iteration t: the t-th slice, wrapping around an exhausted pool."""
-    start = (t - 1) * per_iter
-    return [train_ids[(start + i) % len(train_ids)] for i in range(min(per_iter, len(train_ids)))]
+def iteration_prompts(train_ids: list[int], start: int, count: int) -> list[int]:
+    """``count`` prompt ids from position ``start`` of the draw order, wrapping around an
+    exhausted pool."""
+    return [train_ids[(start + i) % len(train_ids)] for i in range(min(count, len(train_ids)))]
 
 
 @dataclass
@@ -254,12 +254,14 @@ class PromptSets:
     eval_pool: list[Prompt]
     eval_ids: list[int]
 
-    def iteration(self, t: int, per_iter: int) -> tuple[list[Prompt], list[int]]:
-        """Iteration t's pool and prompt ids: the t-th slice of the one file, or the first
-        slice of the t-th file."""
+    def iteration(self, t: int, data: DataConfig) -> tuple[list[Prompt], list[int]]:
+        """Iteration t's pool and prompt ids: the slice after the earlier iterations' of
+        the one file, or the first slice of the t-th file."""
+        count = data.prompts_for(t)
         if len(self.pools) == 1:
-            return self.pools[0], iteration_prompts(self.train_ids[0], per_iter, t)
-        return self.pools[t - 1], iteration_prompts(self.train_ids[t - 1], per_iter, 1)
+            start = sum(data.prompts_for(s) for s in range(1, t))
+            return self.pools[0], iteration_prompts(self.train_ids[0], start, count)
+        return self.pools[t - 1], iteration_prompts(self.train_ids[t - 1], 0, count)
 
 
 def load_prompt_sets(data: DataConfig, iterations: int, seed: int) -> PromptSets:
@@ -289,13 +291,17 @@ def _check_supply(data: DataConfig, sets: PromptSets, iterations: int) -> None:
     per = data.prompts_per_iteration
     held = "" if data.eval_prompts else f" after {len(sets.eval_ids)} held out for eval"
     if len(sets.pools) == 1:
-        need, have = per * iterations, len(sets.train_ids[0])
+        need = sum(data.prompts_for(t) for t in range(1, iterations + 1))
+        have = len(sets.train_ids[0])
         short = f"{iterations} iterations need {need}, data.prompts holds {have}{held}"
     else:
-        t = next((t for t in range(iterations) if len(sets.train_ids[t]) < per), None)
+        t = next(
+            (t for t in range(iterations) if len(sets.train_ids[t]) < data.prompts_for(t + 1)),
+            None,
+        )
         if t is None:
             return
-        need, have = per, len(sets.train_ids[t])
+        need, have = data.prompts_for(t + 1), len(sets.train_ids[t])
         short = f"iteration {t + 1} needs {need}, data.prompts[{t}] holds {have}"
         short += held if t == 0 else ""
     if have < need:

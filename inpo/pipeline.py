@@ -249,7 +249,7 @@ class Trainer:
     def _generate(self, t: int) -> dict:
         self.fleet.hold(self.policy(t))
         g = self.cfg.generation
-        pool, ids = self.prompts.iteration(t, self.cfg.data.prompts_per_iteration)
+        pool, ids = self.prompts.iteration(t, self.cfg.data)
         partial = self.iter_dir(t) / "generations.partial.jsonl"
         kept = len(read_jsonl_prefix(partial))  # what generate_rows will keep of it
         rows = self._generate_rows(

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from inpo.data import (
     DataError,
@@ -19,9 +20,9 @@ def test_holdout_is_disjoint_and_slices_are_fresh():
     train, held = split_prompts(100, None, eval_size=10, seed=3, selection="slice")
     assert len(held) == 10 and not set(held) & set(train) and len(train) == 90
     assert train == sorted(train)  # slice mode keeps file order
-    its = [iteration_prompts(train, 30, t) for t in (1, 2, 3)]
+    its = [iteration_prompts(train, start, 30) for start in (0, 30, 60)]
     assert sum(its, []) == train  # three fresh slices cover the pool exactly once
-    assert iteration_prompts(train, 30, 4) == its[0]  # then wrap around
+    assert iteration_prompts(train, 90, 30) == its[0]  # then wrap around
     assert split_prompts(100, None, 10, 3, "slice") == (train, held)
     assert split_prompts(100, None, 10, 4, "slice")[1] != held  # the seed matters
 
@@ -184,7 +185,7 @@ def test_iteration_t_draws_from_the_t_th_file_and_eval_from_the_first(tmp_path):
     assert len(sets.eval_ids) == 4 and sets.eval_pool is sets.pools[0]
     held = set(_texts(sets.eval_pool, sets.eval_ids))
     for t in (1, 2, 3):
-        pool, ids = sets.iteration(t, 8)
+        pool, ids = sets.iteration(t, data)
         texts = _texts(pool, ids)
         assert len(set(texts)) == 8 and all(x.startswith(f"iter{t} ") for x in texts)
         assert not held & set(texts)
@@ -200,16 +201,40 @@ def test_iteration_t_draws_from_the_t_th_file_and_eval_from_the_first(tmp_path):
     later = [*files[:2], str(tmp_path / "not_downloaded_yet.jsonl")]
     data = _data(prompts=later, prompts_per_iteration=8, eval_size=4)
     sets = load_prompt_sets(data, iterations=2, seed=0)
-    assert _texts(*sets.iteration(2, 8)) == [f"iter2 {i}" for i in range(8)]
+    assert _texts(*sets.iteration(2, data)) == [f"iter2 {i}" for i in range(8)]
 
 
 def test_one_file_slices_are_fresh_across_iterations(tmp_path):
     from inpo.data import load_prompt_sets
 
     one = _prompt_file(tmp_path / "all.jsonl", 40, "p")
-    sets = load_prompt_sets(_data(prompts=one, prompts_per_iteration=12, eval_size=4), 3, 0)
-    drawn = [_texts(*sets.iteration(t, 12)) for t in (1, 2, 3)]
+    data = _data(prompts=one, prompts_per_iteration=12, eval_size=4)
+    sets = load_prompt_sets(data, 3, 0)
+    drawn = [_texts(*sets.iteration(t, data)) for t in (1, 2, 3)]
     assert len(set(sum(drawn, []))) == 36
+
+
+def test_a_list_of_counts_gives_each_iteration_its_own_fresh_slice(tmp_path):
+    """data.prompts_per_iteration = [8, 12]: iteration 1 draws 8, iterations 2 and 3 the
+    last count, 12; the slices follow each other, and the supply check sums them."""
+    from inpo.config import ConfigError
+    from inpo.data import load_prompt_sets
+
+    one = _prompt_file(tmp_path / "all.jsonl", 36, "p")
+    data = _data(prompts=one, prompts_per_iteration=[8, 12], eval_size=4)
+    sets = load_prompt_sets(data, 3, 0)
+    drawn = [_texts(*sets.iteration(t, data)) for t in (1, 2, 3)]
+    assert [len(d) for d in drawn] == [8, 12, 12]
+    assert sum(drawn, []) == _texts(sets.pools[0], sets.train_ids[0])  # all 32, in order
+    with pytest.raises(ConfigError, match="4 iterations need 44, data.prompts holds 32"):
+        load_prompt_sets(data, 4, 0)
+    files = [_prompt_file(tmp_path / f"iter{t}.jsonl", 10, f"iter{t}") for t in (1, 2)]
+    data = _data(prompts=files, prompts_per_iteration=[6, 11], eval_size=4)
+    with pytest.raises(ConfigError, match=r"iteration 2 needs 11, data.prompts\[1\] holds 10"):
+        load_prompt_sets(data, 2, 0)
+    for bad in ([8, 0], []):
+        with pytest.raises(ValidationError, match="prompts_per_iteration"):
+            _data(prompts=one, prompts_per_iteration=bad)
 
 
 def test_a_run_that_would_draw_a_prompt_twice_is_refused(tmp_path):
@@ -228,7 +253,7 @@ def test_a_run_that_would_draw_a_prompt_twice_is_refused(tmp_path):
     load_prompt_sets(data, iterations=2, seed=0)  # 40 of 56: no prompt twice
     # asked for by name: the slices wrap around, as before
     sets = load_prompt_sets(data.model_copy(update={"allow_reuse": True}), 3, 0)
-    drawn = [_texts(*sets.iteration(t, 20)) for t in (1, 2, 3)]
+    drawn = [_texts(*sets.iteration(t, data)) for t in (1, 2, 3)]
     assert len(set(sum(drawn, []))) == 56
     # per-iteration files: each must hold a whole iteration; the first also gives eval
     files = [_prompt_file(tmp_path / f"iter{t}.jsonl", 20, f"iter{t}") for t in (1, 2, 3)]

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 SMALL = [
     "run.iterations=2",
-    "data.prompts_per_iteration=32",
+    "data.prompts_per_iteration=[32, 24]",  # iteration 2 draws 24
     "data.eval_size=16",
     "generation.num_samples=4",
     "generation.max_new_tokens=16",
@@ -51,6 +51,12 @@ def test_full_run_reports_everything(full_run):
     assert "win vs ref [95% CI]" in r.stdout and "final policy:" in r.stdout
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [row["iteration"] for row in rows] == [0, 1, 2]  # 0: the initial policy
+    assert [row["prompts"] for row in rows[1:]] == [32, 24]
+    drawn = [
+        {json.loads(x)["prompt_id"] for x in (run / f"iter_{t}" / "generations.jsonl").open()}
+        for t in (1, 2)
+    ]
+    assert not drawn[0] & drawn[1]  # iteration 2's slice follows iteration 1's
     assert rows[0]["mean_length"] > 0 and "win_vs_ref" not in rows[0]  # pi_1 = pi_ref
     for row in rows[1:]:
         t = row["iteration"]
