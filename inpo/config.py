@@ -334,8 +334,10 @@ class LearnerConfig(_Section):
         "(DeepSpeed's torch_autocast) while weights, gradients and Adam stay in model.dtype. "
         "With float32 weights: about twice the learner's speed on a CPU with bfloat16 "
         "instructions, and no update lost to rounding (model.dtype = bfloat16 rounds the "
-        "weights themselves: a step below 1/256 of a weight barely moves it). Moot where "
-        "model.dtype resolves to bfloat16.",
+        "weights themselves: a step below 1/256 of a weight barely moves it). The cached "
+        "pi_t/pi_ref log-probs and the excess come from the same bf16 forward as the steps; "
+        "vLLM samples the fp32 function, in which a trained policy's margin changes read "
+        "about 1/1.2 as large. Moot where model.dtype resolves to bfloat16.",
     )
     max_length: int = Field(
         1024,
