@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 from inpo.config import InpoConfig
 from inpo.errors import InpoError
@@ -25,7 +26,9 @@ def start_ray(cfg: InpoConfig) -> str:
 
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
-    if not ray.is_initialized():
+    if ray.is_initialized():
+        check_joined(cfg)
+    else:
         runtime_env = {"env_vars": {k: os.environ[k] for k in QUIET_ENV}}
         if cfg.run.ray_address:
             ray.init(
@@ -33,6 +36,7 @@ def start_ray(cfg: InpoConfig) -> str:
                 runtime_env=runtime_env,
                 log_to_driver=cfg.run.actor_logs,
             )
+            check_joined(cfg, address_checked=True)
         else:
             cpus = cfg.run.num_cpus or max(8, os.cpu_count() or 1)
             # "local": a fresh instance even where `ray start` ran (or left a stale record
@@ -58,3 +62,39 @@ def start_ray(cfg: InpoConfig) -> str:
     if cfg.run.device == "auto":
         return "cuda" if gpus else "cpu"
     return cfg.run.device
+
+
+def check_joined(cfg: InpoConfig, address_checked: bool = False) -> None:
+    """A cluster this process did not size (already initialised here, or joined by
+    run.ray_address) must have what the run's settings ask for: a setting it would
+    silently ignore is an error naming the field (run.actor_logs, which only changes the
+    console, a warning)."""
+    import ray
+
+    have = ray.cluster_resources()
+    for field, key in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
+        want = getattr(cfg.run, field)
+        if want is not None and have.get(key, 0) != want:
+            raise InpoError(
+                f"run.{field} = {want}: the Ray cluster this run joins has "
+                f"{have.get(key, 0):g} {key}s and is not resized; drop run.{field} or start "
+                "the cluster with that many"
+            )
+    address = ray.get_runtime_context().gcs_address
+    if cfg.run.ray_address not in (None, "auto") and not address_checked:
+        if _host_port(cfg.run.ray_address) != _host_port(address):
+            raise InpoError(
+                f"run.ray_address = {cfg.run.ray_address!r}: this process is already "
+                f"connected to the Ray cluster at {address}"
+            )
+    if cfg.run.actor_logs and not address_checked:
+        warnings.warn(
+            "run.actor_logs = true: Ray was already initialised in this process, so actor "
+            "logs stay in Ray's session log dir",
+            stacklevel=2,
+        )
+
+
+def _host_port(address: str) -> tuple[str, str]:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    return ("127.0.0.1" if host in ("localhost", "") else host), port

@@ -44,6 +44,14 @@ def _reached(var: str, name: str) -> list[str]:
     return due
 
 
+def reset() -> None:
+    """Forget the points reached and the actor killer: a new run in the same process (the
+    tests' in-process runs) counts its kill points from zero."""
+    global killer
+    _seen.clear()
+    killer = None
+
+
 def crash_point(name: str) -> None:
     if _reached("INPO_CRASH_AT", name):
         os.kill(os.getpid(), signal.SIGKILL)

@@ -1,9 +1,14 @@
 """Shared, expensive fixtures: tiny models and one Ray cluster per test session (helpers
-that tests import live in helpers.py)."""
+that tests import live in helpers.py).
+
+The session's cluster is its own (`address="local"`, never one that `ray start` left
+running on the machine); every test that is not about processes or clusters runs on it,
+in-process, and must leave no actor and no placement group behind."""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +16,16 @@ import pytest
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+#: logical CPUs of the session's cluster: what `inpo train` gives a local one on 2 cores
+SESSION_CPUS = 8
+
+
+def pytest_collection_modifyitems(items):
+    """Where a test lives says what it is: everything under tests/e2e/ is `e2e`."""
+    for item in items:
+        if "e2e" in Path(str(item.fspath)).parts:
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")
@@ -34,17 +49,54 @@ def tiny_tied_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def ray_cluster():
+    """The session's Ray cluster; yields its address. Module-scoped fixtures use this one."""
     import ray
 
     from inpo.cluster import QUIET_ENV
 
     os.environ.update({k: v for k, v in QUIET_ENV.items() if k not in os.environ})
     ray.init(
-        num_cpus=8,
+        address="local",
+        num_cpus=SESSION_CPUS,
         include_dashboard=False,
         log_to_driver=False,
         runtime_env={"env_vars": dict(QUIET_ENV)},
     )
-    yield
+    yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+def leftovers() -> list[str]:
+    """Live actors and placement groups of the session's cluster."""
+    import ray
+    from ray._private import state
+
+    alive = [
+        f"actor {a['ActorClassName']} ({a['ActorID'][:8]})"
+        for a in state.actors().values()
+        if a["State"] != "DEAD"
+    ]
+    groups = [
+        f"placement group {g['name'] or g['placement_group_id'][:8]}"
+        for g in ray.util.placement_group_table().values()
+        if g["state"] != "REMOVED"
+    ]
+    return alive + groups
+
+
+@pytest.fixture
+def ray_session(ray_cluster):
+    """The session's Ray cluster (its address) for one test, which must leave no actor and
+    no placement group of its own behind (a module fixture's stay); the fault machinery's
+    module state is reset on both sides."""
+    from inpo import faults
+
+    faults.reset()
+    before = set(leftovers())
+    yield ray_cluster
+    faults.reset()
+    deadline = time.monotonic() + 30  # a killed actor is marked dead asynchronously
+    while (left := sorted(set(leftovers()) - before)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"left on the session's Ray cluster: {left}"

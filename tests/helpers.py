@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import random
@@ -54,12 +55,56 @@ def inpo_cli(*args: str, env: dict | None = None, timeout: int = 600, **run):
     )
 
 
-def inpo_train(*args: str, crash_at: str | None = None, extra_env=None, timeout=600):
-    """`inpo train ARGS`; ``crash_at`` SIGKILLs it there (inpo.faults)."""
+@contextlib.contextmanager
+def environ(**env: str) -> Iterator[None]:
+    """os.environ with ``env`` on top, for the duration."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def inpo_here(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`inpo ARGS` in this process, on the session's Ray cluster (the caller asks for the
+    `ray_session` fixture): the CLI's own code path, parsing and error handling included,
+    without a process, a Ray or a driver import of its own. Returns what `inpo_cli` does:
+    the exit code and what the command printed."""
+    from inpo import faults
+    from inpo.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    faults.reset()  # each command counts its kill points from zero, as a new process does
+    with environ(**(env or {})), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    faults.reset()
+    result = subprocess.CompletedProcess(["inpo", *args], code, out.getvalue(), err.getvalue())
+    sys.stdout.write(result.stdout)  # shown by pytest when the test fails
+    sys.stderr.write(result.stderr[-3000:])
+    return result
+
+
+def inpo_train(
+    *args: str, crash_at: str | None = None, join: str | None = None, extra_env=None, timeout=600
+):
+    """`inpo train ARGS` in a process of its own; ``crash_at`` SIGKILLs it there
+    (inpo.faults); ``join`` is a Ray cluster's address to run on (run.ray_address) instead
+    of a local cluster of its own."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     env.pop("INPO_CRASH_AT", None)
     if crash_at:
         env["INPO_CRASH_AT"] = crash_at
+    if join:
+        args = (*args, f"run.ray_address={join}")
     # A new session, so the kill reaches Ray and vLLM children too.
     return inpo_cli("train", *args, env=env, timeout=timeout, start_new_session=True)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from helpers import eos_is_not_end_of_turn, hf_logp, inpo_cli, write_pairs
+from helpers import eos_is_not_end_of_turn, hf_logp, inpo_here, write_pairs
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
@@ -15,8 +15,6 @@ from inpo.generate import request_seed
 from inpo.learn import cache_logps, start_learner
 from inpo.placement import plan_placement
 from inpo.rollout.generator import GeneratorGroup, SyncError, probe_sequence
-
-pytestmark = pytest.mark.e2e
 
 PROMPTS = [
     [{"role": "user", "content": f"Tell me a story about the number {i}."}] for i in range(6)
@@ -29,7 +27,7 @@ def start(model, n, cfg):
 
 
 @pytest.fixture(scope="module")
-def two_generators(tiny_model, ray_session):
+def two_generators(tiny_model, ray_cluster):
     group = start(tiny_model, 2, load_config())
     yield group
     group.shutdown()
@@ -174,8 +172,8 @@ def test_a_reload_that_changed_nothing_is_caught_even_for_a_tiny_update(
         learner.shutdown()
 
 
-def test_generate_and_judge_commands(tmp_path, tiny_model):
-    """`inpo generate` then `inpo judge`, as a user runs them, in fresh processes."""
+def test_generate_and_judge_commands(tmp_path, tiny_model, ray_session):
+    """`inpo generate` then `inpo judge`, as a user runs them (parsing included)."""
     import json
 
     prompts = tmp_path / "prompts.jsonl"
@@ -184,7 +182,7 @@ def test_generate_and_judge_commands(tmp_path, tiny_model):
     gens, pairs = tmp_path / "generations.jsonl", tmp_path / "pairs.jsonl"
 
     def cli(*args):
-        r = inpo_cli(*args)
+        r = inpo_here(*args)
         assert r.returncode == 0, r.stderr[-3000:]
         return r.stdout
 
@@ -223,7 +221,7 @@ def test_generate_and_judge_commands(tmp_path, tiny_model):
         assert p["n_comparisons"] == 5  # K = 4: 3K/2 - 1
 
 
-def test_an_engine_that_cannot_start_is_one_line(tmp_path, tiny_model):
+def test_an_engine_that_cannot_start_is_one_line(tmp_path, tiny_model, ray_session):
     """vLLM's own reason (here: no room for a KV cache) reaches the user, named by actor,
     instead of "Engine core initialization failed. See root cause above"."""
     import json
@@ -231,14 +229,14 @@ def test_an_engine_that_cannot_start_is_one_line(tmp_path, tiny_model):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "hi"}) + "\n")
     args = ["--prompts", str(prompts), "--policy", str(tiny_model), "--out", str(tmp_path / "g")]
-    r = inpo_cli("generate", *args, "generation.gpu_memory_utilization=0.0001")
+    r = inpo_here("generate", *args, "generation.gpu_memory_utilization=0.0001")
     assert r.returncode == 1
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: generator 0 failed: ValueError: "), last
     assert "kv cache" in last.lower() and "See root cause above" not in last
 
 
-def test_answer_writes_the_files_alpaca_eval_and_arena_hard_read(tmp_path, tiny_model):
+def test_answer_writes_the_files_alpaca_eval_and_arena_hard_read(tmp_path, tiny_model, ray_session):
     import json
 
     alpaca = tmp_path / "alpaca_eval.json"
@@ -256,7 +254,7 @@ def test_answer_writes_the_files_alpaca_eval_and_arena_hard_read(tmp_path, tiny_
 
     def answer(prompts, out, *extra):
         args = ["--policy", str(tiny_model), "--prompts", str(prompts), "--out", str(out)]
-        r = inpo_cli("answer", *args, "--name", "tiny-inpo", "generation.max_new_tokens=8", *extra)
+        r = inpo_here("answer", *args, "--name", "tiny-inpo", "generation.max_new_tokens=8", *extra)
         assert r.returncode == 0, r.stderr[-3000:]
         return r.stdout
 
@@ -275,7 +273,7 @@ def test_answer_writes_the_files_alpaca_eval_and_arena_hard_read(tmp_path, tiny_
     assert rows[0]["model_id"] == "tiny-inpo" and turn["token_len"] == len(turn["content"])
     assert rows[0]["conv_metadata"]["token_len"] == turn["token_len"] <= 8
     assert isinstance(turn["content"], str) and rows[0]["answer_id"] != rows[1]["answer_id"]
-    # Arena-Hard v2.0 questions get v2.0 answers (tests/test_answer.py reads them back)
+    # Arena-Hard v2.0 questions get v2.0 answers (tests/unit/test_answer.py reads them back)
     arena.write_text(
         json.dumps({"uid": "u0", "category": "hard_prompt", "subcategory": "x", "prompt": "Q?"})
         + "\n"

@@ -1,16 +1,18 @@
-"""`inpo train` end to end in real processes: a full run, SIGKILL + resume at every
-stage, and bad input. Real Ray, vLLM (CPU) and DeepSpeed (CPU, gloo)."""
+"""`inpo train` end to end: a full run, SIGKILL + resume at every stage, the paper's
+recipes, dead actors and bad input. Real Ray, vLLM (CPU) and DeepSpeed (CPU, gloo).
+
+Runs go in-process on the session's Ray cluster (`inpo_here`); a run that is SIGKILLed is
+a process of its own (`inpo_train`), on that same cluster where it joins it."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from helpers import final_weights, inpo_train
+from helpers import final_weights, inpo_here, inpo_train
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.e2e
@@ -37,11 +39,9 @@ OUTPUTS = {
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory):
+def full_run(tmp_path_factory, ray_cluster):
     run = tmp_path_factory.mktemp("pipeline") / "full"
-    # RAY_ADDRESS names a cluster (here a dead one), as after `ray start`: without
-    # run.ray_address the run must still start its own local instance.
-    r = inpo_train(*SMALL, f"run.dir={run}", extra_env={"RAY_ADDRESS": "127.0.0.1:9"})
+    r = inpo_here("train", *SMALL, f"run.dir={run}")
     assert r.returncode == 0, r.stderr[-4000:]
     return run, r
 
@@ -130,9 +130,15 @@ KILLS = [
 ]
 
 
-def test_sigkill_anywhere_then_resume_gives_the_same_weights(full_run, tmp_path):
+def test_sigkill_anywhere_then_resume_gives_the_same_weights(full_run, tmp_path, ray_session):
+    """The first process starts a local cluster of its own although RAY_ADDRESS names one
+    (a dead one here, as `ray start` leaves it); the resumed ones join the session's cluster
+    (run.ray_address), as a requeued job joins its job's cluster, and the last resume runs
+    in-process: a driver killed on a shared cluster takes its actors with it."""
     run = tmp_path / "killed"
-    first = inpo_train(*SMALL, f"run.dir={run}", crash_at=KILLS[0])
+    first = inpo_train(
+        *SMALL, f"run.dir={run}", crash_at=KILLS[0], extra_env={"RAY_ADDRESS": "127.0.0.1:9"}
+    )
     assert first.returncode == -9, first.stderr[-3000:]
     for i, point in enumerate(KILLS):
         state = json.loads((run / "state.json").read_text())
@@ -140,7 +146,10 @@ def test_sigkill_anywhere_then_resume_gives_the_same_weights(full_run, tmp_path)
         assert state["running"]["stage"] == stage, (point, state["running"])
         before = _done_outputs(run)
         nxt = KILLS[i + 1] if i + 1 < len(KILLS) else None
-        r = inpo_train("--resume", str(run), crash_at=nxt)
+        if nxt:
+            r = inpo_train("--resume", str(run), crash_at=nxt, join=ray_session)
+        else:
+            r = inpo_here("train", "--resume", str(run))
         assert r.returncode == (-9 if nxt else 0), (point, r.stderr[-3000:])
         assert "resuming" in r.stdout
         for f, mtime in before.items():  # finished outputs are never recomputed
@@ -159,11 +168,11 @@ def test_sigkill_anywhere_then_resume_gives_the_same_weights(full_run, tmp_path)
     ).read_text()
 
 
-def test_damaged_outputs_are_redone_on_resume(full_run, tmp_path):
+def test_damaged_outputs_are_redone_on_resume(full_run, tmp_path, ray_session):
     """A power loss can leave a stage marked done over a short file: on resume the run
     finds it by its checksum, says so, redoes it, and ends with the same weights."""
     run = tmp_path / "damaged"
-    r = inpo_train(*SMALL, f"run.dir={run}", crash_at="learn.step2#2")  # in iteration 2
+    r = inpo_train(*SMALL, f"run.dir={run}", crash_at="learn.step2#2", join=ray_session)
     assert r.returncode == -9, r.stderr[-3000:]
     pairs = run / "iter_2" / "pairs.jsonl"
     pairs.write_bytes(pairs.read_bytes()[:-100])
@@ -171,7 +180,7 @@ def test_damaged_outputs_are_redone_on_resume(full_run, tmp_path):
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    r = inpo_train("--resume", str(run))
+    r = inpo_here("train", "--resume", str(run))
     assert r.returncode == 0, r.stderr[-3000:]
     assert (
         f"iteration 1: stage save is marked done but {weights} does not match its checksum; "
@@ -224,9 +233,9 @@ def paper_pairpm_args(judge_dir: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def paper_pairpm_whole(tmp_path_factory, judge_dir) -> Path:
+def paper_pairpm_whole(tmp_path_factory, judge_dir, ray_cluster) -> Path:
     whole = tmp_path_factory.mktemp("paper_pairpm") / "whole"
-    r = inpo_train(*paper_pairpm_args(judge_dir), f"run.dir={whole}")
+    r = inpo_here("train", *paper_pairpm_args(judge_dir), f"run.dir={whole}")
     assert r.returncode == 0, r.stderr[-3000:]
     return whole
 
@@ -239,7 +248,7 @@ def assert_same_weights(a_run: Path, b_run: Path, t: int) -> None:
 
 
 def test_paper_pairpm_recipe_zero3_three_iterations_and_resume(
-    tmp_path, judge_dir, paper_pairpm_whole
+    tmp_path, judge_dir, paper_pairpm_whole, ray_session
 ):
     """configs/paper_pairpm.yaml: ZeRO-3 (2 ranks, bf16), pair-PM judge, tournament, three
     iterations; killed in iteration 2 (where a ZeRO-3 run used to die loading the frozen
@@ -250,14 +259,21 @@ def test_paper_pairpm_recipe_zero3_three_iterations_and_resume(
     rows = [json.loads(x) for x in (whole / "metrics.jsonl").read_text().splitlines()]
     assert [row["iteration"] for row in rows] == [0, 1, 2, 3]
     assert final_weights(whole, 3)["model.norm.weight"].dtype == torch.bfloat16
-    r = inpo_train(*paper_pairpm_args(judge_dir), f"run.dir={cut}", crash_at="logps.written#2")
+    r = inpo_train(
+        *paper_pairpm_args(judge_dir),
+        f"run.dir={cut}",
+        crash_at="logps.written#2",
+        join=ray_session,
+    )
     assert r.returncode == -9, r.stderr[-3000:]
-    r = inpo_train("--resume", str(cut))
+    r = inpo_here("train", "--resume", str(cut))
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_weights(whole, cut, 3)
 
 
-def test_dead_actors_are_restarted_and_their_stages_redone(tmp_path, judge_dir, paper_pairpm_whole):
+def test_dead_actors_are_restarted_and_their_stages_redone(
+    tmp_path, judge_dir, paper_pairpm_whole, ray_session
+):
     """The same run with the generator's process SIGKILLed after 2 of its 4 chunks of
     iteration 1's generate stage, the judge's after the first tournament round of iteration
     1, and learner rank 1's (of 2, ZeRO-3) after the last of 2 steps of iteration 2's learn
@@ -268,12 +284,13 @@ def test_dead_actors_are_restarted_and_their_stages_redone(tmp_path, judge_dir, 
 
     run = tmp_path / "faulty"
     kills = "generator:0@generate.chunk#4,judge:0@judge#1,learner:1@learn.step2#2"
-    r = inpo_train(
+    r = inpo_here(
+        "train",
         *paper_pairpm_args(judge_dir),
         "generation.chunk_prompts=4",
         "learner.checkpoint_every=1",
         f"run.dir={run}",
-        extra_env={"INPO_KILL_AT": kills},
+        env={"INPO_KILL_AT": kills},
     )
     assert r.returncode == 0, r.stderr[-3000:]
     faults = [json.loads(x) for x in (run / "faults.jsonl").read_text().splitlines()]
@@ -292,7 +309,7 @@ def test_dead_actors_are_restarted_and_their_stages_redone(tmp_path, judge_dir, 
     assert_same_weights(paper_pairpm_whole, run, 3)
 
 
-def test_paper_reward_recipe_on_a_base_model_with_another_reference(tmp_path):
+def test_paper_reward_recipe_on_a_base_model_with_another_reference(tmp_path, ray_session):
     """configs/paper_reward.yaml: reward model, max-min pairs, ZeRO-3, three iterations,
     here on a base model without a chat template (plain string prompts) and a reference
     that is not the initial policy: pi_1 is evaluated against pi_ref before training."""
@@ -313,7 +330,8 @@ def test_paper_reward_recipe_on_a_base_model_with_another_reference(tmp_path):
         "".join(json.dumps({"prompt": f"Q{i}: say a word.\nA:"}) + "\n" for i in range(64))
     )
     run = tmp_path / "run"
-    r = inpo_train(
+    r = inpo_here(
+        "train",
         "configs/paper_reward.yaml",
         f"model.policy={policy}",
         f"model.reference={reference}",
@@ -339,22 +357,23 @@ def test_paper_reward_recipe_on_a_base_model_with_another_reference(tmp_path):
     assert all(isinstance(p["prompt"], str) for p in pairs)
 
 
-@pytest.mark.parametrize("zero_stage", [2, 3])
-def test_lora_two_iterations_resume_after_sigkill(tmp_path, zero_stage):
-    """LoRA with 2 ranks: the same adapter trains across iterations, step checkpoints
-    hold the adapter and its optimizer state, and a run SIGKILLed while learning resumes
-    to exactly the weights of an uninterrupted one."""
+def test_lora_zero3_two_iterations_resume_after_sigkill(tmp_path, ray_session):
+    """LoRA with 2 ranks under ZeRO-3 (under ZeRO-2, on the real model:
+    tests/e2e/test_real_model_e2e.py): the same adapter trains across iterations, step
+    checkpoints hold the adapter and its optimizer state, and a run SIGKILLed while
+    learning resumes to exactly the weights of an uninterrupted one."""
+    zero_stage = 3
     lora = [*SMALL, "model.lora.r=8", f"deepspeed.zero_stage={zero_stage}", "learner.num_ranks=2"]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    r = inpo_train(*lora, f"run.dir={whole}")
+    r = inpo_here("train", *lora, f"run.dir={whole}")
     assert r.returncode == 0, r.stderr[-3000:]
     first = json.loads((whole / "iter_1" / "learn_metrics.jsonl").read_text().splitlines()[0])
     assert abs(first["margin"]) < 1e-5
     for t in (1, 2):
         assert (whole / f"iter_{t}" / "policy" / "adapter" / "adapter_model.safetensors").exists()
-    r = inpo_train(*lora, f"run.dir={cut}", crash_at="learn.step3#1")
+    r = inpo_train(*lora, f"run.dir={cut}", crash_at="learn.step3#1", join=ray_session)
     assert r.returncode == -9, r.stderr[-3000:]
-    r = inpo_train("--resume", str(cut))
+    r = inpo_here("train", "--resume", str(cut))
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = final_weights(whole), final_weights(cut)
     for k in a:
@@ -376,14 +395,12 @@ def prefer_vowels(prompts, a, b):
 """
 
 
-def test_an_oracle_that_raises_stops_cleanly_and_resumes(tmp_path):
-    (tmp_path / "my_oracle.py").write_text(ORACLE)
+def test_an_oracle_that_raises_stops_cleanly_and_resumes(tmp_path, monkeypatch, ray_session):
+    (tmp_path / "my_oracle.py").write_text(ORACLE)  # a python oracle runs in the driver
+    monkeypatch.syspath_prepend(str(tmp_path))
     flag = tmp_path / "fail"
     flag.touch()
-    env = {
-        "PYTHONPATH": f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}",
-        "ORACLE_FAIL_FLAG": str(flag),
-    }
+    env = {"ORACLE_FAIL_FLAG": str(flag)}
     run = tmp_path / "run"
     args = [
         *SMALL,
@@ -392,21 +409,21 @@ def test_an_oracle_that_raises_stops_cleanly_and_resumes(tmp_path):
         "oracle.backend=python",
         "oracle.callable=my_oracle:prefer_vowels",
     ]
-    r = inpo_train(*args, extra_env=env)
+    r = inpo_here("train", *args, env=env)
     assert r.returncode == 1
     err = r.stderr.strip().splitlines()[-1]
     assert "my_oracle:prefer_vowels" in err and "judge service is down" in err
     gen = run / "iter_1" / "generations.jsonl"
     mtime = gen.stat().st_mtime_ns
     flag.unlink()
-    r = inpo_train("--resume", str(run), extra_env=env)
+    r = inpo_here("train", "--resume", str(run), env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert gen.stat().st_mtime_ns == mtime
     assert (run / "iter_1" / "policy" / "config.json").exists()
 
 
 @pytest.mark.parametrize("case", ["empty", "malformed", "missing_model", "unknown_key"])
-def test_bad_input_is_named_and_the_run_dir_stays_resumable(case, tmp_path):
+def test_bad_input_is_named_and_the_run_dir_stays_resumable(case, tmp_path, ray_session):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"Say {i}"}) + "\n" for i in range(80)))
     run = tmp_path / "run"
@@ -425,15 +442,15 @@ def test_bad_input_is_named_and_the_run_dir_stays_resumable(case, tmp_path):
     else:
         args.append("learner.lr_max=3")
         want = "learner.lr_max = 3: unknown field"
-    r = inpo_train(*args)
+    r = inpo_here("train", *args)
     assert r.returncode == (2 if case == "unknown_key" else 1), r.stderr[-2000:]
     assert want in r.stderr.strip().splitlines()[-1]
     if case == "empty":
         assert json.loads((run / "state.json").read_text())["done"] == {}
-        r = inpo_train("--resume", str(run), "run.iterations=0")
+        r = inpo_here("train", "--resume", str(run), "run.iterations=0")
         assert r.returncode == 2 and "run.iterations = 0" in r.stderr  # overrides re-checked
     if case == "malformed":  # nothing lost: once the file is fixed the same run goes on
         prompts.write_text("".join(json.dumps({"prompt": f"Say {i}"}) + "\n" for i in range(80)))
-        r = inpo_train("--resume", str(run), crash_at="generate")
+        r = inpo_train("--resume", str(run), crash_at="generate", join=ray_session)
         assert r.returncode == -9, r.stderr[-2000:]
         assert json.loads((run / "state.json").read_text())["running"]["stage"] == "generate"

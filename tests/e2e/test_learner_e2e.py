@@ -8,12 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import hf_logp, inpo_cli, write_pairs
+from helpers import hf_logp, inpo_cli, inpo_here, write_pairs
 from safetensors.torch import load_file
 
 from inpo.config import load_config
-
-pytestmark = pytest.mark.e2e
 
 LEARN_ARGS = [
     "learner.lr=3e-3",
@@ -26,14 +24,18 @@ LEARN_ARGS = [
 ]
 
 
-def run_learn(pairs: Path, policy: Path, out: Path, *overrides: str, extra_env=None):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+def run_learn(pairs: Path, policy: Path, out: Path, *overrides: str, crash_at: str = "", join=""):
+    """`inpo learn` in-process on the session's cluster; with ``crash_at``, in a process of
+    its own (on the cluster at ``join``) that SIGKILLs itself there."""
     args = ["--pairs", str(pairs), "--policy", str(policy), "--out", str(out), *overrides]
-    return inpo_cli("learn", *args, env=env)
+    if not crash_at:
+        return inpo_here("learn", *args)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "INPO_CRASH_AT": crash_at}
+    return inpo_cli("learn", *args, f"run.ray_address={join}", env=env)
 
 
 @pytest.fixture(scope="module")
-def learned(tmp_path_factory, tiny_model):
+def learned(tmp_path_factory, tiny_model, ray_cluster):
     """`inpo learn` under ZeRO-2 and ZeRO-3, 2 ranks each."""
     root = tmp_path_factory.mktemp("learn")
     pairs = write_pairs(root / "pairs.jsonl", 64)
@@ -97,7 +99,7 @@ def test_saved_policy_loads_in_transformers_and_vllm(learned, tiny_model, ray_se
         gen.shutdown()
 
 
-def test_bad_pairs_file_stops_before_training(tmp_path, tiny_model):
+def test_bad_pairs_file_stops_before_training(tmp_path, tiny_model, ray_session):
     pairs = write_pairs(tmp_path / "pairs.jsonl", 20)
     lines = pairs.read_text().splitlines()
     row = json.loads(lines[6])
@@ -283,7 +285,7 @@ def test_autocast_trains_in_bf16_and_saves_and_probes_fp32_weights(
 
 
 def test_learn_refuses_stale_state_and_drops_pairs_that_do_not_fit(
-    tmp_path, tiny_model, tiny_tied_model
+    tmp_path, tiny_model, tiny_tied_model, ray_session
 ):
     """A rerun of `inpo learn` into the same --out with another policy and other pairs:
     the log-prob cache and the step checkpoints of the first run are not reused; pairs
@@ -291,8 +293,7 @@ def test_learn_refuses_stale_state_and_drops_pairs_that_do_not_fit(
     pairs = write_pairs(tmp_path / "pairs.jsonl", 32, seed=6)
     out = tmp_path / "out"
     args = [*LEARN_ARGS, "learner.epochs=1", "learner.checkpoint_every=1"]
-    env = {"INPO_CRASH_AT": "learn.step2"}
-    r = run_learn(pairs, tiny_model, out, *args, extra_env=env)
+    r = run_learn(pairs, tiny_model, out, *args, crash_at="learn.step2", join=ray_session)
     assert r.returncode == -9 and (out / "checkpoints" / "step_000001").is_dir()
 
     longer = tmp_path / "longer.jsonl"
@@ -312,7 +313,9 @@ def test_learn_refuses_stale_state_and_drops_pairs_that_do_not_fit(
     assert not (out / "checkpoints").exists()
 
 
-def test_lora_learn_zero2_saves_a_peft_adapter_and_the_merged_policy(tmp_path, tiny_model):
+def test_lora_learn_zero2_saves_a_peft_adapter_and_the_merged_policy(
+    tmp_path, tiny_model, ray_session
+):
     """model.lora.r > 0: only the adapter trains; pi_t and pi_ref come from the training
     model itself (no frozen copy); the policy directory holds the merged weights and, in
     adapter/, the adapter in peft format on the base model."""

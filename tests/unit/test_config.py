@@ -132,10 +132,10 @@ def test_shipped_configs_validate():
         load_config(f)
 
 
-def test_readme_config_reference_is_current():
+def test_config_reference_is_current():
     from pathlib import Path
 
-    assert describe_fields() in Path("README.md").read_text()
+    assert describe_fields() in Path("docs/config.md").read_text()
 
 
 def test_auto_epochs_need_heldout_pairs_and_lay_the_schedule_over_the_cap():

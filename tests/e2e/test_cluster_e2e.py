@@ -282,7 +282,7 @@ def test_two_nodes_tensor_parallel_generators_lose_the_worker_and_resume(
 
 
 def test_a_layout_that_cannot_fit_fails_at_once_with_one_line(tmp_path):
-    """(The planner's other refusals are unit tests: tests/test_placement.py.)"""
+    """(The planner's other refusals are unit tests: tests/unit/test_placement.py.)"""
     t0 = time.monotonic()
     sim = ["run.simulate_gpus=true", "run.num_gpus=2", "learner.num_ranks=4"]
     r = inpo_train(*BASE, *sim, "run.colocate=false", f"run.dir={tmp_path / 'split'}")

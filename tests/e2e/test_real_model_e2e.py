@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import free_port, openai_server
+from helpers import free_port, inpo_here, inpo_train, openai_server
 from safetensors.torch import load_file
-from test_pipeline_e2e import inpo_train
 
 from inpo.config import InpoConfig
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.real_model
 
 # Two iterations of 8 ifeval prompts x K=2 (one pair each), 8-token answers, two steps of
 # 4 pairs per iteration: minutes on 2 cores, every stage on real weights.
@@ -50,10 +49,12 @@ def smollm2() -> Path:
     return ensure_smollm2()
 
 
-def test_smollm2_zero3_two_iterations_sigkill_during_learning_resumes_exactly(smollm2, tmp_path):
+def test_smollm2_zero3_two_iterations_sigkill_during_learning_resumes_exactly(
+    smollm2, tmp_path, ray_session
+):
     args = [*SMOL, "deepspeed.zero_stage=3", "learner.num_ranks=2"]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    r = inpo_train(*args, f"run.dir={whole}")
+    r = inpo_here("train", *args, f"run.dir={whole}")
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(x) for x in (whole / "metrics.jsonl").read_text().splitlines()]
     assert [row["iteration"] for row in rows] == [0, 1, 2]
@@ -72,9 +73,9 @@ def test_smollm2_zero3_two_iterations_sigkill_during_learning_resumes_exactly(sm
         from transformers import AutoTokenizer
 
         assert AutoTokenizer.from_pretrained(smollm2).convert_ids_to_tokens(eot) == "<|im_end|>"
-    r = inpo_train(*args, f"run.dir={cut}", crash_at="learn.step2#2")  # iteration 2
+    r = inpo_train(*args, f"run.dir={cut}", crash_at="learn.step2#2", join=ray_session)
     assert r.returncode == -9, r.stderr[-3000:]
-    r = inpo_train("--resume", str(cut))
+    r = inpo_here("train", "--resume", str(cut))
     assert r.returncode == 0, r.stderr[-3000:]
     a = load_file(str(whole / "iter_2" / "policy" / "model.safetensors"))
     b = load_file(str(cut / "iter_2" / "policy" / "model.safetensors"))
@@ -84,19 +85,24 @@ def test_smollm2_zero3_two_iterations_sigkill_during_learning_resumes_exactly(sm
     assert any(not torch.equal(a[k], base[k]) for k in base)  # it did learn
 
 
-def test_smollm2_lora_zero2_sigkill_during_learning_resumes_exactly(smollm2, tmp_path):
+def test_smollm2_lora_zero2_sigkill_during_learning_resumes_exactly(smollm2, tmp_path, ray_session):
+    """LoRA under ZeRO-2 (under ZeRO-3: tests/e2e/test_pipeline_e2e.py): the same adapter
+    trains across iterations, step checkpoints hold it and its optimizer state, and a run
+    SIGKILLed while learning resumes to exactly the weights of an uninterrupted one."""
     args = [*SMOL, "model.lora.r=8", "learner.lr=1e-3"]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    r = inpo_train(*args, f"run.dir={whole}")
+    r = inpo_here("train", *args, f"run.dir={whole}")
     assert r.returncode == 0, r.stderr[-3000:]
     first = json.loads((whole / "iter_1" / "learn_metrics.jsonl").read_text().splitlines()[0])
     assert abs(first["margin"]) < 1e-4  # pi = pi_t = pi_ref at the first step
+    for t in (1, 2):
+        assert (whole / f"iter_{t}" / "policy" / "adapter" / "adapter_model.safetensors").exists()
     adapter = "iter_2/policy/adapter"
     config = json.loads((whole / adapter / "adapter_config.json").read_text())
     assert Path(config["base_model_name_or_path"]) == smollm2.resolve() and config["r"] == 8
-    r = inpo_train(*args, f"run.dir={cut}", crash_at="learn.step2#2")  # iteration 2
+    r = inpo_train(*args, f"run.dir={cut}", crash_at="learn.step2#2", join=ray_session)
     assert r.returncode == -9, r.stderr[-3000:]
-    r = inpo_train("--resume", str(cut))
+    r = inpo_here("train", "--resume", str(cut))
     assert r.returncode == 0, r.stderr[-3000:]
     for f in ("iter_2/policy/model.safetensors", f"{adapter}/adapter_model.safetensors"):
         a, b = load_file(str(whole / f)), load_file(str(cut / f))
@@ -239,9 +245,10 @@ def test_http_judge_against_a_real_vllm_server_of_smollm2(smollm2_server):
         oracle.close()
 
 
-def test_a_judge_server_that_is_down_is_one_line(tmp_path):
+def test_a_judge_server_that_is_down_is_one_line(tmp_path, ray_session):
     run = tmp_path / "run"
-    r = inpo_train(
+    r = inpo_here(
+        "train",
         "oracle.backend=http",
         f"oracle.url=http://127.0.0.1:{free_port()}",
         "oracle.retries=0",
