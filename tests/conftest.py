@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import start_session_ray
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-#: logical CPUs of the session's cluster: what `inpo train` gives a local one on 2 cores
-SESSION_CPUS = 8
+SESSION_CPUS = 8  # what `inpo train` gives a local cluster on 2 cores
 
 
 def pytest_collection_modifyitems(items):
@@ -53,17 +53,7 @@ def ray_cluster():
     """The session's Ray cluster; yields its address. Module-scoped fixtures use this one."""
     import ray
 
-    from inpo.cluster import QUIET_ENV
-
-    os.environ.update({k: v for k, v in QUIET_ENV.items() if k not in os.environ})
-    ray.init(
-        address="local",
-        num_cpus=SESSION_CPUS,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": dict(QUIET_ENV)},
-    )
-    yield ray.get_runtime_context().gcs_address
+    yield start_session_ray(SESSION_CPUS)
     ray.shutdown()
 
 

@@ -55,6 +55,24 @@ def inpo_cli(*args: str, env: dict | None = None, timeout: int = 600, **run):
     )
 
 
+def start_session_ray(num_cpus: int) -> str:
+    """A Ray cluster of this process's own (never one that `ray start` left running on the
+    machine, which a plain ray.init() would join); returns its address."""
+    import ray
+
+    from inpo.cluster import QUIET_ENV
+
+    os.environ.update({k: v for k, v in QUIET_ENV.items() if k not in os.environ})
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": dict(QUIET_ENV)},
+    )
+    return ray.get_runtime_context().gcs_address
+
+
 @contextlib.contextmanager
 def environ(**env: str) -> Iterator[None]:
     """os.environ with ``env`` on top, for the duration."""
@@ -172,3 +190,14 @@ def eos_is_not_end_of_turn(model_dir: Path) -> Path:
             config = json.loads(path.read_text())
             path.write_text(json.dumps({**config, "eos_token_id": tok.eos_token_id}))
     return Path(model_dir)
+
+
+def run_ensure(cache: Path, **popen) -> subprocess.Popen:
+    """`ensure_smollm2(cache)` in a process of its own, which prints RESULT, the directory
+    and whether it imported torch and transformers."""
+    code = (
+        "import sys; from pathlib import Path; from inpo.models.smollm2 import ensure_smollm2; "
+        "p = ensure_smollm2(Path(sys.argv[1])); "
+        "print('RESULT', p, 'torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    return subprocess.Popen([sys.executable, "-c", code, str(cache)], text=True, **popen)

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import final_weights, free_port, inpo_train
+from helpers import final_weights, free_port, inpo_here, inpo_train
 
 from inpo.placement import plan_placement
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.cluster
 
 BASE = [
     "run.iterations=1",
@@ -75,10 +75,11 @@ _CPU: dict[str, Path] = {}
 
 
 def cpu_reference(name: str, judge: Path, root: Path) -> Path:
-    """The layout on plain CPU, run once per module."""
+    """The layout on plain CPU, run once per module, in-process on the session's cluster
+    (its logical CPUs are those a local cluster of `inpo train` has here)."""
     if name not in _CPU:
         run = root / f"cpu_{name}"
-        r = inpo_train(*BASE, *layouts(judge)[name], f"run.dir={run}")
+        r = inpo_here("train", *BASE, *layouts(judge)[name], f"run.dir={run}")
         assert r.returncode == 0, r.stderr[-3000:]
         records = json.loads((run / "placement.json").read_text())
         assert all(rec["gpus"] == [] and rec["gpu_fraction"] == 0 for rec in records)
@@ -126,12 +127,12 @@ def same_weights(a: Path, b: Path) -> None:
     "name, gpus, roles",
     [
         ("paper", 8, {"learner": 4, "generator": 2, "judge": 2}),
-        ("two_ranks", 2, {"learner": 2, "generator": 2}),
+        # the "two_ranks" layout: on two nodes, below, against the same CPU run
         ("smoke", 1, {"learner": 1, "generator": 1}),
     ],
 )
 def test_simulated_layout_places_like_gpus_and_computes_like_cpu(
-    name, gpus, roles, judge, tmp_path_factory
+    name, gpus, roles, judge, tmp_path_factory, ray_session
 ):
     root = tmp_path_factory.getbasetemp()
     run = tmp_path_factory.mktemp("sim") / name
@@ -153,25 +154,26 @@ def test_simulated_layout_places_like_gpus_and_computes_like_cpu(
     same_weights(run, cpu_reference(name, judge, root))
 
 
-class TwoNodes:
-    """A head and a worker node of 4 logical GPUs each and the CPUs that give each GPU the
-    threads of a learner rank of two on plain CPU (`ray start --block` on 127.0.0.1, their
-    own ports and temp dir). The worker can be killed like a lost machine
-    (SIGKILL of its whole process tree) and started again."""
+class RayNodes:
+    """A head and ``workers`` worker nodes of ``gpus`` logical GPUs and ``cpus`` CPUs each
+    (`ray start --block` on 127.0.0.1, their own ports and temp dir), for runs that join
+    them with run.ray_address. The last worker can be killed like a lost machine (SIGKILL
+    of its whole process tree) and started again."""
 
-    def __init__(self, logs: Path):
+    def __init__(self, logs: Path, workers: int, gpus: int, cpus: int):
         self.ray = str(Path(sys.executable).parent / "ray")
         self.env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-        self.port, self.logs = free_port(), logs
+        self.port, self.logs, self.gpus, self.cpus = free_port(), logs, gpus, cpus
         self.temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # sockets: <= 107 bytes
         self.address = f"127.0.0.1:{self.port}"
         self.nodes = [self._start(head=True)]
-        time.sleep(3)
-        self.start_worker()
+        self.wait_for(gpus=gpus)
+        for _ in range(workers):
+            self.start_worker()
 
     def _start(self, head: bool) -> subprocess.Popen:
-        args = [self.ray, "start", "--block", "--num-gpus=4"]
-        args.append(f"--num-cpus={4 * learner_threads(2)}")
+        args = [self.ray, "start", "--block", f"--num-gpus={self.gpus}"]
+        args.append(f"--num-cpus={self.cpus}")
         args.append("--disable-usage-stats")
         for flag in (
             "dashboard-agent-listen-port",
@@ -193,7 +195,7 @@ class TwoNodes:
 
     def start_worker(self) -> None:
         self.nodes.append(self._start(head=False))
-        self.wait_for(gpus=8)
+        self.wait_for(gpus=self.gpus * len(self.nodes))
 
     def kill_worker(self) -> None:
         import psutil
@@ -202,7 +204,7 @@ class TwoNodes:
         for p in [*worker.children(recursive=True), worker]:
             p.kill()
         self.nodes[-1].wait(timeout=30)
-        self.wait_for(gpus=4)  # Ray has marked it dead
+        self.wait_for(gpus=self.gpus * (len(self.nodes) - 1))  # Ray has marked it dead
 
     def wait_for(self, gpus: int) -> None:
         probe = "import ray; ray.init(logging_level='ERROR'); print(ray.cluster_resources())"
@@ -237,13 +239,14 @@ class TwoNodes:
 
 @pytest.fixture
 def two_nodes(tmp_path):
-    cluster = TwoNodes(tmp_path)
+    """Two nodes of 4 GPUs, each GPU with the threads of a learner rank of two on CPU."""
+    cluster = RayNodes(tmp_path, workers=1, gpus=4, cpus=4 * learner_threads(2))
     yield cluster
     cluster.stop()
 
 
 def test_two_nodes_tensor_parallel_generators_lose_the_worker_and_resume(
-    two_nodes, judge, tmp_path_factory
+    two_nodes, judge, tmp_path_factory, ray_session
 ):
     """Two learner ranks and two 2-GPU generators (6 GPUs: both nodes). The worker node is
     killed in the learn stage: the run stops with one line naming what is missing (the
@@ -296,18 +299,18 @@ def test_a_layout_that_cannot_fit_fails_at_once_with_one_line(tmp_path):
     assert not (tmp_path / "colocated" / "state.json").exists()  # the fixed config can start
 
 
-def test_zero_offload_trains_checkpoints_and_resumes(tmp_path):
+def test_zero_offload_trains_checkpoints_and_resumes(tmp_path, ray_session):
     """ZeRO-3 with the optimizer offloaded (DeepSpeed's CPU Adam), 2 ranks, 2 iterations;
     SIGKILLed after a step checkpoint of iteration 2, resumed to identical weights."""
     args = [*BASE, "run.iterations=2", "learner.num_ranks=2", "learner.checkpoint_every=1"]
     args.append("deepspeed.offload_optimizer=true")
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    r = inpo_train(*args, f"run.dir={whole}")
+    r = inpo_here("train", *args, f"run.dir={whole}")
     assert r.returncode == 0, r.stderr[-3000:]
-    r = inpo_train(*args, f"run.dir={cut}", crash_at="learn.step2#2")
+    r = inpo_train(*args, f"run.dir={cut}", crash_at="learn.step2#2", join=ray_session)
     assert r.returncode == -9, r.stderr[-3000:]
     assert (cut / "iter_2" / "checkpoints" / "step_000001").is_dir()
-    r = inpo_train("--resume", str(cut))
+    r = inpo_here("train", "--resume", str(cut))
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = final_weights(whole, 2), final_weights(cut, 2)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -316,33 +319,34 @@ def test_zero_offload_trains_checkpoints_and_resumes(tmp_path):
 # --- colocation --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "gpus, kills", [(2, ("generate", "judge", "learn.step2", "sync.written")), (4, ())]
-)
-def test_colocated_gpus_hold_one_of_each_and_train_like_the_split_layout(
-    gpus, kills, judge, tmp_path
-):
-    """run.colocate on 2 and 4 logical GPUs (the default on GPUs; the counts fill them): every
+def test_colocated_gpus_hold_one_of_each_and_train_like_the_split_layout(judge, tmp_path):
+    """run.colocate on 2 logical GPUs (the default on GPUs; the counts fill them): every
     GPU holds one learner rank, one generator and one judge, no stage of two iterations
     ran with an engine it does not use awake, and the weights equal the split layout's (the
-    same actors on GPUs of their own). On 2 GPUs the colocated run is SIGKILLed in generate,
-    judge, learn and sync of iteration 1 and resumed after each."""
+    same actors on GPUs of their own). The colocated run is SIGKILLed in a vLLM stage
+    (judge) and in a learner stage (learn, after its second step) of iteration 1 and
+    resumed after each (every stage's own kill points: tests/e2e/test_pipeline_e2e.py),
+    every process on one cluster of 2 GPUs and 12 CPUs (`ray start`), as a job's
+    processes share its cluster."""
     from inpo.colocate import awake_but_unused
 
+    gpus, kills = 2, ("judge", "learn.step2")
     pairpm = ["oracle.backend=pairpm", f"oracle.model={judge}", "oracle.max_length=256"]
-    args = [*BASE, "run.iterations=2", *pairpm, "run.simulate_gpus=true", "run.num_cpus=12"]
+    args = [*BASE, "run.iterations=2", *pairpm, "run.simulate_gpus=true"]
     colocated, split = tmp_path / "colocated", tmp_path / "split"
-    r = inpo_train(
-        *args, f"run.num_gpus={gpus}", f"run.dir={colocated}", crash_at=kills[0] if kills else None
-    )
-    assert r.returncode == (-9 if kills else 0), r.stderr[-3000:]
-    assert "colocated, sharing: GPU bundle 0: learner 0 + generator 0 + judge 0" in r.stdout
-    for point in kills[1:]:
-        r = inpo_train("--resume", str(colocated), crash_at=point)
-        assert r.returncode == -9, (point, r.stderr[-3000:])
-    if kills:
+    (tmp_path / "nodes").mkdir()
+    node = RayNodes(tmp_path / "nodes", workers=0, gpus=gpus, cpus=12)
+    try:
+        r = inpo_train(*args, f"run.dir={colocated}", crash_at=kills[0], join=node.address)
+        assert r.returncode == -9, r.stderr[-3000:]
+        assert "colocated, sharing: GPU bundle 0: learner 0 + generator 0 + judge 0" in r.stdout
+        for point in kills[1:]:
+            r = inpo_train("--resume", str(colocated), crash_at=point)  # its config joins
+            assert r.returncode == -9, (point, r.stderr[-3000:])
         r = inpo_train("--resume", str(colocated))
         assert r.returncode == 0, r.stderr[-3000:]
+    finally:
+        node.stop()
     held = defaultdict(list)
     for rec in check_placement(colocated):
         held[rec["node"], rec["gpus"][0]].append(rec["role"])
@@ -366,8 +370,35 @@ def test_colocated_gpus_hold_one_of_each_and_train_like_the_split_layout(
         assert awake_bytes > learn["gpu_memory_estimated"][gpu], gpu
     counts = [f"learner.num_ranks={gpus}", f"generation.num_generators={gpus}"]
     counts += [f"oracle.num_actors={gpus}", f"run.num_gpus={3 * gpus}", "run.colocate=false"]
+    counts.append("run.num_cpus=12")
     r = inpo_train(*args, *counts, f"run.dir={split}")
     assert r.returncode == 0, r.stderr[-3000:]
     assert not (split / "schedule.jsonl").exists()
     x, y = final_weights(colocated, 2), final_weights(split, 2)
     assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_a_cluster_running_on_the_machine_changes_nothing(tmp_path):
+    """A `ray start` cluster on the machine (a Slurm job's, as on many GPU hosts), named by
+    RAY_ADDRESS too: the test session's own start still gets a cluster of its own, sized as
+    asked."""
+    node = RayNodes(tmp_path, workers=0, gpus=1, cpus=3)
+    try:
+        code = (
+            "import ray; from helpers import start_session_ray; a = start_session_ray(8); "
+            "print('RESULT', a, ray.cluster_resources().get('CPU'), "
+            "ray.cluster_resources().get('GPU'))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=Path(__file__).parents[1],
+            env={**node.env, "RAY_ADDRESS": node.address},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        address, cpus, gpus = out.stdout.split("RESULT ")[1].split()
+        assert address != node.address and (cpus, gpus) == ("8.0", "None"), out.stdout
+    finally:
+        node.stop()

