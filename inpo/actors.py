@@ -9,6 +9,7 @@ full traceback stays in the actor's log under Ray's session directory.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,13 +18,33 @@ import ray
 from inpo.errors import ActorError, InpoError
 from inpo.placement import ActorSlot, actor_options
 
+#: pydantic's summary line ("1 validation error for ModelConfig"), its footer, and the
+#: "[type=..., input_value=...]" tail of an error line
+_VALIDATION = re.compile(r"\d+ validation errors? for (\S+)$")
+_FOOTER = "For further information visit"
+_DETAIL = re.compile(r"\s*\[type=.*\]$")
+
+
+def message_line(text: str) -> str:
+    """An exception's message on one line: for a pydantic validation error (vLLM's engine
+    config checks) its first error, the model and field it names and what is wrong; for
+    any other its last line (the end of a quoted traceback)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(_FOOTER)]
+    for i, line in enumerate(lines[:-1]):
+        if head := _VALIDATION.match(line):
+            where, what = head.group(1), lines[i + 1]
+            if "[type=" not in what and i + 2 < len(lines):  # a field line, then its error
+                where, what = f"{where}.{what}", lines[i + 2]
+            return f"{where}: {_DETAIL.sub('', what)}"
+    return lines[-1] if lines else ""
+
 
 def root_cause(e: BaseException) -> str:
     """The innermost exception's message, on one line."""
     while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
         e = e.__cause__ or e.__context__  # type: ignore[assignment]
-    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-    text = lines[-1] if lines else ""
+    text = message_line(str(e))
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
@@ -34,7 +55,7 @@ def death_cause(e: BaseException) -> str:
     if not lines:
         return type(e).__name__
     if "creation task" in lines[0] and len(lines) > 1:
-        return lines[-1]
+        return message_line("\n".join(lines[1:]))
     return lines[0]
 
 

@@ -193,9 +193,12 @@ class RayNodes:
         log = (self.logs / f"{name}.log").open("w")
         return subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
+    def live(self) -> int:
+        return sum(node.poll() is None for node in self.nodes)
+
     def start_worker(self) -> None:
         self.nodes.append(self._start(head=False))
-        self.wait_for(gpus=self.gpus * len(self.nodes))
+        self.wait_for(gpus=self.gpus * self.live())
 
     def kill_worker(self) -> None:
         import psutil
@@ -204,7 +207,7 @@ class RayNodes:
         for p in [*worker.children(recursive=True), worker]:
             p.kill()
         self.nodes[-1].wait(timeout=30)
-        self.wait_for(gpus=self.gpus * (len(self.nodes) - 1))  # Ray has marked it dead
+        self.wait_for(gpus=self.gpus * self.live())  # Ray has marked it dead
 
     def wait_for(self, gpus: int) -> None:
         probe = "import ray; ray.init(logging_level='ERROR'); print(ray.cluster_resources())"

@@ -236,6 +236,22 @@ def test_an_engine_that_cannot_start_is_one_line(tmp_path, tiny_model, ray_sessi
     assert "kv cache" in last.lower() and "See root cause above" not in last
 
 
+def test_a_prompt_budget_beyond_the_models_context_is_one_line(tmp_path, tiny_model, ray_session):
+    """vLLM refuses a max_model_len past the model's context in a pydantic check whose
+    message ends with a link: the line the user sees is the check itself, with both
+    numbers (2000 + 8 tokens asked, 1024 the tiny model's context)."""
+    import json
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "hi"}) + "\n")
+    args = ["--prompts", str(prompts), "--policy", str(tiny_model), "--out", str(tmp_path / "a")]
+    r = inpo_here("answer", *args, "data.max_prompt_tokens=2000", "generation.max_new_tokens=8")
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: generator 0 failed: "), last
+    assert "max_model_len (2008)" in last and "1024" in last and "pydantic.dev" not in last, last
+
+
 def test_answer_writes_the_files_alpaca_eval_and_arena_hard_read(tmp_path, tiny_model, ray_session):
     import json
 

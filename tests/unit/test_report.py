@@ -59,6 +59,45 @@ def test_actor_errors_come_down_to_their_root_cause():
     )
 
 
+def test_a_validation_error_comes_down_to_its_first_error_not_pydantics_footer():
+    """vLLM checks its engine config with pydantic, whose message ends with a link: the
+    line a user needs is the first error, with the model and field it names."""
+    import pydantic
+
+    from inpo.actors import death_cause, root_cause
+
+    class EngineConfig(pydantic.BaseModel):
+        max_model_len: int
+        block_size: int = 16
+
+        @pydantic.model_validator(mode="after")
+        def fits(self):
+            if self.max_model_len > 8192:
+                raise ValueError(
+                    f"User-specified max_model_len ({self.max_model_len}) is greater than "
+                    "the derived max_model_len (max_position_embeddings=8192)"
+                )
+            return self
+
+    with pytest.raises(pydantic.ValidationError) as model_level:
+        EngineConfig(max_model_len=9000)
+    assert root_cause(model_level.value) == (
+        "ValidationError: EngineConfig: Value error, User-specified max_model_len (9000) is "
+        "greater than the derived max_model_len (max_position_embeddings=8192)"
+    )
+    with pytest.raises(pydantic.ValidationError) as fields:
+        EngineConfig(max_model_len="long", block_size="big")
+    assert root_cause(fields.value) == (
+        "ValidationError: EngineConfig.max_model_len: Input should be a valid integer, "
+        "unable to parse string as an integer"
+    )
+    # as Ray quotes it when the actor's constructor raised it
+    created = Exception(
+        "The actor died because of an error raised in its creation task\n" + str(model_level.value)
+    )
+    assert death_cause(created).startswith("EngineConfig: Value error, User-specified")
+
+
 def test_plot_reads_whole_iterations_and_the_pass_rate(tmp_path):
     import matplotlib.image
 
