@@ -2,12 +2,12 @@
 
 For the lent GPU hosts, which have torch, transformers and peft but no vLLM or Ray:
 `launch/gpu_check.sh` installs the carried DeepSpeed wheels and runs this. One
-`inpo.learner.rank.LearnerRank` in this process (1 rank, as bench/learner.py drives its
+`inpo.learning.rank.LearnerRank` in this process (1 rank, as bench/learner.py drives its
 ranks, without Ray) trains a randomly initialised Llama built from a config (default: the
 Llama-3.2-1B shape, 1.24B parameters) on synthetic pairs, in bf16, for each of ZeRO-2 and
 ZeRO-3, full fine-tuning and LoRA. Printed per run: training tokens/s over the timed
 steps, the peak of torch.cuda.max_memory_allocated over engine build and steps, and the
-learn-stage estimate of `inpo.memory` for the same config, without its CUDA-context
+learn-stage estimate of `inpo.plan.memory` for the same config, without its CUDA-context
 allowance (which max_memory_allocated does not see).
 
   python bench/gpu_learner.py                 on a GPU (a few minutes on an H100)
@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learner import synthetic_pairs, uniform_cache  # noqa: E402  (bench/learner.py)
 
 from inpo.config import load_config  # noqa: E402
-from inpo.learner.rank import LearnerRank  # noqa: E402
-from inpo.memory import GiB, Shape, estimate  # noqa: E402
+from inpo.learning.rank import LearnerRank  # noqa: E402
+from inpo.plan.memory import GiB, Shape, estimate  # noqa: E402
 
 #: (hidden, layers, intermediate, heads, kv heads, vocab, tied): Llama-3.2-1B's published
 #: shape, and a tiny one for the CPU run.
@@ -99,7 +99,7 @@ def run_config(args: argparse.Namespace, seq: int, zero: int, lora: int):
 
 
 def estimated_learn_bytes(cfg, shape: Shape, gpu_bytes: float) -> float:
-    """inpo.memory's learn-stage figure for learner rank 0, less its CUDA-context allowance."""
+    """inpo.plan.memory's learn-stage figure for learner rank 0, less its CUDA-context allowance."""
     est = estimate(cfg, [1], gpu_bytes, shapes={"policy": shape})
     rank = next(a for row in est.rows for a in row.actors if a.role == "learner")
     return sum(b for name, b in rank.parts("learn") if name != "CUDA context")

@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 
 from inpo.config import load_config
-from inpo.pipeline import Trainer
-from inpo.state import STAGES, RunState
+from inpo.run.state import RunState
+from inpo.run.trainer import Trainer
+from inpo.stages import STAGES
 
 
 def main(args: list[str]) -> None:

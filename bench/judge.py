@@ -30,13 +30,13 @@ from pathlib import Path
 
 import torch
 
-from inpo.judge import select_pairs
+from inpo.judging.model_judge import CPU_BLOCK as BLOCK
+from inpo.judging.model_judge import query_order
+from inpo.judging.oracle import Debiased, Oracle
+from inpo.judging.pairpm import PairPM
+from inpo.judging.reward import RewardModel
+from inpo.judging.stage import select_pairs
 from inpo.models.smollm2 import ensure_smollm2
-from inpo.oracle import Debiased, Oracle
-from inpo.oracle.engine import CPU_BLOCK as BLOCK
-from inpo.oracle.engine import query_order
-from inpo.oracle.pairpm import PairPM
-from inpo.oracle.reward import RewardModel
 from inpo.prompts import constraint_prompts
 
 WORDS = "the a sea river blue deep old city light we they is was never always quiet".split()

@@ -4,7 +4,7 @@ Measures non-padding tokens per second (sum of attention_mask over the chosen an
 rejected rows) of INPO training steps, on the same ~20M-parameter tiny Llama and the
 same synthetic pairs, in one run on this machine:
 
-  ours           inpo.learn.start_learner -> LearnerGroup (--ranks Ray actors, one
+  ours           inpo.learning.stage.start_learner -> LearnerGroup (--ranks Ray actors, one
                  DeepSpeed rank each, ZeRO stage --zero-stage), driven through
                  set_data / set_cache / build_engine / train_step as `inpo learn` does.
   plain PyTorch  this process, no Ray, no DeepSpeed: the same batches
@@ -46,9 +46,9 @@ import time
 import torch
 import transformers
 
+from inpo.algo.loss import objective
 from inpo.data import TokenizedPairs
-from inpo.learner.batching import collate, cosine_lr_lambda, forward_logps, global_batch_indices
-from inpo.loss import objective
+from inpo.learning.batching import collate, cosine_lr_lambda, forward_logps, global_batch_indices
 from inpo.models.tiny import build_tiny_model, build_tokenizer, count_parameters
 
 
@@ -164,8 +164,8 @@ class PlainLoop:
 def main(args: argparse.Namespace) -> None:
     import ray
 
-    from inpo.cluster import start_ray
-    from inpo.learn import start_learner
+    from inpo.learning.stage import start_learner
+    from inpo.plan.cluster import start_ray
 
     transformers.utils.logging.disable_progress_bar()
     total = args.warmup + args.steps
@@ -252,8 +252,8 @@ def side_by_side(cfgs, model_dir, pairs, cache, pad_id, args):
     """Fresh learners, one per config, taking turns one optimizer step each (a load change
     on a shared machine hits all alike): ({name: tokens/s}, {name: peak RSS MiB of a
     rank}, {name: [loss per step]})."""
-    from inpo.cluster import start_ray
-    from inpo.learn import start_learner, total_steps
+    from inpo.learning.stage import start_learner, total_steps
+    from inpo.plan.cluster import start_ray
 
     total = args.warmup + args.steps
     groups = {}
@@ -309,8 +309,8 @@ def lora_main(args: argparse.Namespace) -> None:
     """LoRA rank args.lora vs full fine-tuning: memory, tokens/s, logps stage time. The
     two learners train side by side, one optimizer step each in turn, so a load change
     on a shared machine hits both alike."""
-    from inpo.cluster import start_ray
-    from inpo.learn import start_learner, total_steps
+    from inpo.learning.stage import start_learner, total_steps
+    from inpo.plan.cluster import start_ray
 
     total = args.warmup + args.steps
     tok = build_tokenizer()

@@ -42,8 +42,8 @@ def write_policies(base: Path, root: Path, rank: int, cycles: int) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from inpo.loss import sequence_logps
-    from inpo.rollout.generator import probe_sequence
+    from inpo.algo.loss import sequence_logps
+    from inpo.data import probe_sequence
 
     tok = AutoTokenizer.from_pretrained(base)
     ids, prompt_len = probe_sequence(tok)  # the probe every sync is checked with
@@ -79,9 +79,8 @@ def run_side(side: str, base: str, root: Path, args: argparse.Namespace) -> dict
 
     from inpo.config import load_config
     from inpo.data import prompt_token_ids
-    from inpo.generate import request_seed
-    from inpo.rollout.generator import cpu_kv_cache_bytes
-    from inpo.rollout.vllm_engine import VLLMEngine
+    from inpo.engines.vllm import VLLMEngine, cpu_kv_cache_bytes
+    from inpo.generation.stage import request_seed
 
     meta = json.loads((root / "policies.json").read_text())
     cfg = load_config(None, [])

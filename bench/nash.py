@@ -1,6 +1,6 @@
 """Nash harness: the real INPO loop on a cyclic preference game, held to the exact step.
 
-The game: a response's class is its first character (`inpo.game.response_class`), the
+The game: a response's class is its first character (`inpo.algo.game.response_class`), the
 oracle is the builtin cyclic one (oracle.synthetic=cyclic) with matrix M. The policy is
 the tiny model with its weights edited so that its first-token distribution after any
 prompt has the class shares --ref (unequal, so the KL-regularized Nash policy pi*_tau is
@@ -15,14 +15,14 @@ t = 1, else RUN/iter_<t-1>/policy) and pi_{t+1} (RUN/iter_<t>/policy):
 
     pi_t+1     the measured class shares of pi_{t+1}
     TV step    TV(pi_{t+1}, the exact INPO step from the measured pi_t), at token level
-               (`inpo.game.inpo_token_step`, summed into classes): the learner's error
+               (`inpo.algo.game.inpo_token_step`, summed into classes): the learner's error
     TV own     TV(pi_{t+1}, the population minimizer of the run's own loss and label from
                the measured pi_t): for inpo with soft or sample labels the INPO step; hard
                labels, ipo and dpo solve other problems, and this says whether the learner
                solved theirs
     TV pi*     TV(pi_{t+1}, pi*_tau) for tau = --tau; expl: the exploitability of pi_{t+1}
     held-out   what `inpo train` reports (metrics.jsonl): the objective minus its per-pair
-               floor (`inpo.loss.objective_floor`), a mean over the learn stage's held-out
+               floor (`inpo.algo.loss.objective_floor`), a mean over the learn stage's held-out
                pairs, before its first step and after its last
     excess     the same quantity exactly, in expectation over pairs drawn from pi_t: of the
                measured pi_{t+1}, and (opt) of the population minimizer (not 0: in a cyclic
@@ -64,7 +64,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inpo import game
+from inpo.algo import game
 from inpo.prompts import quickstart_prompts
 
 # Held-out prompts the class shares are measured on: the tail of builtin:quickstart.
@@ -267,7 +267,7 @@ def population(v: Variant, g: Game, pi_t: np.ndarray, ref: np.ndarray, pi_new: n
     is from solving its problem."""
     import torch
 
-    from inpo.loss import objective_floor
+    from inpo.algo.loss import objective_floor
 
     cfg = {"type": v.loss, "eta": g.eta, "beta": g.beta}
     with np.errstate(divide="ignore", invalid="ignore"):

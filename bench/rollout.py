@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from inpo.cluster import start_ray
 from inpo.config import load_config
 from inpo.data import prompt_token_ids
-from inpo.generate import request_seed, start_generators
+from inpo.generation.stage import request_seed, start_generators
 from inpo.models.tiny import build_tiny_model, count_parameters
+from inpo.plan.cluster import start_ray
 
 
 def prompts(n: int) -> list[list[dict[str, str]]]:
@@ -75,7 +75,7 @@ def hf(model_dir: Path, tok, ids: list[list[int]], k: int, new: int) -> tuple[in
 
 
 def judge_speed(cfg_overrides: list[str], judge_dir: Path, n_pairs: int) -> None:
-    from inpo.oracle import build_oracle
+    from inpo.judging.build import build_oracle
 
     cfg = load_config(None, ["oracle.backend=pairpm", f"oracle.model={judge_dir}", *cfg_overrides])
     oracle = build_oracle(cfg, "cpu")

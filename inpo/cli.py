@@ -49,21 +49,21 @@ def cmd_config(args: argparse.Namespace) -> None:
 def cmd_learn(args: argparse.Namespace) -> None:
     overrides = [f"model.policy={args.policy}", f"model.reference={args.reference or args.policy}"]
     cfg = config_or_exit(args.config, overrides + args.overrides)
-    from inpo.learn import learn_from_pairs
+    from inpo.learning.stage import learn_from_pairs
 
     learn_from_pairs(cfg, Path(args.pairs), Path(args.out))
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     cfg = config_or_exit(args.config, [f"model.policy={args.policy}"] + args.overrides)
-    from inpo.generate import generate_file
+    from inpo.generation.stage import generate_file
 
     generate_file(cfg, Path(args.prompts), Path(args.out))
 
 
 def cmd_answer(args: argparse.Namespace) -> None:
     cfg = config_or_exit(args.config, [f"model.policy={args.policy}"] + args.overrides)
-    from inpo.answer import answer_file
+    from inpo.run.answer import answer_file
 
     answer_file(cfg, Path(args.prompts), Path(args.out), args.format, args.name)
 
@@ -77,15 +77,15 @@ def cmd_smollm2(args: argparse.Namespace) -> None:
 
 def cmd_judge(args: argparse.Namespace) -> None:
     cfg = config_or_exit(args.config, args.overrides)
-    from inpo.judge import judge_file
+    from inpo.judging.stage import judge_file
 
     judge_file(cfg, Path(args.generations), Path(args.out))
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    from inpo.cost import format_times
-    from inpo.memory import GiB, estimate, format_estimate, gpu_table
-    from inpo.placement import colocated_layout
+    from inpo.plan.cost import format_times
+    from inpo.plan.memory import GiB, estimate, format_estimate, gpu_table
+    from inpo.plan.placement import colocated_layout
 
     cfg = config_or_exit(_config_path(args), args.overrides)
     per_node = args.gpus_per_node or args.gpus
@@ -114,7 +114,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from inpo.pipeline import train
+    from inpo.run.train import train
 
     config = _config_path(args)
     if args.resume:
@@ -126,7 +126,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from inpo.cost import PEAK_FLOPS
+    from inpo.plan.cost import PEAK_FLOPS
 
     parser = argparse.ArgumentParser(
         prog="inpo", description="Iterative Nash Policy Optimization trainer"

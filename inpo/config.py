@@ -22,14 +22,13 @@ from pydantic import (
     model_validator,
 )
 
+from inpo.errors import ConfigError
 from inpo.models import TINY
 from inpo.prompts import DEFAULT_KINDS, KINDS
 
 QUICKSTART_PROMPTS = "builtin:quickstart"
-
-
-class ConfigError(ValueError):
-    """A config problem, already phrased as one line naming field and value."""
+#: oracle backends that hold a judge model, run in Ray actors and may take GPUs
+MODEL_BACKENDS = ("pairpm", "reward")
 
 
 class _Section(BaseModel):

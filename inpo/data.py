@@ -325,3 +325,15 @@ def prompts_from(source: str, data: DataConfig) -> list[Prompt]:
             f"builtin:ifeval)"
         )
     return load_prompts(source, data.prompt_field)
+
+
+def probe_sequence(tokenizer) -> tuple[list[int], int]:
+    """A fixed (ids, prompt_len) that generators and learner both score after a sync.
+    Chat models get it through their template, base models as plain text."""
+    question = "Probe: are the weights in sync?"
+    prompt = prompt_token_ids(
+        tokenizer,
+        [{"role": "user", "content": question}] if tokenizer.chat_template else question,
+    )
+    response = tokenizer(" Yes, every layer matches the learner.", add_special_tokens=False)
+    return prompt + response.input_ids, len(prompt)

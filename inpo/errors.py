@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,6 +10,10 @@ from contextlib import contextmanager
 
 class InpoError(Exception):
     """A problem the user can fix; the message names what and where."""
+
+
+class ConfigError(ValueError):
+    """A config problem, already phrased as one line naming field and value."""
 
 
 class ActorError(InpoError):
@@ -20,6 +25,28 @@ class ActorError(InpoError):
         self.actor, self.died = actor, died
 
 
+#: pydantic's summary line ("1 validation error for ModelConfig"), its footer, and the
+#: "[type=..., input_value=...]" tail of an error line
+_VALIDATION = re.compile(r"\d+ validation errors? for (\S+)$")
+_FOOTER = "For further information visit"
+_DETAIL = re.compile(r"\s*\[type=.*\]$")
+
+
+def message_line(text: str) -> str:
+    """An exception's message on one line: for a pydantic validation error (vLLM's engine
+    config checks) its first error, the model and field it names and what is wrong; for
+    any other its last line (the end of a quoted traceback)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(_FOOTER)]
+    for i, line in enumerate(lines[:-1]):
+        if head := _VALIDATION.match(line):
+            where, what = head.group(1), lines[i + 1]
+            if "[type=" not in what and i + 2 < len(lines):  # a field line, then its error
+                where, what = f"{where}.{what}", lines[i + 2]
+            return f"{where}: {_DETAIL.sub('', what)}"
+    return lines[-1] if lines else ""
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     try:
@@ -27,6 +54,9 @@ def user_errors() -> Iterator[None]:
     except InpoError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+    except ConfigError as e:  # a config refused before anything ran
+        print(str(e), file=sys.stderr)
+        raise SystemExit(2) from None
     except KeyboardInterrupt:
         print("interrupted; resume with `inpo train --resume RUN_DIR`", file=sys.stderr)
         raise SystemExit(130) from None

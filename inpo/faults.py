@@ -25,7 +25,7 @@ from inpo.durable import write_jsonl_atomic
 FAULTS_FILE = "faults.jsonl"
 
 _seen: Counter[str] = Counter()
-#: SIGKILLs an actor named "role:index" (set by inpo.fleet while actors run)
+#: SIGKILLs an actor named "role:index" (set by inpo.run.fleet while actors run)
 killer: Callable[[str], None] | None = None
 
 

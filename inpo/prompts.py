@@ -3,7 +3,7 @@
 - quickstart: short chat prompts for the CPU demo and the tests.
 - ifeval: everyday tasks, each followed by one checkable instruction in plain English
   ("Describe the sea. Do not use any commas in your answer."), for the builtin `ifeval`
-  oracle (inpo.oracle.constraints), which reads the instruction back from these templates.
+  oracle (inpo.judging.constraints), which reads the instruction back from these templates.
 
 Prompts are data: this module imports nothing from the oracle, the oracle imports it.
 """

@@ -32,7 +32,7 @@ def hf_logp(model_dir: Path, ids: list[int], prompt_len: int) -> float:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from inpo.loss import sequence_logps
+    from inpo.algo.loss import sequence_logps
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     x = torch.tensor([ids])
@@ -60,7 +60,7 @@ def start_session_ray(num_cpus: int) -> str:
     machine, which a plain ray.init() would join); returns its address."""
     import ray
 
-    from inpo.cluster import QUIET_ENV
+    from inpo.plan.cluster import QUIET_ENV
 
     os.environ.update({k: v for k, v in QUIET_ENV.items() if k not in os.environ})
     ray.init(

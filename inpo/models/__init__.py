@@ -6,7 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from inpo.durable import write_atomic
 from inpo.errors import InpoError
+from inpo.models.smollm2 import ensure_smollm2
+from inpo.models.tiny import build_tiny_model
 
 
 def dtype_name(dtype: str, device: str) -> str:
@@ -65,16 +68,11 @@ def resolve_model(spec: str, field: str, run_dir: Path, tiny: dict | None = None
     run_dir/base_model with the ``tiny`` shape) or 'builtin:smollm2' (converted once into
     the user cache)."""
     if spec == TINY:
-        from inpo.durable import write_atomic
-        from inpo.models.tiny import build_tiny_model
-
         base = run_dir / "base_model"
         if not (base / "config.json").exists():
             write_atomic(base, lambda tmp: build_tiny_model(tmp, **(tiny or {})))
         return base
     if spec == SMOLLM2:
-        from inpo.models.smollm2 import ensure_smollm2
-
         return ensure_smollm2()
     if spec.startswith("builtin:"):
         raise InpoError(f"{field} = {spec!r}: unknown builtin (use {TINY} or {SMOLLM2})")

@@ -24,7 +24,7 @@ import pytest
 import torch
 from helpers import final_weights, free_port, inpo_here, inpo_train
 
-from inpo.placement import plan_placement
+from inpo.plan.placement import plan_placement
 
 pytestmark = pytest.mark.cluster
 
@@ -331,7 +331,7 @@ def test_colocated_gpus_hold_one_of_each_and_train_like_the_split_layout(judge, 
     resumed after each (every stage's own kill points: tests/e2e/test_pipeline_e2e.py),
     every process on one cluster of 2 GPUs and 12 CPUs (`ray start`), as a job's
     processes share its cluster."""
-    from inpo.colocate import awake_but_unused
+    from inpo.plan.colocate import awake_but_unused
 
     gpus, kills = 2, ("judge", "learn.step2")
     pairpm = ["oracle.backend=pairpm", f"oracle.model={judge}", "oracle.max_length=256"]

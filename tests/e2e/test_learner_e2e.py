@@ -78,8 +78,9 @@ def test_zero2_and_zero3_agree(learned):
 def test_saved_policy_loads_in_transformers_and_vllm(learned, tiny_model, ray_session):
     from transformers import AutoTokenizer
 
-    from inpo.placement import plan_placement
-    from inpo.rollout.generator import GeneratorGroup, probe_sequence
+    from inpo.data import probe_sequence
+    from inpo.generation.generator import GeneratorGroup
+    from inpo.plan.placement import plan_placement
 
     tok = AutoTokenizer.from_pretrained(learned[2] / "policy")
     probe = probe_sequence(tok)
@@ -119,9 +120,8 @@ def _train_in_process(cfg_overrides, pairs_path, policy, out, on_step=None, afte
     """Cache, train and save as `inpo learn` does; ``after(group, pairs)`` runs last."""
     from transformers import AutoTokenizer
 
-    from inpo.data import load_pairs, tokenize_pairs
-    from inpo.learn import cache_logps, export_policy, start_learner, train_policy
-    from inpo.rollout.generator import probe_sequence
+    from inpo.data import load_pairs, probe_sequence, tokenize_pairs
+    from inpo.learning.stage import cache_logps, export_policy, start_learner, train_policy
 
     cfg = load_config(None, cfg_overrides)
     tok = AutoTokenizer.from_pretrained(policy)
@@ -258,7 +258,7 @@ def test_autocast_trains_in_bf16_and_saves_and_probes_fp32_weights(
     fp32, it learns, and the weight-sync probe scores the weights as saved."""
     from transformers import AutoTokenizer
 
-    from inpo.rollout.generator import probe_sequence
+    from inpo.data import probe_sequence
 
     pairs_path = write_pairs(tmp_path / "pairs.jsonl", 32, seed=5)
     probe = probe_sequence(AutoTokenizer.from_pretrained(tiny_model))

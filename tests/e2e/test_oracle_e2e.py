@@ -10,11 +10,12 @@ import torch
 from helpers import openai_server
 
 from inpo.config import InpoConfig
-from inpo.oracle import Debiased, OracleError, build_oracle
-from inpo.oracle.actor import OracleGroup
-from inpo.oracle.http import HttpJudge, judge_prompt
-from inpo.oracle.pairpm import PairPM, render_context
-from inpo.oracle.reward import RewardModel
+from inpo.judging.actor import OracleGroup
+from inpo.judging.build import build_oracle
+from inpo.judging.http import HttpJudge, judge_prompt
+from inpo.judging.oracle import Debiased, OracleError
+from inpo.judging.pairpm import PairPM, render_context
+from inpo.judging.reward import RewardModel
 
 pytestmark = pytest.mark.e2e
 
@@ -215,7 +216,7 @@ def test_engine_choice_for_an_architecture_vllm_lacks(tiny_reward_model, tmp_pat
     import json
     import shutil
 
-    from inpo.oracle.engine import choose_engine
+    from inpo.judging.model_judge import choose_engine
 
     model = shutil.copytree(tiny_reward_model, tmp_path / "rm")
     config = json.loads((model / "config.json").read_text())

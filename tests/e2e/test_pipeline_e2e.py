@@ -95,7 +95,7 @@ def test_full_run_reports_everything(full_run):
         assert (run / f"iter_{t}" / "policy" / "config.json").exists()  # policies kept
         assert "policy/model.safetensors" in state["done"][str(t)]["save"]["outputs"]
     # soft labels: the row keeps the vowels oracle's own P, recomputed here
-    from inpo.oracle.synthetic import VOWEL_SCALE, sigmoid, vowel_score
+    from inpo.judging.synthetic import VOWEL_SCALE, sigmoid, vowel_score
 
     pairs = [json.loads(line) for line in (run / "iter_1" / "pairs.jsonl").read_text().splitlines()]
     for p in pairs:
@@ -267,7 +267,7 @@ def test_dead_actors_are_restarted_and_their_stages_redone(
     stage: the run finishes by itself, each fault is one faults.jsonl row, the generate
     stage kept its finished chunks, the learn stage continued from its step-1 checkpoint,
     and the weights are exactly the uninterrupted run's."""
-    from inpo.state import RunState
+    from inpo.run.state import RunState
 
     run = tmp_path / "faulty"
     kills = "generator:0@generate.chunk#4,judge:0@judge#1,learner:1@learn.step2#2"

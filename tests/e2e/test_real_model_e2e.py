@@ -66,7 +66,7 @@ def test_smollm2_lora_zero3_two_iterations_sigkill_during_learning_resumes_exact
     assert [row["iteration"] for row in rows] == [0, 1, 2]
     assert all(row["sync_max_token_diff"] < 1e-3 for row in rows[1:])
     # the pass rate is the share of held-out answers whose instruction is met, recomputed
-    from inpo.oracle.constraints import constraint_score
+    from inpo.judging.constraints import constraint_score
 
     for name, row in (("eval_ref.jsonl", rows[0]), ("iter_2/eval.jsonl", rows[2])):
         answers = [json.loads(x) for x in (whole / name).open()]
@@ -116,7 +116,7 @@ def generations(n: int = 3) -> list[dict]:
 
 
 def label_with(oracle) -> list[dict]:
-    from inpo.judge import pair_rows, select_pairs
+    from inpo.judging.stage import pair_rows, select_pairs
 
     rows = generations()
     pairs, dropped = pair_rows(rows, select_pairs(rows, oracle, "random", 0), "soft", 0)
@@ -125,8 +125,8 @@ def label_with(oracle) -> list[dict]:
 
 
 def test_pairpm_judge_on_smollm2_labels_pairs(smollm2, ray_session):
-    from inpo.oracle import build_oracle
-    from inpo.oracle.pairpm import PairPM
+    from inpo.judging.build import build_oracle
+    from inpo.judging.pairpm import PairPM
 
     cfg = InpoConfig.model_validate(
         {"oracle": {"backend": "pairpm", "model": str(smollm2), "batch_size": 2}}
@@ -186,8 +186,8 @@ def test_inpo_judge_on_vllm_and_hf_agree_on_smollm2(smollm2, ray_session, tmp_pa
 def test_reward_judge_on_smollm2_with_a_seeded_head(smollm2, ray_session, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from inpo.oracle import build_oracle
-    from inpo.oracle.reward import RewardModel
+    from inpo.judging.build import build_oracle
+    from inpo.judging.reward import RewardModel
 
     torch.manual_seed(0)
     rm = AutoModelForSequenceClassification.from_pretrained(
@@ -218,7 +218,7 @@ def smollm2_server(smollm2, tmp_path_factory):
 
 
 def test_http_judge_against_a_real_vllm_server_of_smollm2(smollm2_server):
-    from inpo.oracle import build_oracle
+    from inpo.judging.build import build_oracle
 
     cfg = InpoConfig.model_validate({"oracle": {"backend": "http", "url": smollm2_server}})
     oracle = build_oracle(cfg, "cpu")

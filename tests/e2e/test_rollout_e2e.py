@@ -10,11 +10,11 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
 from inpo.config import load_config
-from inpo.data import load_pairs, prompt_token_ids, tokenize_pairs
-from inpo.generate import request_seed
-from inpo.learn import cache_logps, start_learner
-from inpo.placement import plan_placement
-from inpo.rollout.generator import GeneratorGroup, SyncError, probe_sequence
+from inpo.data import load_pairs, probe_sequence, prompt_token_ids, tokenize_pairs
+from inpo.generation.generator import GeneratorGroup, SyncError
+from inpo.generation.stage import request_seed
+from inpo.learning.stage import cache_logps, start_learner
+from inpo.plan.placement import plan_placement
 
 PROMPTS = [
     [{"role": "user", "content": f"Tell me a story about the number {i}."}] for i in range(6)
@@ -209,11 +209,11 @@ def test_generate_and_judge_commands(tmp_path, tiny_model, ray_session):
     assert len(kept) + sum(summary["dropped"].values()) == 6  # tournament: one pair a prompt
     from collections import Counter
 
-    from inpo.judge import describe_dropped
+    from inpo.judging.stage import describe_dropped
 
     assert describe_dropped(6, len(kept), Counter(summary["dropped"])) in out
     # The labels are the vowels oracle's own P, recomputed here (soft labels by default).
-    from inpo.oracle.synthetic import VOWEL_SCALE, sigmoid, vowel_score
+    from inpo.judging.synthetic import VOWEL_SCALE, sigmoid, vowel_score
 
     for p in kept:
         want = sigmoid(4.0 * VOWEL_SCALE * (vowel_score(p["chosen"]) - vowel_score(p["rejected"])))

@@ -21,9 +21,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from inpo.answer import format_answers, markdown_counts, read_benchmark, token_counter
 from inpo.data import DataError
 from inpo.durable import write_jsonl_atomic
+from inpo.run.answer import format_answers, markdown_counts, read_benchmark, token_counter
 
 ANSWER = (
     "# Plan\n\n1. one\n2. two\n- a\n  * b\n**bold** and __underlined__\n"

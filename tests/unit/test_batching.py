@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from inpo.data import TokenizedPairs
-from inpo.learner.batching import (
+from inpo.learning.batching import (
     collate,
     cosine_lr_lambda,
     global_batch_indices,
@@ -68,7 +68,7 @@ def test_collate_never_cuts_a_response():
 
 
 def test_fit_pairs_drops_and_counts_what_does_not_fit():
-    from inpo.learn import fit_pairs
+    from inpo.learning.stage import fit_pairs
 
     pairs = TokenizedPairs(
         prompt=[[1] * 3, [1] * 8, [1] * 2],
@@ -136,7 +136,7 @@ def test_a_heldout_pair_never_reaches_a_training_batch():
 
 
 def test_auto_epochs_stop_when_the_heldout_excess_stops_falling():
-    from inpo.learn import keeps_improving
+    from inpo.learning.stage import keeps_improving
 
     assert keeps_improving([2.0]) and keeps_improving([2.0, 1.0]) and keeps_improving([2, 1, 0.5])
     assert not keeps_improving([2.0, 1.0, 1.0]) and not keeps_improving([2.0, 2.5])

@@ -8,8 +8,7 @@ from collections import Counter
 
 import pytest
 
-from inpo.oracle import OracleError
-from inpo.oracle.constraints import (
+from inpo.judging.constraints import (
     PARTIAL_WEIGHT,
     Constraint,
     ConstraintPreference,
@@ -20,6 +19,7 @@ from inpo.oracle.constraints import (
     sentences,
     words,
 )
+from inpo.judging.oracle import OracleError
 from inpo.prompts import DEFAULT_KINDS, KINDS, _tasks, constraint_prompts
 
 

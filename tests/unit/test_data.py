@@ -142,7 +142,7 @@ def test_end_of_turn_is_read_from_the_chat_template():
 
 
 def test_benchmark_prompt_files_and_answer_formats(tmp_path):
-    from inpo.answer import format_answers, read_benchmark
+    from inpo.run.answer import format_answers, read_benchmark
 
     f = tmp_path / "question.jsonl"
     f.write_text(json.dumps({"question_id": "a1", "turns": [{"content": "Why?"}]}) + "\n")
@@ -286,7 +286,7 @@ def test_the_data_side_never_imports_the_oracle():
     code = (
         "import sys, inpo.config, inpo.data, inpo.prompts\n"
         "inpo.data.prompts_from('builtin:ifeval', inpo.config.DataConfig())\n"
-        "print(sorted(m for m in sys.modules if m.startswith('inpo.oracle')))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('inpo.judging.build')))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -298,7 +298,7 @@ def test_builtin_ifeval_asks_the_kinds_of_data_ifeval_kinds():
 
     from inpo.config import ConfigError, load_config
     from inpo.data import load_prompt_sets
-    from inpo.oracle.constraints import parse_constraint
+    from inpo.judging.constraints import parse_constraint
 
     kinds = ["start_word", "max_words", "one_sentence"]
     cfg = load_config(

@@ -11,13 +11,14 @@ from inpo import faults
 from inpo.config import InpoConfig
 from inpo.durable import append_jsonl, read_jsonl_prefix
 from inpo.errors import ActorError
-from inpo.fleet import Fleet
-from inpo.generate import generate_rows
+from inpo.generation.stage import generate_rows
+from inpo.run.fleet import Fleet
+from inpo.stages import Role
 
 
 def fleet(tmp_path, **run) -> Fleet:
     cfg = InpoConfig.model_validate({"run": {"dir": str(tmp_path), **run}})
-    return Fleet(cfg, tmp_path, "cpu", ([1, 2], 1), lambda d: None)
+    return Fleet(cfg, tmp_path, "cpu", ([1, 2], 1))
 
 
 def rows_of(path):
@@ -29,7 +30,7 @@ def test_a_failure_is_restarted_once_and_stops_the_second_time(tmp_path, monkeyp
     f = fleet(tmp_path)
     killed = []
     monkeypatch.setattr("ray.kill", killed.append)
-    f.generators = type("Group", (), {"actors": ["generator 0 handle"]})()
+    f.groups[Role.GENERATOR] = type("Group", (), {"actors": ["generator 0 handle"]})()
     dead = ActorError("generator 0 died: SIGKILL", "generator 0", died=True)
     assert f.recover(dead, 2, "generate", 1.5) == "generator"
     assert f.generators is None and killed == ["generator 0 handle"] and f.restarts == 1
@@ -116,8 +117,8 @@ def test_generate_keeps_finished_chunks_and_redoes_the_rest(tmp_path):
 
 
 def test_judge_keeps_finished_chunks_and_redoes_the_rest(tmp_path):
-    from inpo.judge import select_in_chunks, select_pairs
-    from inpo.oracle.synthetic import synthetic_oracle
+    from inpo.judging.build import synthetic_oracle
+    from inpo.judging.stage import select_in_chunks, select_pairs
 
     oracle = synthetic_oracle(InpoConfig().oracle)  # vowels: exact, batch-independent
     rows = [

@@ -1,4 +1,4 @@
-"""The exact class-level INPO game (inpo.game): matrices, shares, the mirror-descent step,
+"""The exact class-level INPO game (inpo.algo.game): matrices, shares, the mirror-descent step,
 the regularized Nash policy and the game oracle. Expected values are computed here by hand
 or with plain Python math, not with the functions under test."""
 
@@ -10,8 +10,7 @@ import random
 import numpy as np
 import pytest
 
-from inpo.game import (
-    GameOracle,
+from inpo.algo.game import (
     check_matrix,
     class_shares,
     class_shares_from_token_probs,
@@ -27,7 +26,8 @@ from inpo.game import (
     token_class_shares,
     tv,
 )
-from inpo.oracle.base import Oracle
+from inpo.judging.oracle import Oracle
+from inpo.judging.synthetic import GameOracle
 
 REF = [0.6, 0.3, 0.1]
 UNIFORM3 = [1 / 3, 1 / 3, 1 / 3]

@@ -6,8 +6,8 @@ import json
 
 from helpers import eos_is_not_end_of_turn
 
+from inpo.generation.generator import stop_token_ids
 from inpo.models.tiny import build_tokenizer
-from inpo.rollout.generator import stop_token_ids
 
 
 def test_stop_tokens_are_the_end_of_turn_and_every_eos(tmp_path):

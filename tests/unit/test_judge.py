@@ -7,9 +7,9 @@ import pytest
 
 from inpo.data import DataError
 from inpo.errors import InpoError
-from inpo.judge import describe_dropped, load_generations, pair_rows, select_pairs
-from inpo.oracle.base import Oracle
-from inpo.oracle.synthetic import ScorePreference
+from inpo.judging.oracle import Oracle
+from inpo.judging.stage import describe_dropped, load_generations, pair_rows, select_pairs
+from inpo.judging.synthetic import ScorePreference
 
 
 class ByLength(ScorePreference):
@@ -113,7 +113,7 @@ def test_load_generations_names_the_bad_row(tmp_path):
 
 
 def test_complete_checkpoints_ignores_unfinished_ones(tmp_path):
-    from inpo.learn import complete_checkpoints
+    from inpo.learning.stage import complete_checkpoints
 
     for name in ("step_000004", "step_000012", "step_000008", "step_000016.tmp", "inputs.json"):
         (tmp_path / name).mkdir() if not name.endswith(".json") else (tmp_path / name).touch()

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from inpo.loss import (
+from inpo.algo.loss import (
     CACHE_KEYS,
     dpo_loss,
     inpo_loss,
@@ -139,7 +139,7 @@ def test_soft_label_is_the_expectation_over_the_label():
 def test_soft_gradient_equals_the_mean_gradient_of_sampled_labels():
     import random
 
-    from inpo.pairing import Pair, label_pair
+    from inpo.judging.pairing import Pair, label_pair
 
     eta, tau, p = 0.25, 0.05, 0.7
     logps = {0: -3.0, 1: -4.5}  # policy log-probs of responses 0 and 1
@@ -187,7 +187,7 @@ def test_soft_ipo_and_dpo():
 
 
 def test_objective_dispatch_and_targets():
-    from inpo.loss import objective
+    from inpo.algo.loss import objective
 
     cfg = {"type": "inpo", "eta": 0.5, "tau": 0.1, "beta": 0.1}
     cache = {

@@ -1,4 +1,4 @@
-"""The memory estimate (inpo.memory) against published figures and torch's own counts."""
+"""The memory estimate (inpo.plan.memory) against published figures and torch's own counts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from inpo.config import load_config
 from inpo.errors import InpoError
-from inpo.memory import (
+from inpo.plan.memory import (
     ADAM_BYTES,
     LLAMA3_8B,
     SHIPPED,
@@ -247,7 +247,7 @@ def test_inpo_plan_prints_the_table(capsys):
 
 
 def test_iteration_time_split_vs_colocated():
-    from inpo.cost import iteration_seconds, layouts, phase_flops
+    from inpo.plan.cost import iteration_seconds, layouts, phase_flops
 
     cfg = paper()
     k, prompts = cfg.generation.num_samples, cfg.data.prompts_per_iteration
@@ -266,3 +266,14 @@ def test_iteration_time_split_vs_colocated():
     )
     assert b["total"] == pytest.approx(b["generate"] + b["judge"] + b["learn"] + colocated.moves_s)
     assert 0 < colocated.moves_s < 60 and b["total"] < a["total"]
+
+
+def test_inpo_plan_of_a_layout_the_batch_cannot_take_is_one_line(capsys):
+    from inpo.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["plan", "configs/quickstart.yaml", "--gpus", "8"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("run.colocate on 8 GPUs: ") and "learner.global_batch_size = 16" in err
+    assert "pydantic" not in err and "[type=" not in err

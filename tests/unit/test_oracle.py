@@ -12,11 +12,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from helpers import free_port
 
-import inpo.oracle.http as http_oracle
+import inpo.judging.http as http_oracle
 from inpo.config import InpoConfig
-from inpo.oracle import Debiased, Oracle, OracleError, build_oracle, check_probs
-from inpo.oracle.http import HttpJudge, judge_prompt
-from inpo.oracle.synthetic import (
+from inpo.judging.build import build_oracle
+from inpo.judging.http import HttpJudge, judge_prompt
+from inpo.judging.oracle import Debiased, Oracle, OracleError, check_probs
+from inpo.judging.synthetic import (
     RPS_NASH,
     rps_class,
     rps_distribution,

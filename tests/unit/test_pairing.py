@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from inpo.pairing import (
+from inpo.judging.pairing import (
     Labelled,
     Pair,
     disjoint_pairs,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from inpo.judging.pairpm import PAIRPM_TEMPLATE, render_context, response_budget
 from inpo.models.tiny import build_tokenizer
-from inpo.oracle.pairpm import PAIRPM_TEMPLATE, render_context, response_budget
 
 # RLHFlow's context template, as RLHF-Reward-Modeling pair-pm/process_pair_data.py (training
 # data) and its README (judging) set it on a tokenizer: the format the judge learned.

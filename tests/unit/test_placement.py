@@ -3,7 +3,7 @@ does not fit."""
 
 import pytest
 
-from inpo.placement import Node, PlacementError, plan_placement
+from inpo.plan.placement import Node, PlacementError, plan_placement
 
 PAPER = {"learner": (4, 1), "generator": (2, 1), "judge": (2, 1)}
 
@@ -105,7 +105,7 @@ def test_num_gpus_sizes_only_the_local_cluster():
 
 def colocated(gpus: int, **sections):
     from inpo.config import InpoConfig
-    from inpo.placement import colocated_layout
+    from inpo.plan.placement import colocated_layout
 
     judge = {"backend": "pairpm", "model": "/judge"}
     cfg = InpoConfig.model_validate({"oracle": judge, **sections})
@@ -113,7 +113,7 @@ def colocated(gpus: int, **sections):
 
 
 def test_colocated_counts_fill_the_gpus_and_each_gpu_holds_one_of_each():
-    from inpo.memory import role_demand
+    from inpo.plan.placement import role_demand
 
     cfg = colocated(4, learner={"global_batch_size": 8, "micro_batch_size": 2})
     assert cfg.run.colocate is True
@@ -147,7 +147,7 @@ def test_colocate_defaults_and_refusals():
 
 
 def test_the_schedule_wakes_what_a_stage_uses():
-    from inpo.colocate import awake_but_unused, schedule_row, transitions
+    from inpo.plan.colocate import awake_but_unused, schedule_row, transitions
 
     running = ["generator", "judge", "learner"]
     assert transitions("judge", running, set()) == (["generator", "learner"], [])
@@ -172,10 +172,10 @@ def test_the_schedule_wakes_what_a_stage_uses():
 
 
 def test_simulated_gpus_record_the_estimated_memory_of_the_awake_actors():
-    from inpo.colocate import estimated_memory, schedule_row
     from inpo.config import InpoConfig
-    from inpo.memory import CONTEXT_BYTES, GiB, estimate
-    from inpo.placement import colocated_layout
+    from inpo.plan.colocate import estimated_memory, schedule_row
+    from inpo.plan.memory import CONTEXT_BYTES, GiB, estimate
+    from inpo.plan.placement import colocated_layout
 
     cfg = colocated_layout(InpoConfig.model_validate({}), 2)  # synthetic oracle: no judge
     records = [

@@ -1,9 +1,9 @@
-"""The iteration table, win rates (inpo.report, inpo.evaluate)."""
+"""The iteration table, win rates (inpo.run.report, inpo.run.evaluate)."""
 
 import pytest
 
-from inpo.evaluate import win_rate
-from inpo.report import plot, table
+from inpo.run.evaluate import win_rate
+from inpo.run.report import plot, table
 
 
 def test_win_rate_interval():
@@ -37,7 +37,7 @@ def test_table_formats_rows():
 
 
 def test_actor_errors_come_down_to_their_root_cause():
-    from inpo.actors import death_cause, root_cause
+    from inpo.plan.actors import death_cause, root_cause
 
     try:
         try:
@@ -64,7 +64,7 @@ def test_a_validation_error_comes_down_to_its_first_error_not_pydantics_footer()
     line a user needs is the first error, with the model and field it names."""
     import pydantic
 
-    from inpo.actors import death_cause, root_cause
+    from inpo.plan.actors import death_cause, root_cause
 
     class EngineConfig(pydantic.BaseModel):
         max_model_len: int

@@ -1,12 +1,13 @@
-"""Run state, stage table and durable writes (inpo.state, inpo.durable)."""
+"""Run state, stage table and durable writes (inpo.run.state, inpo.durable)."""
 
 import json
 
 import pytest
 
 from inpo.durable import damaged, manifest, write_atomic, write_jsonl_atomic
-from inpo.pipeline import Trainer
-from inpo.state import ITERATION, SETUP, STAGES, RunState
+from inpo.run.state import RunState
+from inpo.run.trainer import Trainer
+from inpo.stages import ITERATION, SETUP, STAGES
 
 
 def test_run_state_roundtrip_and_atomic(tmp_path):

@@ -9,18 +9,18 @@ from pathlib import Path
 import pytest
 from helpers import inpo_cli
 
-from inpo import pipeline
 from inpo.config import ConfigError, load_config
 from inpo.errors import InpoError
-from inpo.state import RunState
+from inpo.run import train as run_train
+from inpo.run.state import RunState
 
 
 @pytest.fixture
 def stub_trainer(monkeypatch):
     """Trainer.prepare and Trainer.run as stubs; returns the configs runs were given."""
     ran: list = []
-    monkeypatch.setattr(pipeline.Trainer, "prepare", lambda self: None)
-    monkeypatch.setattr(pipeline.Trainer, "run", lambda self: ran.append(self.cfg) or [])
+    monkeypatch.setattr(run_train.Trainer, "prepare", lambda self: None)
+    monkeypatch.setattr(run_train.Trainer, "run", lambda self: ran.append(self.cfg) or [])
     return ran
 
 
@@ -28,8 +28,8 @@ def _run_dir(tmp_path: Path) -> Path:
     run = tmp_path / "run"
     run.mkdir()
     cfg = load_config(None, [f"run.dir={run}"])
-    (run / pipeline.CONFIG_FILE).write_text(cfg.to_yaml())
-    state = RunState(run / pipeline.STATE_FILE)
+    (run / run_train.CONFIG_FILE).write_text(cfg.to_yaml())
+    state = RunState(run / run_train.STATE_FILE)
     state.data["run_id"] = "inpo-test"
     state.save()
     return run
@@ -38,30 +38,30 @@ def _run_dir(tmp_path: Path) -> Path:
 def test_resume_overrides_last_into_the_next_plain_resume(tmp_path, stub_trainer):
     """`--resume RUN run.iterations=5`, then a plain `--resume` (a requeued SLURM job)."""
     run = _run_dir(tmp_path)
-    pipeline.train(resume=run, overrides=["run.iterations=5"])
-    assert load_config(run / pipeline.CONFIG_FILE).run.iterations == 5
+    run_train.train(resume=run, overrides=["run.iterations=5"])
+    assert load_config(run / run_train.CONFIG_FILE).run.iterations == 5
     assert not list(run.glob("*.tmp"))  # written under a temporary name, then renamed
-    pipeline.train(resume=run)
+    run_train.train(resume=run)
     assert [cfg.run.iterations for cfg in stub_trainer] == [5, 5]
     # extending a run past its prompts is asked for by name, and kept too
-    pipeline.train(resume=run, overrides=["data.allow_reuse=true"])
-    assert load_config(run / pipeline.CONFIG_FILE).data.allow_reuse
+    run_train.train(resume=run, overrides=["data.allow_reuse=true"])
+    assert load_config(run / run_train.CONFIG_FILE).data.allow_reuse
     with pytest.raises(InpoError, match="data.eval_size=3"):
-        pipeline.train(resume=run, overrides=["data.eval_size=3"])
+        run_train.train(resume=run, overrides=["data.eval_size=3"])
 
 
 def test_a_refused_resume_leaves_the_config_as_it_was(tmp_path, monkeypatch):
     run = _run_dir(tmp_path)
-    before = (run / pipeline.CONFIG_FILE).read_text()
+    before = (run / run_train.CONFIG_FILE).read_text()
 
     def refuse(self):
         raise ConfigError("config error: data.prompts_per_iteration = 64: too few")
 
-    monkeypatch.setattr(pipeline.Trainer, "prepare", refuse)
+    monkeypatch.setattr(run_train.Trainer, "prepare", refuse)
     with pytest.raises(SystemExit) as e:
-        pipeline.train(resume=run, overrides=["run.iterations=50"])
+        run_train.train(resume=run, overrides=["run.iterations=50"])
     assert e.value.code == 2
-    assert (run / pipeline.CONFIG_FILE).read_text() == before
+    assert (run / run_train.CONFIG_FILE).read_text() == before
 
 
 def test_a_run_that_would_reuse_prompts_exits_2_and_leaves_no_run(tmp_path):
@@ -75,4 +75,4 @@ def test_a_run_that_would_reuse_prompts_exits_2_and_leaves_no_run(tmp_path):
     assert "data.prompts_per_iteration = 20" in r.stderr and "need 60" in r.stderr
     assert "holds 56" in r.stderr
     # nothing was started: the same run.dir takes the fixed config
-    assert not (run / pipeline.STATE_FILE).exists() and not (run / pipeline.CONFIG_FILE).exists()
+    assert not (run / run_train.STATE_FILE).exists() and not (run / run_train.CONFIG_FILE).exists()

@@ -1,0 +1,161 @@
+"""Generator actors (one vLLM engine each) and the group that splits prompts among them.
+
+Weight sync is verified twice after every reload: each generator's worker hashes the
+tensors it fed into the engine and the hash must equal the learner's hash of the
+tensors it saved (so every generator read exactly the learner's bytes, whatever the
+shared filesystem did), and each generator's log-prob of a fixed probe sequence must
+match the learner's within `generation.sync_tolerance` (so the engine computes with
+them).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+from inpo.config import InpoConfig
+from inpo.data import end_of_turn_id
+from inpo.engines.vllm import VLLMEngine, device_settings
+from inpo.errors import InpoError
+from inpo.models import dtype_name
+from inpo.plan.actors import ActorGroup
+from inpo.plan.memory import max_model_len
+from inpo.plan.placement import Actor, ActorSlot
+
+
+class SyncError(InpoError):
+    """A generator does not hold the weights the learner just saved."""
+
+
+def stop_token_ids(model_dir: str) -> list[int]:
+    """Every token that ends a response: the chat template's end of turn (<|eot_id|> for
+    Llama 3, which is neither its tokenizer's EOS nor always in generation_config.json),
+    the tokenizer's EOS and each EOS generation_config.json lists (an id or a list)."""
+    import json
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ids = {end_of_turn_id(tok), tok.eos_token_id}
+    gen_config = Path(model_dir) / "generation_config.json"
+    if gen_config.exists():
+        eos = json.loads(gen_config.read_text()).get("eos_token_id")
+        ids.update(eos if isinstance(eos, list) else [eos])
+    return sorted(i for i in ids if i is not None)
+
+
+class Generator(Actor):
+    """Thin Ray actor around one VLLMEngine."""
+
+    def start(self, model_dir: str, engine_kwargs: dict[str, Any]) -> None:
+
+        self.engine = VLLMEngine(model_dir, **engine_kwargs)
+
+    def generate(self, prompts: list[list[int]], seeds: list[int], **sampling) -> list[list[dict]]:
+        out = self.engine.generate(prompts, seeds=seeds, **sampling)
+        return [[asdict(s) for s in samples] for samples in out]
+
+    def score(self, ids: list[int], prompt_len: int) -> float:
+        return self.engine.score(ids, prompt_len)
+
+    def sleep(self, level: int) -> bool:
+        return self.engine.sleep(level)
+
+    def wake(self) -> bool:
+        return self.engine.wake()
+
+    def reload(self, weights_dir: str) -> tuple[float, str]:
+        """(seconds, hash of the tensors the engine loaded)."""
+        t0 = time.perf_counter()
+        digest = self.engine.reload(weights_dir)
+        return time.perf_counter() - t0, digest
+
+
+class GeneratorGroup(ActorGroup):
+    def __init__(
+        self,
+        model_dir: str,
+        cfg: InpoConfig,
+        device: str,
+        slots: list[ActorSlot],
+        probe_len: int = 0,
+    ):
+        gc = cfg.generation
+        shared = any(0 < s.num_gpus < 1 for s in slots)
+        dtype = dtype_name(cfg.model.dtype, device)
+        max_len = max_model_len(cfg, probe_len)
+        engine_kwargs = device_settings(model_dir, device, dtype, max_len, shared)
+        if gc.gpu_memory_utilization is not None:  # the user's share: vLLM sizes the KV cache
+            engine_kwargs |= {
+                "gpu_memory_utilization": gc.gpu_memory_utilization,
+                "kv_cache_bytes": None,
+            }
+        engine_kwargs |= {
+            "seed": cfg.run.seed,
+            # simulated GPUs: the generator reserves its TP GPUs and runs one CPU engine
+            "tensor_parallel_size": gc.tensor_parallel_size if device == "cuda" else 1,
+            "enforce_eager": gc.enforce_eager or device == "cpu",
+            "stop_token_ids": stop_token_ids(model_dir),
+            "sleep_mode": bool(cfg.run.colocate) and device == "cuda",
+        }
+        self.sync_timeout = gc.sync_timeout_s
+        # bf16 kernels in vLLM and in the learner round differently; fp32 agrees to ~1e-6.
+        bf16 = engine_kwargs["dtype"] == "bfloat16"
+        self.tolerance = gc.sync_tolerance or (0.05 if bf16 else 1e-3)
+        super().__init__(
+            "generator", Generator, slots, setup="start", setup_args=(model_dir, engine_kwargs)
+        )
+
+    def generate(self, prompts: list[list[int]], seeds: list[int], **sampling) -> list[list[dict]]:
+        """Samples for every prompt, in order; prompts are split evenly among generators."""
+        return self.map("generate", prompts, seeds, **sampling)
+
+    def scores(self, ids: list[int], prompt_len: int) -> list[float]:
+        return self.call("score", ids, prompt_len)
+
+    def sync(
+        self,
+        weights_dir: str,
+        probe: tuple[list[int], int],
+        expected: float,
+        digest: str | None = None,
+    ) -> dict:
+        """Reload weights in every generator, then prove it: each generator must have
+        loaded tensors whose hash is the learner's ``digest`` (when given), and its
+        log-prob of the probe must match the learner's ``expected`` within the tolerance."""
+        import ray
+
+        t0 = time.perf_counter()
+        futures = [a.reload.remote(weights_dir) for a in self.actors]
+        ready, pending = ray.wait(futures, num_returns=len(futures), timeout=self.sync_timeout)
+        if pending:
+            raise SyncError(
+                f"weight sync from {weights_dir} timed out after {self.sync_timeout}s on "
+                f"{len(pending)} of {len(futures)} generators (generation.sync_timeout_s)"
+            )
+        answers = self.get(futures)
+        if digest is not None:
+            for i, (_, got) in enumerate(answers):
+                if got != digest:
+                    raise SyncError(
+                        f"generator {i} loaded other weights than the learner saved in "
+                        f"{weights_dir}: tensor hash {got[:12]} vs learner {digest[:12]} (a "
+                        "stale copy on a shared filesystem, or another directory)"
+                    )
+        return self.verify(probe, expected, seconds=time.perf_counter() - t0)
+
+    def verify(self, probe: tuple[list[int], int], expected: float, seconds: float = 0.0) -> dict:
+        ids, prompt_len = probe
+        n_tokens = len(ids) - prompt_len
+        got = self.scores(ids, prompt_len)
+        diffs = [abs(g - expected) / n_tokens for g in got]
+        for i, d in enumerate(diffs):
+            if d > self.tolerance:
+                raise SyncError(
+                    f"generator {i} does not hold the learner's weights: probe log-prob "
+                    f"{got[i]:.6f} vs learner {expected:.6f} (mean per-token difference {d:.2e} "
+                    f"> generation.sync_tolerance {self.tolerance:g})"
+                )
+        return {"sync_seconds": seconds, "sync_max_token_diff": max(diffs)}

@@ -1,0 +1,154 @@
+"""Stage: sample K responses per prompt from the current policy with vLLM.
+
+Output rows (JSONL, one per prompt):
+    {"prompt_id", "prompt", "responses", "finish_reasons", "logps",
+     "prompt_ids", "response_ids"}
+Every request is seeded from (run seed, purpose, prompt_id), so a prompt's
+samples do not depend on batching or on which generator served it, and a
+stage redone after a crash gives the same rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from inpo.config import InpoConfig
+from inpo.data import Prompt, load_prompts, prompt_token_ids
+from inpo.durable import append_jsonl, finished_chunks, write_jsonl_atomic
+from inpo.errors import InpoError
+from inpo.faults import crash_point
+from inpo.generation.generator import GeneratorGroup
+from inpo.models import require_model_dir
+from inpo.plan.cluster import start_ray
+from inpo.plan.placement import plan_for
+from inpo.stages import Role
+
+
+def request_seed(run_seed: int, purpose: str, prompt_id: int) -> int:
+    digest = hashlib.sha256(f"{run_seed}/{purpose}/{prompt_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def tokenize_prompts(
+    tokenizer, prompts: list[Prompt], max_tokens: int, source: str
+) -> tuple[list[int], list[list[int]]]:
+    """(indices kept, their token ids); prompts longer than max_tokens are left out, and
+    none left is an error naming ``source``."""
+    kept, ids = [], []
+    for i, p in enumerate(prompts):
+        t = prompt_token_ids(tokenizer, p)
+        if len(t) <= max_tokens:
+            kept.append(i)
+            ids.append(t)
+    if not kept:
+        raise InpoError(
+            f"{source}: all {len(prompts)} prompts are longer than data.max_prompt_tokens = "
+            f"{max_tokens}"
+        )
+    return kept, ids
+
+
+def generate_rows(
+    generators,
+    prompts: list[Prompt],
+    prompt_ids: list[int],
+    token_ids: list[list[int]],
+    *,
+    seeds: list[int],
+    n: int,
+    temperature: float,
+    top_p: float,
+    max_tokens: int,
+    chunk_prompts: int = 256,
+    desc: str = "generate",
+    partial: Path | None = None,
+) -> list[dict[str, Any]]:
+    """The rows, generated chunk_prompts per generator at a time; with ``partial``, each
+    finished chunk is appended to it durably and the rows it already holds for these
+    prompts (a stage interrupted before) are kept, not generated again."""
+    rows = finished_chunks(partial, prompt_ids)
+    chunk = chunk_prompts * len(generators.actors)
+    bar = tqdm(total=len(prompts), initial=len(rows), desc=desc, unit="prompt", dynamic_ncols=True)
+    t0, n_tokens = time.perf_counter(), 0
+    with bar:  # closed on a failure too, so the run's error line is the last printed
+        for start in range(len(rows), len(prompts), chunk):
+            sl = slice(start, start + chunk)
+            out = generators.generate(
+                token_ids[sl],
+                seeds[sl],
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_tokens,
+            )
+            done = []
+            for pid, prompt, ids, samples in zip(
+                prompt_ids[sl], prompts[sl], token_ids[sl], out, strict=True
+            ):
+                n_tokens += sum(len(s["token_ids"]) for s in samples)
+                done.append(
+                    {
+                        "prompt_id": pid,
+                        "prompt": prompt,
+                        "responses": [s["text"] for s in samples],
+                        "finish_reasons": [s["finish_reason"] for s in samples],
+                        "logps": [s["logp"] for s in samples],
+                        "prompt_ids": ids,
+                        "response_ids": [s["token_ids"] for s in samples],
+                    }
+                )
+            if partial:
+                append_jsonl(partial, done)
+            rows += done
+            bar.update(len(out))
+            bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - t0):.0f}")
+            crash_point("generate.chunk")
+    return rows
+
+
+def start_generators(cfg: InpoConfig, device: str, model_dir: str, slots=None, probe_len=0):
+
+    if slots is None:
+        slots = plan_for(cfg, device, [Role.GENERATOR]).slots[Role.GENERATOR]
+    return GeneratorGroup(model_dir, cfg, device, slots, probe_len)
+
+
+def generate_file(cfg: InpoConfig, prompts_path: Path, out: Path) -> None:
+    """`inpo generate`: K samples for every prompt of a file."""
+    from transformers import AutoTokenizer
+
+    prompts = load_prompts(prompts_path, cfg.data.prompt_field)
+    policy = str(require_model_dir(cfg.model.policy, "model.policy"))
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    kept, token_ids = tokenize_prompts(
+        tokenizer, prompts, cfg.data.max_prompt_tokens, source=str(prompts_path)
+    )
+    generators = start_generators(cfg, start_ray(cfg), policy)
+    try:
+        gen = cfg.generation
+        rows = generate_rows(
+            generators,
+            [prompts[i] for i in kept],
+            kept,
+            token_ids,
+            seeds=[request_seed(cfg.run.seed, "generate", i) for i in kept],
+            n=gen.num_samples,
+            temperature=gen.temperature,
+            top_p=gen.top_p,
+            max_tokens=gen.max_new_tokens,
+            chunk_prompts=gen.chunk_prompts,
+        )
+    finally:
+        generators.shutdown()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(out, rows)
+    skipped = len(prompts) - len(kept)
+    print(
+        f"wrote {len(rows)} prompts x {cfg.generation.num_samples} responses to {out}"
+        + (f"; skipped {skipped} prompts over data.max_prompt_tokens" if skipped else "")
+    )

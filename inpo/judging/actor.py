@@ -1,0 +1,95 @@
+"""Model judges (pairpm, reward) as Ray actors, one model each.
+
+`OracleGroup` is an Oracle in the driver: it splits every batch evenly across its actors,
+queries them concurrently and concatenates the answers in order. An OracleError a judge
+raises in its actor is re-raised here as itself; any other failure as one line naming the
+judge and the root cause (`inpo.plan.actors`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from inpo.config import MODEL_BACKENDS, OracleConfig
+from inpo.data import Prompt
+from inpo.judging.oracle import Oracle, OracleError
+from inpo.judging.pairpm import PairPM
+from inpo.judging.reward import RewardModel
+from inpo.plan.actors import ActorGroup
+from inpo.plan.placement import Actor, ActorSlot
+
+
+def judge_class(backend: str) -> type[Oracle]:
+    if backend == "pairpm":
+        return PairPM
+    if backend == "reward":
+        return RewardModel
+    raise OracleError(f"oracle.backend = {backend!r} is not a model backend {MODEL_BACKENDS}")
+
+
+class OracleWorker(Actor):
+    """Thin Ray actor around one model judge."""
+
+    def load(self, oc: OracleConfig, device: str, shared_gpu: bool, sleep_mode: bool) -> None:
+        self.judge = judge_class(oc.backend)(
+            oc.model,
+            device,
+            oc.batch_size,
+            oc.max_length,
+            engine=oc.engine,
+            shared_gpu=shared_gpu,
+            sleep_mode=sleep_mode,
+        )
+
+    def sleep(self, level: int) -> bool:
+        return self.judge.sleep()
+
+    def wake(self) -> bool:
+        return self.judge.wake()
+
+    def prob(self, prompts: list[Prompt], a: list[str], b: list[str]) -> list[float]:
+        return self.judge.prob(prompts, a, b)
+
+    def scores(self, prompts: list[Prompt], responses: list[str]) -> list[float]:
+        return self.judge.scores(prompts, responses)
+
+    def truncated(self) -> int:
+        return self.judge.truncated()
+
+
+class OracleGroup(ActorGroup, Oracle):
+    """Judge actors as one Oracle: every batch is split evenly across them, in order."""
+
+    def __init__(
+        self, oracle_cfg: OracleConfig, device: str, slots: list[ActorSlot], sleep_mode: bool
+    ):
+        self.backend = oracle_cfg.backend
+        cls = judge_class(self.backend)
+        self.position_biased = cls.position_biased
+        self._has_scores = cls.scores is not Oracle.scores
+        shared = any(0 < s.num_gpus < 1 for s in slots)
+        super().__init__(
+            "judge",
+            OracleWorker,
+            slots,
+            setup="load",
+            setup_args=(oracle_cfg, device, shared, sleep_mode),
+        )
+
+    @property
+    def has_scores(self) -> bool:
+        return self._has_scores
+
+    def prob(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> list[float]:
+        return self.map("prob", prompts, a, b)
+
+    def scores(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+        if not self._has_scores:
+            raise OracleError(f"oracle.backend = {self.backend} gives no pointwise scores")
+        return self.map("scores", prompts, responses)
+
+    def truncated(self) -> int:
+        return sum(self.call("truncated"))
+
+    def close(self) -> None:
+        self.shutdown()

@@ -1,0 +1,155 @@
+"""An LLM judge behind an OpenAI-compatible endpoint (a vLLM server, for instance).
+
+Each pair becomes one /v1/completions request (max_tokens=1, the top 20 log-probs of the
+next token) for a prompt that shows the conversation and both responses and asks for "A"
+or "B". P(A > B) = p(A) / (p(A) + p(B)) over the top log-probs (tokens compared after
+stripping whitespace, so " A" counts as "A"); a letter missing from the top list counts as
+probability 0; neither letter there is an error. oracle.url is the API base, e.g.
+http://127.0.0.1:8000/v1 ("/v1" is added to a URL with no path). Up to oracle.batch_size
+requests are in flight at once; connection errors, timeouts, HTTP 429 and 5xx are retried
+oracle.retries times with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlparse
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from inpo.data import Prompt
+from inpo.judging.oracle import Oracle, OracleError
+from inpo.judging.pairpm import render_context
+
+JUDGE_PROMPT = (
+    "Below are a conversation and two candidate responses to its last turn. Decide which "
+    "response is better: more helpful, more correct and clearer.\n\n"
+    "[CONTEXT] {context}\n[RESPONSE A] {a}\n[RESPONSE B] {b}\n\n"
+    "Which response is better? Answer with a single letter, A or B.\nAnswer:"
+)
+TOP_LOGPROBS = 20
+BACKOFF_S = 0.5  # first retry waits this long, then twice as long each time
+
+
+def judge_prompt(prompt: Prompt, a: str, b: str) -> str:
+    return JUDGE_PROMPT.format(context=render_context(prompt), a=a, b=b)
+
+
+def api_base(url: str) -> str:
+    base = url.rstrip("/")
+    return base + "/v1" if urlparse(base).path == "" else base
+
+
+def prob_from_top_logprobs(top: dict[str, float], where: str) -> float:
+    """p(A) / (p(A) + p(B)) from one position's top log-probs."""
+    mass = {"A": 0.0, "B": 0.0}
+    for token, logprob in top.items():
+        if token.strip() in mass:
+            mass[token.strip()] += math.exp(float(logprob))
+    if mass["A"] + mass["B"] == 0.0:
+        raise OracleError(
+            f"{where}: neither 'A' nor 'B' is among the judge's top next tokens {list(top)}"
+        )
+    return mass["A"] / (mass["A"] + mass["B"])
+
+
+def _connection_reason(e: requests.ConnectionError) -> str:
+    """The OS-level reason ("connection refused") buried in a requests error, if any."""
+    found = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(e))
+    return found.group(1).strip().lower() if found else f"{e}"[:200]
+
+
+class HttpJudge(Oracle):
+    position_biased = True
+
+    def __init__(
+        self,
+        url: str,
+        model: str | None = None,
+        *,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout_s: float = 60.0,
+        retries: int = 3,
+        batch_size: int = 32,
+    ):
+        self.base = api_base(url)
+        self.timeout = timeout_s
+        self.retries = retries
+        key = os.environ.get(api_key_env) if api_key_env else None
+        self.session = requests.Session()
+        for scheme in ("http://", "https://"):  # one pooled connection per worker thread
+            self.session.mount(scheme, HTTPAdapter(pool_maxsize=batch_size))
+        if key:
+            self.session.headers["Authorization"] = f"Bearer {key}"
+        self.pool = ThreadPoolExecutor(max_workers=batch_size, thread_name_prefix="http-judge")
+        self.model = model or self._first_model()
+
+    def _request(self, method: str, path: str, body: dict | None = None) -> Any:
+        """The JSON answer of the endpoint, retrying what may pass; OracleError otherwise."""
+        url = self.base + path
+        why = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(BACKOFF_S * 2 ** (attempt - 1))
+            try:
+                r = self.session.request(method, url, json=body, timeout=self.timeout)
+            except requests.Timeout:  # before ConnectionError: ConnectTimeout is both
+                why = f"no answer within oracle.timeout_s = {self.timeout}s"
+                continue
+            except requests.ConnectionError as e:
+                why = _connection_reason(e)
+                continue
+            if r.status_code == 429 or r.status_code >= 500:
+                why = f"HTTP {r.status_code} {r.text[:200]!r}"
+                continue
+            if r.status_code >= 400:
+                raise OracleError(f"{url} answered HTTP {r.status_code}: {r.text[:300]!r}")
+            try:
+                return r.json()
+            except ValueError:
+                raise OracleError(f"{url} answered non-JSON: {r.text[:200]!r}") from None
+        raise OracleError(f"cannot reach {self.base} after {self.retries + 1} tries: {why}")
+
+    def _first_model(self) -> str:
+        data = self._request("GET", "/models")
+        try:
+            return str(data["data"][0]["id"])
+        except (KeyError, IndexError, TypeError):
+            raise OracleError(
+                f"{self.base}/models answered {data!r:.200}, not a model list "
+                "(set oracle.http_model)"
+            ) from None
+
+    def _judge_one(self, text: str) -> float:
+        body = {
+            "model": self.model,
+            "prompt": text,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": TOP_LOGPROBS,
+        }
+        data = self._request("POST", "/completions", body)
+        where = f"{self.base}/completions"
+        try:
+            top = data["choices"][0]["logprobs"]["top_logprobs"][0]
+            return prob_from_top_logprobs(dict(top), where)
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise OracleError(
+                f"{where} answered {data!r:.200}: no choices[0].logprobs.top_logprobs[0] "
+                "of token -> log-prob"
+            ) from None
+
+    def prob(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> list[float]:
+        texts = [judge_prompt(*t) for t in zip(prompts, a, b, strict=True)]
+        return list(self.pool.map(self._judge_one, texts))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.session.close()

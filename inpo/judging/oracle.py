@@ -1,0 +1,82 @@
+"""The oracle interface: P(a > b | x) for a batch of (prompt, a, b) triples.
+
+A backend implements `prob`; backends that score responses one at a time
+(reward models, transitive synthetic preferences) also implement `scores`,
+which the max_min pairing strategy needs. `Debiased` wraps a position-biased
+pairwise judge: it asks both orders and averages P(a > b) with 1 - P(b > a).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from inpo.data import Prompt
+from inpo.errors import InpoError
+
+
+class OracleError(InpoError):
+    """The oracle failed or answered something that is not a probability."""
+
+
+class Oracle:
+    #: Whether the judge may prefer a slot (A or B) regardless of content.
+    position_biased: bool = False
+
+    def prob(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> list[float]:
+        """P(a[i] > b[i] | prompts[i]) for every i, each in [0, 1]."""
+        raise NotImplementedError
+
+    def scores(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+        """A scalar score per (prompt, response); only for pointwise backends."""
+        raise OracleError(f"oracle backend {type(self).__name__} gives no pointwise scores")
+
+    @property
+    def has_scores(self) -> bool:
+        return type(self).scores is not Oracle.scores
+
+    def truncated(self) -> int:
+        """Judge inputs cut to oracle.max_length so far (model judges; 0 for the others)."""
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+class Debiased(Oracle):
+    """Ask a position-biased judge in both orders and average."""
+
+    def __init__(self, inner: Oracle):
+        self.inner = inner
+
+    def prob(self, prompts, a, b):
+        n = len(prompts)
+        both = self.inner.prob(list(prompts) * 2, list(a) + list(b), list(b) + list(a))
+        return [(both[i] + 1.0 - both[n + i]) / 2.0 for i in range(n)]
+
+    def scores(self, prompts, responses):
+        return self.inner.scores(prompts, responses)
+
+    @property
+    def has_scores(self) -> bool:
+        return self.inner.has_scores
+
+    def truncated(self) -> int:
+        return self.inner.truncated()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def check_probs(values: Any, n: int, source: str) -> list[float]:
+    """Validate a backend's answer: n finite numbers in [0, 1], else a clear error."""
+    try:
+        out = [float(v) for v in values]
+    except (TypeError, ValueError) as e:
+        raise OracleError(f"{source} returned {values!r:.80}: not a sequence of numbers") from e
+    if len(out) != n:
+        raise OracleError(f"{source} returned {len(out)} probabilities for {n} pairs")
+    for i, p in enumerate(out):
+        if not 0.0 <= p <= 1.0:  # also rejects NaN
+            raise OracleError(f"{source} returned P(a > b) = {p} for pair {i}: not in [0, 1]")
+    return out

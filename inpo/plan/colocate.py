@@ -1,0 +1,89 @@
+"""Who is awake in each stage of a colocated run (run.colocate): every GPU holds a learner
+rank, a generator and a judge engine, and each stage wakes the roles it uses and puts the
+others to sleep first.
+
+Sleep per role, and why:
+- generators: vLLM sleep level 2 (weights and KV cache dropped). They wake only to load a
+  new policy (the sync stage reloads in place and verifies it by tensor hash and probe
+  log-prob); a wake that is not followed by a reload is followed by one anyway (the fleet
+  forgets which weights they held), so a bad wake is always caught.
+- judge: vLLM sleep level 1 (weights kept in host memory): it is never re-synced, so its
+  weights must come back exactly as they were.
+- learner ranks: DeepSpeed `offload_states` (optimizer state, gradients and, under ZeRO-3,
+  the parameters to host memory), `reload_states` on wake.
+vLLM sleeps on CUDA only, so on CPU (run.simulate_gpus) the same schedule runs and is
+recorded, and the engines stay as they are. Each stage appends a row to
+run_dir/schedule.jsonl: per GPU, which actors were awake and asleep, whether the sleeps
+were performed, and the memory of each GPU: on CUDA what was in use after the stage, on
+simulated GPUs what inpo.plan.memory (`inpo plan`'s model) estimates for the awake actors.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from inpo.config import InpoConfig
+from inpo.plan.memory import CONTEXT_BYTES, estimate
+from inpo.stages import uses
+
+SCHEDULE_FILE = "schedule.jsonl"
+SLEEP_LEVEL = {"generator": 2, "judge": 1, "learner": 0}  # 0: DeepSpeed offload_states
+
+
+def transitions(stage: str, running: Iterable[str], asleep: set[str]) -> tuple[list, list]:
+    """(roles to put to sleep, roles to wake) before ``stage``, of the ``running`` ones."""
+    used = uses(stage)
+    to_sleep = [r for r in running if r not in used and r not in asleep]
+    to_wake = [r for r in running if r in used and r in asleep]
+    return to_sleep, to_wake
+
+
+def schedule_row(
+    iteration: int,
+    stage: str,
+    records: list[dict[str, Any]],
+    asleep: set[str],
+    performed: bool,
+    memory: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """One schedule.jsonl row: per GPU (node/gpu id, as in placement.json), who was awake."""
+    gpus: dict[str, dict[str, list[str]]] = {}
+    for r in records:
+        state = "asleep" if r["role"] in asleep else "awake"
+        for g in r["gpus"]:
+            where = gpus.setdefault(f"{r['node'][:8]}/{g}", {"awake": [], "asleep": []})
+            where[state].append(f"{r['role']} {r['index']}")
+    row = {"iteration": iteration, "stage": stage, "gpus": gpus, "performed": performed}
+    if memory:
+        row["gpu_memory_used"] = memory
+    return row
+
+
+def estimated_memory(cfg: InpoConfig, row: dict[str, Any], gpu_bytes: float) -> dict[str, float]:
+    """Simulated GPUs: each GPU's bytes in the row's stage by inpo.plan.memory's model for GPUs of
+    ``gpu_bytes``: the whole share of each awake actor, the CUDA context of each sleeping
+    one (what `inpo plan` sums per phase), keyed like the row."""
+    nodes = Counter(gpu.split("/")[0] for gpu in row["gpus"])
+    actors = {
+        f"{a.role} {a.index}": a
+        for r in estimate(cfg, list(nodes.values()), gpu_bytes).rows
+        for a in r.actors
+    }
+    return {
+        gpu: sum(actors[name].total(row["stage"]) for name in who["awake"])
+        + CONTEXT_BYTES * len(who["asleep"])
+        for gpu, who in row["gpus"].items()
+    }
+
+
+def awake_but_unused(row: dict[str, Any]) -> list[str]:
+    """Actors a schedule row shows awake in a stage that does not use their role."""
+    used = uses(row["stage"])
+    return [
+        f"{gpu}: {actor}"
+        for gpu, who in row["gpus"].items()
+        for actor in who["awake"]
+        if actor.split()[0] not in used
+    ]

@@ -1,1 +1,0 @@
-"""Rollout: vLLM generator actors and the verified learner -> generator weight sync."""

@@ -1,0 +1,409 @@
+"""The online INPO loop: one driver, T iterations, every stage resumable.
+
+    setup     eval_ref   pi_ref's responses to the held-out prompts
+              eval_init  pi_1's, and its win rate vs pi_ref (only when pi_1 != pi_ref)
+    for t in 1..T (pi_t generated iteration t's samples; pi_1 = model.policy):
+        generate  K samples per prompt from pi_t (vLLM generators)
+        judge     oracle + pairing -> labelled (y_w, y_l) pairs
+        logps     log pi_ref, log pi_t of every pair (cached)
+        learn     E epochs of the INPO loss (DeepSpeed ranks; step checkpoints)
+        save      pi_{t+1} as a Hugging Face directory
+        sync      pi_{t+1} into the generators, verified (tensor hash + probe log-prob)
+        eval      win rate of pi_{t+1} vs pi_ref and vs pi_t on held-out prompts
+
+The stages are the table in `inpo.stages`; each has one method `_<name>` here. A stage
+writes under run_dir/iter_<t>/, flushes its files to disk and records their checksums,
+then is marked done in state.json; a resumed run checks the checksums of what it will
+read, redoes a stage whose output is damaged, and continues at the first stage not done.
+A stage redone after a crash between "written" and "marked done" gives the same output
+(seeded sampling, deterministic data order). Actors start when a stage first needs them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoTokenizer
+
+from inpo.config import InpoConfig
+from inpo.data import PromptSets, load_prompt_sets, probe_sequence, read_rows, tokenize_pairs
+from inpo.durable import (
+    damaged,
+    fsync_tree,
+    manifest,
+    read_jsonl_prefix,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
+from inpo.faults import crash_point
+from inpo.generation.stage import generate_rows, request_seed, tokenize_prompts
+from inpo.judging.stage import pair_rows, select_in_chunks
+from inpo.learning.stage import (
+    cache_logps,
+    complete_checkpoints,
+    drop_checkpoints,
+    export_policy,
+    pad_id_of,
+    total_steps,
+    train_policy,
+)
+from inpo.models import resolve_model
+from inpo.plan.cluster import start_ray
+from inpo.plan.placement import laid_out
+from inpo.run.evaluate import compare, eval_rows, response_metrics, win_rate
+from inpo.run.fleet import Fleet
+from inpo.run.report import Reporter, format_value, init_row, iteration_row, plot, table
+from inpo.run.state import RunState
+from inpo.stages import BY_NAME, ITERATION, Role, stages_of
+
+
+class Trainer:
+    def __init__(self, cfg: InpoConfig, run_dir: Path, state: RunState):
+        self.cfg, self.run_dir, self.state = cfg, run_dir, state
+        self.fleet: Fleet | None = None  # the actors, once Ray is up
+        self.learner_pairs: int | None = None  # the iteration whose pairs the learner holds
+        self.engine_iteration: int | None = None  # the iteration the learner's engine trained
+        self.reporter = None
+        self.pairs: dict[int, Any] = {}
+        self.base_policy = self.reference = ""
+        self.tokenizer = self.probe = None
+        self.prompts = PromptSets([], [], [], [])
+
+    # --- paths ----------------------------------------------------------------
+    def iter_dir(self, t: int) -> Path:
+        return self.run_dir / f"iter_{t}"
+
+    def policy(self, t: int) -> str:
+        """pi_t's directory: the initial policy for t = 1, else iteration t-1's output."""
+        return self.base_policy if t == 1 else str(self.iter_dir(t - 1) / "policy")
+
+    def _saved_by(self, model_dir: str) -> int | None:
+        """The iteration whose save stage wrote ``model_dir``, if any."""
+        for t in range(1, self.cfg.run.iterations + 1):
+            if model_dir == self.policy(t + 1) and self.state.is_done(t, "save"):
+                return t
+        return None
+
+    # --- set-up ---------------------------------------------------------------
+    def prepare(self) -> None:
+        cfg = self.cfg
+        # First, before any model is built: a run short of prompts is refused (ConfigError).
+        self.prompts = load_prompt_sets(cfg.data, cfg.run.iterations, cfg.run.seed)
+        tiny = {
+            "layers": cfg.model.tiny_layers,
+            "hidden": cfg.model.tiny_hidden,
+            "tied_embeddings": cfg.model.tiny_tied_embeddings,
+            "seed": cfg.run.seed,
+        }
+        self.base_policy = str(resolve_model(cfg.model.policy, "model.policy", self.run_dir, tiny))
+        ref = cfg.model.reference or cfg.model.policy
+        self.reference = str(resolve_model(ref, "model.reference", self.run_dir, tiny))
+        self.tokenizer = AutoTokenizer.from_pretrained(self.base_policy)
+        self.probe = probe_sequence(self.tokenizer)
+        write_json_atomic(
+            self.run_dir / "splits.json",
+            {"train": self.prompts.train_ids, "eval": self.prompts.eval_ids},
+        )
+
+    def hold(self, policy: str) -> dict[str, Any]:
+        """The generators hold ``policy``, checked against the probe log-prob and weights
+        hash the learner recorded when it saved it (a user's policy: none recorded)."""
+        t = self._saved_by(policy)
+        if t is None:
+            return self.fleet.hold(policy)
+        info = self.state.info(t, "save")
+        return self.fleet.hold(policy, info["probe_logp"], info["weights_sha256"])
+
+    def shutdown(self) -> None:
+        try:
+            if self.fleet is not None:
+                self.fleet.shutdown()
+        finally:
+            if self.reporter is not None:
+                self.reporter.close()
+
+    # --- the stage runner -------------------------------------------------------
+    def stage(self, t: int, name: str, fn: Callable[[], dict[str, Any] | None]) -> dict:
+        """Run a stage unless done: time it, flush and checksum its outputs, mark it done
+        and print one line."""
+        if self.state.is_done(t, name):
+            return self.state.info(t, name)
+        spec = BY_NAME[name]
+        self.state.start(t, name)
+        t0 = time.perf_counter()
+        self.fleet.enter(name)
+        info = self.fleet.until_done(t, name, fn, self._restarted)
+        self.fleet.leave(t, name)
+        root = self.iter_dir(t) if t else self.run_dir
+        outputs = [root / o for o in spec.outputs if (root / o).exists()]
+        for path in outputs:
+            fsync_tree(path)
+        info["seconds"] = time.perf_counter() - t0
+        info["outputs"] = manifest(root, outputs)
+        crash_point(f"{name}.written")
+        self.state.finish(t, name, info)
+        label = f"iter {t}" if t else "setup"
+        shown = {k: v for k, v in info.items() if k not in ("seconds", "outputs")}
+        extra = ", ".join(f"{k}={format_value(v)}" for k, v in shown.items())
+        print(f"[{label}] {name} done in {info['seconds']:.1f}s" + (f" ({extra})" if extra else ""))
+        return info
+
+    def _restarted(self, role: str) -> None:
+        if role == "learner":
+            self.learner_pairs = self.engine_iteration = None  # a new group holds none
+
+    def validate(self) -> None:
+        """Redo what a resumed run would read but is no longer whole on disk (a power loss
+        after the mark, a file changed by hand): the setup stages and the done stages of
+        the first unfinished iteration and the one before it."""
+        first = next(
+            (t for t in range(1, self.cfg.run.iterations + 1) if not self.state.iteration_done(t)),
+            None,
+        )
+        if first is None:
+            return
+        for t in (0, *range(max(1, first - 1), first + 1)):
+            root = self.iter_dir(t) if t else self.run_dir
+            for spec in stages_of(t):
+                if not self.state.is_done(t, spec.name):
+                    continue
+                why = damaged(root, self.state.info(t, spec.name).get("outputs", {}))
+                if why is None:
+                    continue
+                redo = spec.name
+                if redo == "save" and not complete_checkpoints(root / "checkpoints"):
+                    redo = "learn"  # the step checkpoints were dropped once pi_{t+1} was saved
+                where = f"iteration {t}" if t else "setup"
+                print(f"{where}: stage {spec.name} is marked done but {why}; redoing from {redo}")
+                self.state.undo_from(t, redo)
+                break
+
+    # --- stages -----------------------------------------------------------------
+    def _generate_rows(
+        self,
+        ids: list[int],
+        pool: list,
+        purpose: str,
+        n: int,
+        temperature: float,
+        max_tokens: int,
+        partial: Path | None = None,
+    ) -> list[dict]:
+        prompts = [pool[i] for i in ids]
+        kept, token_ids = tokenize_prompts(
+            self.tokenizer, prompts, self.cfg.data.max_prompt_tokens, source=f"{purpose} prompts"
+        )
+        pids = [ids[i] for i in kept]
+        return generate_rows(
+            self.fleet.generators,
+            [prompts[i] for i in kept],
+            pids,
+            token_ids,
+            seeds=[request_seed(self.cfg.run.seed, purpose, p) for p in pids],
+            n=n,
+            temperature=temperature,
+            top_p=self.cfg.generation.top_p,
+            max_tokens=max_tokens,
+            chunk_prompts=self.cfg.generation.chunk_prompts,
+            desc=purpose,
+            partial=partial,
+        )
+
+    def _eval_rows(self, purpose: str, policy: str) -> list[dict]:
+        self.hold(policy)
+        cfg = self.cfg
+        rows = self._generate_rows(
+            self.prompts.eval_ids,
+            self.prompts.eval_pool,
+            purpose,
+            1,
+            cfg.eval.temperature,
+            cfg.eval.max_new_tokens or cfg.generation.max_new_tokens,
+        )
+        return eval_rows(rows)
+
+    def _compare(self, new: list[dict], old: dict[str, list[dict]]) -> dict[str, Any]:
+        """Win rates of ``new`` against each set of ``old`` rows; P is stored in the rows."""
+        self.fleet.ensure([Role.JUDGE])
+        info: dict[str, Any] = {}
+        for name, rows in old.items():
+            probs = compare(self.fleet.oracle, new, rows)
+            for row, p in zip(new, probs, strict=True):
+                row[f"p_vs_{name}"] = p
+            w = win_rate(probs)
+            info[f"win_vs_{name}"] = w["mean"]
+            info[f"win_vs_{name}_ci"] = [w["ci_low"], w["ci_high"]]
+        return {**info, **response_metrics(self.cfg, new)}
+
+    def _eval_ref(self) -> dict:
+        rows = self._eval_rows("eval_ref", self.reference)
+        write_jsonl_atomic(self.run_dir / "eval_ref.jsonl", rows)
+        return {"prompts": len(rows), **response_metrics(self.cfg, rows)}
+
+    def _eval_init(self) -> dict:
+        rows = self._eval_rows("eval_init", self.policy(1))
+        info = self._compare(rows, {"ref": read_rows(self.run_dir / "eval_ref.jsonl")})
+        write_jsonl_atomic(self.run_dir / "eval_init.jsonl", rows)
+        return info
+
+    def _generate(self, t: int) -> dict:
+        self.hold(self.policy(t))
+        g = self.cfg.generation
+        pool, ids = self.prompts.iteration(t, self.cfg.data)
+        partial = self.iter_dir(t) / "generations.partial.jsonl"
+        kept = len(read_jsonl_prefix(partial))  # what generate_rows will keep of it
+        rows = self._generate_rows(
+            ids, pool, f"generate{t}", g.num_samples, g.temperature, g.max_new_tokens, partial
+        )
+        crash_point("generate")
+        write_jsonl_atomic(self.iter_dir(t) / "generations.jsonl", rows)
+        partial.unlink(missing_ok=True)
+        n_tok = sum(len(x) for r in rows for x in r["response_ids"])
+        kept_info = {"kept_prompts": kept} if kept else {}
+        return {"prompts": len(rows), "skipped": len(ids) - len(rows), "tokens": n_tok, **kept_info}
+
+    def _judge(self, t: int) -> dict:
+        cfg = self.cfg
+        self.fleet.ensure([Role.JUDGE])
+        rows = read_rows(self.iter_dir(t) / "generations.jsonl")
+        cut_before = self.fleet.oracle.truncated()  # the oracle also serves eval
+        partial = self.iter_dir(t) / "judge.partial.jsonl"
+        selections, kept = select_in_chunks(rows, self.fleet.oracle, cfg, partial, f"judge{t}")
+        pairs, dropped = pair_rows(rows, selections, cfg.pairing.label, cfg.run.seed)
+        write_jsonl_atomic(self.iter_dir(t) / "pairs.jsonl", pairs)
+        partial.unlink(missing_ok=True)
+        info = {
+            "pairs": len(pairs),
+            "dropped": dict(dropped),
+            "comparisons": sum(s.n_comparisons for s in selections),
+            "truncated": self.fleet.oracle.truncated() - cut_before,
+        }
+        return info | ({"kept_prompts": kept} if kept else {})
+
+    def _learner_pairs(self, t: int):
+        """Iteration t's pairs, held by the learner."""
+        if t not in self.pairs:
+            pairs = tokenize_pairs(self.tokenizer, read_rows(self.iter_dir(t) / "pairs.jsonl"))
+            total_steps(
+                self.cfg,
+                pairs,
+                where=f"iteration {t}: ",
+                hint="; raise data.prompts_per_iteration or lower the batch (dropped pairs "
+                "by reason: the judge stage in state.json)",
+            )
+            self.pairs = {t: pairs}
+        self.fleet.ensure([Role.LEARNER])
+        if self.learner_pairs != t:
+            self.fleet.learner.set_data(self.pairs[t], pad_id_of(self.tokenizer))
+            self.learner_pairs = t
+        return self.pairs[t]
+
+    def _cache(self, t: int):
+        pairs = self._learner_pairs(t)
+        path = self.iter_dir(t) / "logps.safetensors"
+        return cache_logps(self.fleet.learner, pairs, self.policy(t), self.reference, path)
+
+    def _logps(self, t: int) -> dict:
+        return {"pairs": len(self._cache(t)["ref_chosen"])}
+
+    def _learn(self, t: int) -> dict:
+        cache = self._cache(t)
+        rows, summary = train_policy(
+            self.cfg,
+            self.fleet.learner,
+            self._learner_pairs(t),
+            cache,
+            self.policy(t),
+            self.iter_dir(t),
+            desc=f"learn{t}",
+            on_step=lambda m: self.reporter.learn_step(t, m),
+        )
+        self.engine_iteration = t
+        return {"steps": len(rows), **summary, "margin_last": rows[-1]["margin"]}
+
+    def _save(self, t: int) -> dict:
+        pairs = self._learner_pairs(t)
+        return export_policy(
+            self.cfg,
+            self.fleet.learner,
+            pairs,
+            self.policy(t),
+            self.iter_dir(t),
+            self.probe,
+            engine_ready=self.engine_iteration == t,
+        )
+
+    def _sync(self, t: int) -> dict:
+        return self.hold(self.policy(t + 1))
+
+    def _eval(self, t: int) -> dict:
+        if not self.prompts.eval_ids:
+            return {}
+        new = self._eval_rows(f"eval{t}", self.policy(t + 1))
+        ref = read_rows(self.run_dir / "eval_ref.jsonl")
+        if t > 1:
+            prev = read_rows(self.iter_dir(t - 1) / "eval.jsonl")
+        elif self.state.is_done(0, "eval_init"):
+            prev = read_rows(self.run_dir / "eval_init.jsonl")
+        else:
+            prev = ref  # pi_1 = pi_ref
+        info = self._compare(new, {"ref": ref, "prev": prev})
+        write_jsonl_atomic(self.iter_dir(t) / "eval.jsonl", new)
+        return info
+
+    # --- the loop -----------------------------------------------------------------
+    def setup(self) -> None:
+        if not self.prompts.eval_ids:
+            return
+        self.stage(0, "eval_ref", self._eval_ref)
+        if self.reference != self.policy(1):
+            self.stage(0, "eval_init", self._eval_init)
+
+    def iteration(self, t: int) -> None:
+        self.iter_dir(t).mkdir(parents=True, exist_ok=True)
+        for spec in ITERATION:
+            self.stage(t, spec.name, lambda run=getattr(self, f"_{spec.name}"): run(t))
+            if spec.name == "save":  # only once pi_{t+1} is saved and recorded
+                drop_checkpoints(self.iter_dir(t))
+
+    def rows(self) -> list[dict[str, Any]]:
+        first = init_row(self.state)
+        return ([first] if first else []) + [
+            iteration_row(self.state, t)
+            for t in range(1, self.cfg.run.iterations + 1)
+            if self.state.iteration_done(t)
+        ]
+
+    def start(self, run_id: str) -> None:
+        """Ray, the (not yet started) actors and the reporter."""
+        self.reporter = Reporter(self.cfg, self.run_dir, run_id)
+        device = start_ray(self.cfg)
+        self.cfg = laid_out(self.cfg, device)  # run.colocate, and the counts it fills in
+        self.fleet = Fleet(self.cfg, self.run_dir, device, self.probe)
+
+    def run(self) -> list[dict[str, Any]]:
+        """The loop, once `prepare` has run."""
+        self.validate()
+        todo = [
+            t for t in range(1, self.cfg.run.iterations + 1) if not self.state.iteration_done(t)
+        ]
+        if todo:  # a finished run only reports: no actors to start
+            self.start(self.state.data["run_id"])
+            try:
+                self.setup()
+                for t in todo:
+                    self.iteration(t)
+                    rows = self.rows()
+                    write_jsonl_atomic(self.run_dir / "metrics.jsonl", rows)
+                    self.reporter.iteration(rows[-1])
+            finally:
+                self.shutdown()
+        rows = self.rows()
+        write_jsonl_atomic(self.run_dir / "metrics.jsonl", rows)
+        print(table(rows))
+        png = plot(rows, self.run_dir)
+        print(f"final policy: {self.policy(self.cfg.run.iterations + 1)}; plot: {png}")
+        return rows
