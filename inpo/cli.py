@@ -113,6 +113,9 @@ def cmd_plan(args: argparse.Namespace) -> None:
     print(format_times(split, args.gpus, args.gpu, est.shapes["policy"][1], judge))
 
 
+QUICKSTART = "configs/quickstart.yaml"
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from inpo.run.train import train
 
@@ -122,6 +125,11 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise InpoError("--resume takes the run's own config.yaml; drop the config file")
         train(resume=Path(args.resume), overrides=args.overrides)
     else:
+        if config is None:  # the defaults are the paper's choices, not the quickstart's
+            print(
+                "no config file: the schema's defaults (tournament pairs, tau = eta/3); "
+                f"README's quickstart is `inpo train {QUICKSTART}` (make demo)"
+            )
         train(config_path=config, overrides=args.overrides)
 
 

@@ -64,7 +64,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     return [dict(r) for r in ds]
 
 
-def _check_text(path: Path, n: int, field: str, value: Any, *, messages_ok: bool = True) -> None:
+def check_text(path: Path, n: int, field: str, value: Any, *, messages_ok: bool = True) -> None:
     where = f"{path}: row {n}: field '{field}'"
     if value is None:
         raise DataError(f"{where}: missing")
@@ -84,7 +84,7 @@ def _check_text(path: Path, n: int, field: str, value: Any, *, messages_ok: bool
     raise DataError(f"{where}: expected a string or a list of chat messages, got {value!r:.60}")
 
 
-def _check_ids(path: Path, n: int, field: str, value: Any) -> None:
+def check_ids(path: Path, n: int, field: str, value: Any) -> None:
     if value is None:
         return
     if not (
@@ -99,30 +99,8 @@ def load_prompts(path: str | Path, field: str = "prompt") -> list[Prompt]:
     if not rows:
         raise DataError(f"{path}: no prompts (the file is empty)")
     for n, row in enumerate(rows, start=1):
-        _check_text(path, n, field, row.get(field))
+        check_text(path, n, field, row.get(field))
     return [row[field] for row in rows]
-
-
-def load_pairs(path: str | Path) -> list[dict[str, Any]]:
-    """TRL preference rows {prompt, chosen, rejected}, every row checked before use."""
-    path = Path(path)
-    rows = read_rows(path)
-    if not rows:
-        raise DataError(f"{path}: no pairs (the file is empty)")
-    for n, row in enumerate(rows, start=1):
-        for field in ("prompt", "chosen", "rejected"):
-            _check_text(path, n, field, row.get(field))
-        for field in ("prompt_ids", "chosen_ids", "rejected_ids"):
-            _check_ids(path, n, field, row.get(field))
-        p = row.get("p_label", 1.0)
-        if not (isinstance(p, int | float) and not isinstance(p, bool) and 0.0 <= p <= 1.0):
-            raise DataError(f"{path}: row {n}: field 'p_label': {p!r} is not a number in [0, 1]")
-        for field in ("chosen_finish_reason", "rejected_finish_reason"):
-            if row.get(field, "stop") not in ("stop", "length"):
-                raise DataError(
-                    f"{path}: row {n}: field '{field}': {row[field]!r} (use 'stop' or 'length')"
-                )
-    return rows
 
 
 def prompt_token_ids(tokenizer, prompt: Prompt) -> list[int]:

@@ -13,19 +13,19 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import Any
 
 from tqdm import tqdm
 
 from inpo.config import InpoConfig
 from inpo.data import Prompt, load_prompts, prompt_token_ids
-from inpo.durable import append_jsonl, finished_chunks, write_jsonl_atomic
+from inpo.durable import append_jsonl, finished_chunks
 from inpo.errors import InpoError
 from inpo.faults import crash_point
 from inpo.generation.generator import GeneratorGroup
 from inpo.models import require_model_dir
 from inpo.plan.cluster import start_ray
 from inpo.plan.placement import plan_for
+from inpo.rows import GenerationRow, write_rows
 from inpo.stages import Role
 
 
@@ -67,7 +67,7 @@ def generate_rows(
     chunk_prompts: int = 256,
     desc: str = "generate",
     partial: Path | None = None,
-) -> list[dict[str, Any]]:
+) -> list[GenerationRow]:
     """The rows, generated chunk_prompts per generator at a time; with ``partial``, each
     finished chunk is appended to it durably and the rows it already holds for these
     prompts (a stage interrupted before) are kept, not generated again."""
@@ -111,6 +111,40 @@ def generate_rows(
     return rows
 
 
+def sample(
+    generators,
+    cfg: InpoConfig,
+    tokenizer,
+    prompts: list[Prompt],
+    prompt_ids: list[int],
+    purpose: str,
+    n: int,
+    temperature: float,
+    max_tokens: int,
+    partial: Path | None = None,
+) -> list[GenerationRow]:
+    """`generate_rows` for the prompts within data.max_prompt_tokens, each sampled with a
+    seed of (run.seed, ``purpose``, its prompt id): a redone stage samples the same."""
+    kept, token_ids = tokenize_prompts(
+        tokenizer, prompts, cfg.data.max_prompt_tokens, source=f"{purpose} prompts"
+    )
+    ids = [prompt_ids[i] for i in kept]
+    return generate_rows(
+        generators,
+        [prompts[i] for i in kept],
+        ids,
+        token_ids,
+        seeds=[request_seed(cfg.run.seed, purpose, p) for p in ids],
+        n=n,
+        temperature=temperature,
+        top_p=cfg.generation.top_p,
+        max_tokens=max_tokens,
+        chunk_prompts=cfg.generation.chunk_prompts,
+        desc=purpose,
+        partial=partial,
+    )
+
+
 def start_generators(cfg: InpoConfig, device: str, model_dir: str, slots=None, probe_len=0):
 
     if slots is None:
@@ -146,7 +180,7 @@ def generate_file(cfg: InpoConfig, prompts_path: Path, out: Path) -> None:
     finally:
         generators.shutdown()
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_jsonl_atomic(out, rows)
+    write_rows(out, rows)
     skipped = len(prompts) - len(kept)
     print(
         f"wrote {len(rows)} prompts x {cfg.generation.num_samples} responses to {out}"

@@ -19,8 +19,7 @@ from typing import Any
 from tqdm import tqdm
 
 from inpo.config import MODEL_BACKENDS, InpoConfig
-from inpo.data import DataError, read_rows
-from inpo.durable import append_jsonl, finished_chunks, write_jsonl_atomic
+from inpo.durable import append_jsonl, finished_chunks
 from inpo.errors import InpoError
 from inpo.faults import crash_point
 from inpo.judging.build import build_oracle
@@ -36,24 +35,7 @@ from inpo.judging.pairing import (
     run_pairwise,
 )
 from inpo.plan.cluster import start_ray
-
-GENERATION_FIELDS = ("prompt_id", "prompt", "responses")
-
-
-def load_generations(path: Path) -> list[dict[str, Any]]:
-    rows = read_rows(path)
-    if not rows:
-        raise DataError(f"{path}: no generations (the file is empty)")
-    for n, row in enumerate(rows, start=1):
-        for field in GENERATION_FIELDS:
-            if field not in row:
-                raise DataError(f"{path}: row {n}: field '{field}': missing")
-        resp = row["responses"]
-        if not (
-            isinstance(resp, list) and len(resp) >= 2 and all(isinstance(r, str) for r in resp)
-        ):
-            raise DataError(f"{path}: row {n}: field 'responses': need a list of >= 2 strings")
-    return rows
+from inpo.rows import GenerationRow, PairRow, read_generations, write_rows
 
 
 def _rng(seed: int, what: str, prompt_id: Any) -> random.Random:
@@ -61,7 +43,7 @@ def _rng(seed: int, what: str, prompt_id: Any) -> random.Random:
 
 
 def select_pairs(
-    rows: list[dict[str, Any]], oracle: Oracle, strategy: str, seed: int, desc: str = "judge"
+    rows: list[GenerationRow], oracle: Oracle, strategy: str, seed: int, desc: str = "judge"
 ) -> list[Selection]:
     """One Selection per generation row; oracle calls are batched per round."""
     if strategy == "max_min" and not oracle.has_scores:
@@ -107,7 +89,7 @@ def select_pairs(
 
 
 def select_in_chunks(
-    rows: list[dict[str, Any]], oracle: Oracle, cfg: InpoConfig, partial: Path, desc: str
+    rows: list[GenerationRow], oracle: Oracle, cfg: InpoConfig, partial: Path, desc: str
 ) -> tuple[list[Selection], int]:
     """`select_pairs` over chunks of oracle.chunk_prompts rows (a prompt's pairs do not
     depend on the others'): each finished chunk's selections are appended to ``partial``
@@ -131,8 +113,8 @@ def select_in_chunks(
 
 
 def pair_rows(
-    rows: list[dict[str, Any]], selections: list[Selection], label: str, seed: int
-) -> tuple[list[dict], Counter]:
+    rows: list[GenerationRow], selections: list[Selection], label: str, seed: int
+) -> tuple[list[PairRow], Counter]:
     """TRL rows for the kept, labelled pairs, and the count of what was dropped by reason
     (a prompt with no pair, or a single pair)."""
     out, dropped = [], Counter()
@@ -154,8 +136,8 @@ def pair_rows(
     return out, dropped
 
 
-def _pair_row(row: dict[str, Any], res: Labelled, n_comparisons: int) -> dict[str, Any]:
-    pair = {
+def _pair_row(row: GenerationRow, res: Labelled, n_comparisons: int) -> PairRow:
+    pair: PairRow = {
         "prompt_id": row["prompt_id"],
         "prompt": row["prompt"],
         "chosen": row["responses"][res.chosen],
@@ -182,7 +164,7 @@ def describe_dropped(prompts: int, kept: int, dropped: Counter) -> str:
 def judge_file(cfg: InpoConfig, generations: Path, out: Path) -> None:
     """`inpo judge`: label a generations file and write pairs."""
 
-    rows = load_generations(generations)
+    rows = read_generations(generations)
     device = "cpu"
     if cfg.oracle.backend in MODEL_BACKENDS:
         device = start_ray(cfg)
@@ -194,7 +176,7 @@ def judge_file(cfg: InpoConfig, generations: Path, out: Path) -> None:
         oracle.close()
     pairs, dropped = pair_rows(rows, selections, cfg.pairing.label, cfg.run.seed)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_jsonl_atomic(out, pairs)
+    write_rows(out, pairs)
     cut = f"; {truncated} judge inputs cut to oracle.max_length" if truncated else ""
     print(describe_dropped(len(rows), len(pairs), dropped) + f"{cut}; pairs in {out}")
     summary = {

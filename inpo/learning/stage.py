@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from inpo.algo.loss import CACHE_KEYS, objective, objective_floor
 from inpo.config import InpoConfig
-from inpo.data import TokenizedPairs, load_pairs, probe_sequence, tokenize_pairs
+from inpo.data import TokenizedPairs, probe_sequence, tokenize_pairs
 from inpo.durable import write_atomic, write_json_atomic, write_jsonl_atomic
 from inpo.errors import InpoError
 from inpo.faults import crash_point
@@ -34,6 +34,7 @@ from inpo.learning.rank import adapter_base
 from inpo.models import require_model_dir
 from inpo.plan.cluster import start_ray
 from inpo.plan.placement import plan_for
+from inpo.rows import read_pairs
 from inpo.stages import Role
 
 
@@ -357,7 +358,7 @@ def learn_from_pairs(cfg: InpoConfig, pairs_path: Path, out: Path) -> list[dict[
     """`inpo learn`: everything is checked before Ray or DeepSpeed start."""
     from transformers import AutoTokenizer
 
-    rows = load_pairs(pairs_path)
+    rows = read_pairs(pairs_path)
     policy = str(require_model_dir(cfg.model.policy, "model.policy"))
     reference = str(require_model_dir(cfg.model.reference or policy, "model.reference"))
     tokenizer = AutoTokenizer.from_pretrained(policy)

@@ -15,6 +15,7 @@ from typing import Any
 from inpo.config import InpoConfig
 from inpo.judging.constraints import constraint_pass_rate
 from inpo.judging.oracle import Oracle, check_probs
+from inpo.rows import AnswerRow, GenerationRow
 
 
 def win_rate(probs: list[float]) -> dict[str, float]:
@@ -33,7 +34,7 @@ def win_rate(probs: list[float]) -> dict[str, float]:
     }
 
 
-def eval_rows(generation_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def eval_rows(generation_rows: list[GenerationRow]) -> list[AnswerRow]:
     """One eval response per prompt, from generate rows sampled with n=1."""
     return [
         {
@@ -46,7 +47,7 @@ def eval_rows(generation_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def compare(oracle: Oracle, new: list[dict], old: list[dict]) -> list[float]:
+def compare(oracle: Oracle, new: list[AnswerRow], old: list[AnswerRow]) -> list[float]:
     """P(new response > old response) for each held-out prompt (rows aligned by prompt)."""
     for a, b in zip(new, old, strict=True):
         if a["prompt_id"] != b["prompt_id"]:
@@ -55,6 +56,22 @@ def compare(oracle: Oracle, new: list[dict], old: list[dict]) -> list[float]:
         [r["prompt"] for r in new], [r["response"] for r in new], [r["response"] for r in old]
     )
     return check_probs(probs, len(new), "oracle")
+
+
+def judge_against(
+    oracle: Oracle, cfg: InpoConfig, new: list[AnswerRow], old: dict[str, list[AnswerRow]]
+) -> dict[str, Any]:
+    """Win rates of ``new`` against each named set of ``old`` rows, with the response
+    metrics of ``new``; each P is stored in its row (``p_vs_<name>``)."""
+    info: dict[str, Any] = {}
+    for name, rows in old.items():
+        probs = compare(oracle, new, rows)
+        for row, p in zip(new, probs, strict=True):
+            row[f"p_vs_{name}"] = p
+        w = win_rate(probs)
+        info[f"win_vs_{name}"] = w["mean"]
+        info[f"win_vs_{name}_ci"] = [w["ci_low"], w["ci_high"]]
+    return {**info, **response_metrics(cfg, new)}
 
 
 def mean_length(rows: list[dict]) -> float:

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from inpo.durable import write_json_atomic
+from inpo.durable import damaged, write_json_atomic
+from inpo.learning.stage import complete_checkpoints
 from inpo.stages import STAGES, stages_of
 
 
@@ -62,3 +63,27 @@ class RunState:
                 if not self.is_done(t, stage):
                     return f"continuing at iteration {t}, stage {stage}"
         return "all iterations done"
+
+
+def redo_damaged(state: RunState, run_dir: Path, iterations: int) -> None:
+    """Redo what a resumed run would read but is no longer whole on disk (a power loss
+    after the mark, a file changed by hand): the setup stages and the done stages of
+    the first unfinished iteration and the one before it."""
+    first = next((t for t in range(1, iterations + 1) if not state.iteration_done(t)), None)
+    if first is None:
+        return
+    for t in (0, *range(max(1, first - 1), first + 1)):
+        root = run_dir / f"iter_{t}" if t else run_dir
+        for spec in stages_of(t):
+            if not state.is_done(t, spec.name):
+                continue
+            why = damaged(root, state.info(t, spec.name).get("outputs", {}))
+            if why is None:
+                continue
+            redo = spec.name
+            if redo == "save" and not complete_checkpoints(root / "checkpoints"):
+                redo = "learn"  # the step checkpoints were dropped once pi_{t+1} was saved
+            where = f"iteration {t}" if t else "setup"
+            print(f"{where}: stage {spec.name} is marked done but {why}; redoing from {redo}")
+            state.undo_from(t, redo)
+            break

@@ -1,22 +1,12 @@
-"""The online INPO loop: one driver, T iterations, every stage resumable.
+"""The online loop: one driver walks the stage table (`inpo.stages`: setup, then T
+iterations of generate judge logps learn save sync eval), one method `_<name>` per stage.
 
-    setup     eval_ref   pi_ref's responses to the held-out prompts
-              eval_init  pi_1's, and its win rate vs pi_ref (only when pi_1 != pi_ref)
-    for t in 1..T (pi_t generated iteration t's samples; pi_1 = model.policy):
-        generate  K samples per prompt from pi_t (vLLM generators)
-        judge     oracle + pairing -> labelled (y_w, y_l) pairs
-        logps     log pi_ref, log pi_t of every pair (cached)
-        learn     E epochs of the INPO loss (DeepSpeed ranks; step checkpoints)
-        save      pi_{t+1} as a Hugging Face directory
-        sync      pi_{t+1} into the generators, verified (tensor hash + probe log-prob)
-        eval      win rate of pi_{t+1} vs pi_ref and vs pi_t on held-out prompts
-
-The stages are the table in `inpo.stages`; each has one method `_<name>` here. A stage
-writes under run_dir/iter_<t>/, flushes its files to disk and records their checksums,
-then is marked done in state.json; a resumed run checks the checksums of what it will
-read, redoes a stage whose output is damaged, and continues at the first stage not done.
-A stage redone after a crash between "written" and "marked done" gives the same output
-(seeded sampling, deterministic data order). Actors start when a stage first needs them.
+A stage writes under run_dir/iter_<t>/, flushes its files to disk and records their
+checksums, then is marked done in state.json; a resumed run checks the checksums of what
+it will read, redoes a stage whose output is damaged, and continues at the first stage not
+done. A stage redone after a crash between "written" and "marked done" gives the same
+output (seeded sampling, deterministic data order). Actors start when a stage first needs
+them (`inpo.run.fleet`).
 """
 
 from __future__ import annotations
@@ -29,9 +19,8 @@ from typing import Any
 from transformers import AutoTokenizer
 
 from inpo.config import InpoConfig
-from inpo.data import PromptSets, load_prompt_sets, probe_sequence, read_rows, tokenize_pairs
+from inpo.data import PromptSets, load_prompt_sets, probe_sequence, tokenize_pairs
 from inpo.durable import (
-    damaged,
     fsync_tree,
     manifest,
     read_jsonl_prefix,
@@ -39,11 +28,10 @@ from inpo.durable import (
     write_jsonl_atomic,
 )
 from inpo.faults import crash_point
-from inpo.generation.stage import generate_rows, request_seed, tokenize_prompts
+from inpo.generation.stage import sample
 from inpo.judging.stage import pair_rows, select_in_chunks
 from inpo.learning.stage import (
     cache_logps,
-    complete_checkpoints,
     drop_checkpoints,
     export_policy,
     pad_id_of,
@@ -53,11 +41,19 @@ from inpo.learning.stage import (
 from inpo.models import resolve_model
 from inpo.plan.cluster import start_ray
 from inpo.plan.placement import laid_out
-from inpo.run.evaluate import compare, eval_rows, response_metrics, win_rate
+from inpo.rows import (
+    AnswerRow,
+    GenerationRow,
+    read_answers,
+    read_generations,
+    read_pairs,
+    write_rows,
+)
+from inpo.run.evaluate import eval_rows, judge_against, response_metrics
 from inpo.run.fleet import Fleet
 from inpo.run.report import Reporter, format_value, init_row, iteration_row, plot, table
-from inpo.run.state import RunState
-from inpo.stages import BY_NAME, ITERATION, Role, stages_of
+from inpo.run.state import RunState, redo_damaged
+from inpo.stages import BY_NAME, ITERATION, Role
 
 
 class Trainer:
@@ -155,98 +151,34 @@ class Trainer:
         if role == "learner":
             self.learner_pairs = self.engine_iteration = None  # a new group holds none
 
-    def validate(self) -> None:
-        """Redo what a resumed run would read but is no longer whole on disk (a power loss
-        after the mark, a file changed by hand): the setup stages and the done stages of
-        the first unfinished iteration and the one before it."""
-        first = next(
-            (t for t in range(1, self.cfg.run.iterations + 1) if not self.state.iteration_done(t)),
-            None,
-        )
-        if first is None:
-            return
-        for t in (0, *range(max(1, first - 1), first + 1)):
-            root = self.iter_dir(t) if t else self.run_dir
-            for spec in stages_of(t):
-                if not self.state.is_done(t, spec.name):
-                    continue
-                why = damaged(root, self.state.info(t, spec.name).get("outputs", {}))
-                if why is None:
-                    continue
-                redo = spec.name
-                if redo == "save" and not complete_checkpoints(root / "checkpoints"):
-                    redo = "learn"  # the step checkpoints were dropped once pi_{t+1} was saved
-                where = f"iteration {t}" if t else "setup"
-                print(f"{where}: stage {spec.name} is marked done but {why}; redoing from {redo}")
-                self.state.undo_from(t, redo)
-                break
-
     # --- stages -----------------------------------------------------------------
-    def _generate_rows(
-        self,
-        ids: list[int],
-        pool: list,
-        purpose: str,
-        n: int,
-        temperature: float,
-        max_tokens: int,
-        partial: Path | None = None,
-    ) -> list[dict]:
+    def _sample(self, pool: list, ids: list[int], purpose: str, *args, **kw) -> list[GenerationRow]:
         prompts = [pool[i] for i in ids]
-        kept, token_ids = tokenize_prompts(
-            self.tokenizer, prompts, self.cfg.data.max_prompt_tokens, source=f"{purpose} prompts"
-        )
-        pids = [ids[i] for i in kept]
-        return generate_rows(
-            self.fleet.generators,
-            [prompts[i] for i in kept],
-            pids,
-            token_ids,
-            seeds=[request_seed(self.cfg.run.seed, purpose, p) for p in pids],
-            n=n,
-            temperature=temperature,
-            top_p=self.cfg.generation.top_p,
-            max_tokens=max_tokens,
-            chunk_prompts=self.cfg.generation.chunk_prompts,
-            desc=purpose,
-            partial=partial,
+        return sample(
+            self.fleet.generators, self.cfg, self.tokenizer, prompts, ids, purpose, *args, **kw
         )
 
-    def _eval_rows(self, purpose: str, policy: str) -> list[dict]:
+    def _eval_rows(self, purpose: str, policy: str) -> list[AnswerRow]:
         self.hold(policy)
         cfg = self.cfg
-        rows = self._generate_rows(
-            self.prompts.eval_ids,
-            self.prompts.eval_pool,
-            purpose,
-            1,
-            cfg.eval.temperature,
-            cfg.eval.max_new_tokens or cfg.generation.max_new_tokens,
-        )
+        pool, ids = self.prompts.eval_pool, self.prompts.eval_ids
+        max_tokens = cfg.eval.max_new_tokens or cfg.generation.max_new_tokens
+        rows = self._sample(pool, ids, purpose, 1, cfg.eval.temperature, max_tokens)
         return eval_rows(rows)
 
-    def _compare(self, new: list[dict], old: dict[str, list[dict]]) -> dict[str, Any]:
-        """Win rates of ``new`` against each set of ``old`` rows; P is stored in the rows."""
+    def _judge_against(self, new: list[AnswerRow], old: dict[str, list[AnswerRow]]) -> dict:
         self.fleet.ensure([Role.JUDGE])
-        info: dict[str, Any] = {}
-        for name, rows in old.items():
-            probs = compare(self.fleet.oracle, new, rows)
-            for row, p in zip(new, probs, strict=True):
-                row[f"p_vs_{name}"] = p
-            w = win_rate(probs)
-            info[f"win_vs_{name}"] = w["mean"]
-            info[f"win_vs_{name}_ci"] = [w["ci_low"], w["ci_high"]]
-        return {**info, **response_metrics(self.cfg, new)}
+        return judge_against(self.fleet.oracle, self.cfg, new, old)
 
     def _eval_ref(self) -> dict:
         rows = self._eval_rows("eval_ref", self.reference)
-        write_jsonl_atomic(self.run_dir / "eval_ref.jsonl", rows)
+        write_rows(self.run_dir / "eval_ref.jsonl", rows)
         return {"prompts": len(rows), **response_metrics(self.cfg, rows)}
 
     def _eval_init(self) -> dict:
         rows = self._eval_rows("eval_init", self.policy(1))
-        info = self._compare(rows, {"ref": read_rows(self.run_dir / "eval_ref.jsonl")})
-        write_jsonl_atomic(self.run_dir / "eval_init.jsonl", rows)
+        info = self._judge_against(rows, {"ref": read_answers(self.run_dir / "eval_ref.jsonl")})
+        write_rows(self.run_dir / "eval_init.jsonl", rows)
         return info
 
     def _generate(self, t: int) -> dict:
@@ -255,11 +187,11 @@ class Trainer:
         pool, ids = self.prompts.iteration(t, self.cfg.data)
         partial = self.iter_dir(t) / "generations.partial.jsonl"
         kept = len(read_jsonl_prefix(partial))  # what generate_rows will keep of it
-        rows = self._generate_rows(
-            ids, pool, f"generate{t}", g.num_samples, g.temperature, g.max_new_tokens, partial
+        rows = self._sample(
+            pool, ids, f"generate{t}", g.num_samples, g.temperature, g.max_new_tokens, partial
         )
         crash_point("generate")
-        write_jsonl_atomic(self.iter_dir(t) / "generations.jsonl", rows)
+        write_rows(self.iter_dir(t) / "generations.jsonl", rows)
         partial.unlink(missing_ok=True)
         n_tok = sum(len(x) for r in rows for x in r["response_ids"])
         kept_info = {"kept_prompts": kept} if kept else {}
@@ -268,12 +200,12 @@ class Trainer:
     def _judge(self, t: int) -> dict:
         cfg = self.cfg
         self.fleet.ensure([Role.JUDGE])
-        rows = read_rows(self.iter_dir(t) / "generations.jsonl")
+        rows = read_generations(self.iter_dir(t) / "generations.jsonl")
         cut_before = self.fleet.oracle.truncated()  # the oracle also serves eval
         partial = self.iter_dir(t) / "judge.partial.jsonl"
         selections, kept = select_in_chunks(rows, self.fleet.oracle, cfg, partial, f"judge{t}")
         pairs, dropped = pair_rows(rows, selections, cfg.pairing.label, cfg.run.seed)
-        write_jsonl_atomic(self.iter_dir(t) / "pairs.jsonl", pairs)
+        write_rows(self.iter_dir(t) / "pairs.jsonl", pairs)
         partial.unlink(missing_ok=True)
         info = {
             "pairs": len(pairs),
@@ -286,7 +218,7 @@ class Trainer:
     def _learner_pairs(self, t: int):
         """Iteration t's pairs, held by the learner."""
         if t not in self.pairs:
-            pairs = tokenize_pairs(self.tokenizer, read_rows(self.iter_dir(t) / "pairs.jsonl"))
+            pairs = tokenize_pairs(self.tokenizer, read_pairs(self.iter_dir(t) / "pairs.jsonl"))
             total_steps(
                 self.cfg,
                 pairs,
@@ -343,15 +275,15 @@ class Trainer:
         if not self.prompts.eval_ids:
             return {}
         new = self._eval_rows(f"eval{t}", self.policy(t + 1))
-        ref = read_rows(self.run_dir / "eval_ref.jsonl")
+        ref = read_answers(self.run_dir / "eval_ref.jsonl")
         if t > 1:
-            prev = read_rows(self.iter_dir(t - 1) / "eval.jsonl")
+            prev = read_answers(self.iter_dir(t - 1) / "eval.jsonl")
         elif self.state.is_done(0, "eval_init"):
-            prev = read_rows(self.run_dir / "eval_init.jsonl")
+            prev = read_answers(self.run_dir / "eval_init.jsonl")
         else:
             prev = ref  # pi_1 = pi_ref
-        info = self._compare(new, {"ref": ref, "prev": prev})
-        write_jsonl_atomic(self.iter_dir(t) / "eval.jsonl", new)
+        info = self._judge_against(new, {"ref": ref, "prev": prev})
+        write_rows(self.iter_dir(t) / "eval.jsonl", new)
         return info
 
     # --- the loop -----------------------------------------------------------------
@@ -386,7 +318,7 @@ class Trainer:
 
     def run(self) -> list[dict[str, Any]]:
         """The loop, once `prepare` has run."""
-        self.validate()
+        redo_damaged(self.state, self.run_dir, self.cfg.run.iterations)
         todo = [
             t for t in range(1, self.cfg.run.iterations + 1) if not self.state.iteration_done(t)
         ]

@@ -120,12 +120,13 @@ def _train_in_process(cfg_overrides, pairs_path, policy, out, on_step=None, afte
     """Cache, train and save as `inpo learn` does; ``after(group, pairs)`` runs last."""
     from transformers import AutoTokenizer
 
-    from inpo.data import load_pairs, probe_sequence, tokenize_pairs
+    from inpo.data import probe_sequence, tokenize_pairs
     from inpo.learning.stage import cache_logps, export_policy, start_learner, train_policy
+    from inpo.rows import read_pairs
 
     cfg = load_config(None, cfg_overrides)
     tok = AutoTokenizer.from_pretrained(policy)
-    pairs = tokenize_pairs(tok, load_pairs(pairs_path))
+    pairs = tokenize_pairs(tok, read_pairs(pairs_path))
     group = start_learner(cfg, "cpu")
     try:
         group.set_data(pairs, tok.pad_token_id)

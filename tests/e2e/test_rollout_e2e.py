@@ -10,11 +10,12 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
 from inpo.config import load_config
-from inpo.data import load_pairs, probe_sequence, prompt_token_ids, tokenize_pairs
+from inpo.data import probe_sequence, prompt_token_ids, tokenize_pairs
 from inpo.generation.generator import GeneratorGroup, SyncError
 from inpo.generation.stage import request_seed
 from inpo.learning.stage import cache_logps, start_learner
 from inpo.plan.placement import plan_placement
+from inpo.rows import read_pairs
 
 PROMPTS = [
     [{"role": "user", "content": f"Tell me a story about the number {i}."}] for i in range(6)
@@ -95,7 +96,7 @@ def test_same_seed_same_samples_whatever_the_batch_or_generator(two_generators, 
 def _train_one_step(cfg, model, out, pairs_path):
     """(learner, tokenizer, hash of the saved tensors) after one step from ``model``."""
     tok = AutoTokenizer.from_pretrained(model)
-    pairs = tokenize_pairs(tok, load_pairs(pairs_path))
+    pairs = tokenize_pairs(tok, read_pairs(pairs_path))
     learner = start_learner(cfg, "cpu")
     learner.set_data(pairs, tok.pad_token_id)
     learner.set_cache(cache_logps(learner, pairs, str(model), str(model), out / "logps"))

@@ -8,12 +8,12 @@ from pydantic import ValidationError
 from inpo.data import (
     DataError,
     iteration_prompts,
-    load_pairs,
     load_prompts,
     read_rows,
     split_prompts,
     tokenize_pairs,
 )
+from inpo.rows import read_pairs
 
 
 def test_holdout_is_disjoint_and_slices_are_fresh():
@@ -89,7 +89,7 @@ def test_load_pairs_names_the_bad_field(tmp_path, row, needle):
     good = {"prompt": "p", "chosen": "a", "rejected": "b"}
     f.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
     with pytest.raises(DataError, match=rf"pairs.jsonl: row 2: {needle}"):
-        load_pairs(f)
+        read_pairs(f)
 
 
 def _tokenizer():

@@ -1,5 +1,5 @@
 """The judge stage's pure parts: select_pairs (every strategy, max_min included), pair_rows
-(labels, drops, fields) and load_generations; and learn.complete_checkpoints."""
+(labels, drops, fields) and read_generations; and learn.complete_checkpoints."""
 
 from collections import Counter
 
@@ -8,8 +8,9 @@ import pytest
 from inpo.data import DataError
 from inpo.errors import InpoError
 from inpo.judging.oracle import Oracle
-from inpo.judging.stage import describe_dropped, load_generations, pair_rows, select_pairs
+from inpo.judging.stage import describe_dropped, pair_rows, select_pairs
 from inpo.judging.synthetic import ScorePreference
+from inpo.rows import read_generations
 
 
 class ByLength(ScorePreference):
@@ -102,14 +103,14 @@ def test_sampled_labels_are_seeded_per_prompt():
     assert all(p["p_label"] == 1.0 for p in a)
 
 
-def test_load_generations_names_the_bad_row(tmp_path):
+def test_read_generations_names_the_bad_row(tmp_path):
     f = tmp_path / "g.jsonl"
     f.write_text('{"prompt_id": 0, "prompt": "p", "responses": ["a", "b"]}\n{"prompt_id": 1}\n')
     with pytest.raises(DataError, match=r"g.jsonl: row 2: field 'prompt': missing"):
-        load_generations(f)
+        read_generations(f)
     f.write_text('{"prompt_id": 0, "prompt": "p", "responses": ["a"]}\n')
     with pytest.raises(DataError, match="need a list of >= 2 strings"):
-        load_generations(f)
+        read_generations(f)
 
 
 def test_complete_checkpoints_ignores_unfinished_ones(tmp_path):

@@ -76,3 +76,17 @@ def test_a_run_that_would_reuse_prompts_exits_2_and_leaves_no_run(tmp_path):
     assert "holds 56" in r.stderr
     # nothing was started: the same run.dir takes the fixed config
     assert not (run / run_train.STATE_FILE).exists() and not (run / run_train.CONFIG_FILE).exists()
+
+
+def test_train_without_a_config_says_it_is_not_the_quickstart(tmp_path, stub_trainer, capsys):
+    from inpo.cli import QUICKSTART, main
+
+    main(["train", f"run.dir={tmp_path / 'run'}"])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "schema's defaults" in first and f"inpo train {QUICKSTART}" in first
+    differs = {
+        k
+        for k, v in load_config(QUICKSTART).model_dump().items()
+        if stub_trainer[0].model_dump()[k] != v
+    }
+    assert {"data", "generation", "pairing", "loss", "learner"} <= differs
