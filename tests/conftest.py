@@ -78,14 +78,9 @@ def leftovers() -> list[str]:
 @pytest.fixture
 def ray_session(ray_cluster):
     """The session's Ray cluster (its address) for one test, which must leave no actor and
-    no placement group of its own behind (a module fixture's stay); the fault machinery's
-    module state is reset on both sides."""
-    from inpo import faults
-
-    faults.reset()
+    no placement group of its own behind (a module fixture's stay)."""
     before = set(leftovers())
     yield ray_cluster
-    faults.reset()
     deadline = time.monotonic() + 30  # a killed actor is marked dead asynchronously
     while (left := sorted(set(leftovers()) - before)) and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -93,18 +93,15 @@ def inpo_here(*args: str, env: dict | None = None) -> subprocess.CompletedProces
     `ray_session` fixture): the CLI's own code path, parsing and error handling included,
     without a process, a Ray or a driver import of its own. Returns what `inpo_cli` does:
     the exit code and what the command printed."""
-    from inpo import faults
     from inpo.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     code = 0
-    faults.reset()  # each command counts its kill points from zero, as a new process does
     with environ(**(env or {})), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             main(list(args))
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
-    faults.reset()
     result = subprocess.CompletedProcess(["inpo", *args], code, out.getvalue(), err.getvalue())
     sys.stdout.write(result.stdout)  # shown by pytest when the test fails
     sys.stderr.write(result.stderr[-3000:])

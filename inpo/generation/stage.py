@@ -20,7 +20,7 @@ from inpo.config import InpoConfig
 from inpo.data import Prompt, load_prompts, prompt_token_ids
 from inpo.durable import append_jsonl, finished_chunks
 from inpo.errors import InpoError
-from inpo.faults import crash_point
+from inpo.faults import NO_FAULTS, Faults
 from inpo.generation.generator import GeneratorGroup
 from inpo.models import require_model_dir
 from inpo.plan.cluster import start_ray
@@ -67,6 +67,7 @@ def generate_rows(
     chunk_prompts: int = 256,
     desc: str = "generate",
     partial: Path | None = None,
+    faults: Faults = NO_FAULTS,
 ) -> list[GenerationRow]:
     """The rows, generated chunk_prompts per generator at a time; with ``partial``, each
     finished chunk is appended to it durably and the rows it already holds for these
@@ -107,7 +108,7 @@ def generate_rows(
             rows += done
             bar.update(len(out))
             bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - t0):.0f}")
-            crash_point("generate.chunk")
+            faults.point("generate.chunk")
     return rows
 
 
@@ -122,6 +123,7 @@ def sample(
     temperature: float,
     max_tokens: int,
     partial: Path | None = None,
+    faults: Faults = NO_FAULTS,
 ) -> list[GenerationRow]:
     """`generate_rows` for the prompts within data.max_prompt_tokens, each sampled with a
     seed of (run.seed, ``purpose``, its prompt id): a redone stage samples the same."""
@@ -142,6 +144,7 @@ def sample(
         chunk_prompts=cfg.generation.chunk_prompts,
         desc=purpose,
         partial=partial,
+        faults=faults,
     )
 
 

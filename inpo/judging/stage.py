@@ -21,7 +21,7 @@ from tqdm import tqdm
 from inpo.config import MODEL_BACKENDS, InpoConfig
 from inpo.durable import append_jsonl, finished_chunks
 from inpo.errors import InpoError
-from inpo.faults import crash_point
+from inpo.faults import NO_FAULTS, Faults
 from inpo.judging.build import build_oracle
 from inpo.judging.oracle import Oracle, check_probs
 from inpo.judging.pairing import (
@@ -43,7 +43,12 @@ def _rng(seed: int, what: str, prompt_id: Any) -> random.Random:
 
 
 def select_pairs(
-    rows: list[GenerationRow], oracle: Oracle, strategy: str, seed: int, desc: str = "judge"
+    rows: list[GenerationRow],
+    oracle: Oracle,
+    strategy: str,
+    seed: int,
+    desc: str = "judge",
+    faults: Faults = NO_FAULTS,
 ) -> list[Selection]:
     """One Selection per generation row; oracle calls are batched per round."""
     if strategy == "max_min" and not oracle.has_scores:
@@ -59,7 +64,7 @@ def select_pairs(
         b = [rows[idx]["responses"][j] for idx, (_, j) in queries]
         probs = check_probs(oracle.prob(prompts, a, b), len(prompts), "oracle") if a else []
         bar.update(len(prompts))
-        crash_point("judge")
+        faults.point("judge")
         return probs
 
     try:
@@ -89,7 +94,12 @@ def select_pairs(
 
 
 def select_in_chunks(
-    rows: list[GenerationRow], oracle: Oracle, cfg: InpoConfig, partial: Path, desc: str
+    rows: list[GenerationRow],
+    oracle: Oracle,
+    cfg: InpoConfig,
+    partial: Path,
+    desc: str,
+    faults: Faults = NO_FAULTS,
 ) -> tuple[list[Selection], int]:
     """`select_pairs` over chunks of oracle.chunk_prompts rows (a prompt's pairs do not
     depend on the others'): each finished chunk's selections are appended to ``partial``
@@ -103,7 +113,7 @@ def select_in_chunks(
     ]
     for lo in range(len(done), len(rows), chunk_prompts):
         part = rows[lo : lo + chunk_prompts]
-        new = select_pairs(part, oracle, strategy, seed, desc=desc)
+        new = select_pairs(part, oracle, strategy, seed, desc=desc, faults=faults)
         append_jsonl(
             partial,
             [{"prompt_id": r["prompt_id"], **asdict(s)} for r, s in zip(part, new, strict=True)],

@@ -27,7 +27,7 @@ from inpo.config import InpoConfig
 from inpo.data import TokenizedPairs, probe_sequence, tokenize_pairs
 from inpo.durable import write_atomic, write_json_atomic, write_jsonl_atomic
 from inpo.errors import InpoError
-from inpo.faults import crash_point
+from inpo.faults import NO_FAULTS, Faults
 from inpo.learning.batching import heldout_split, steps_per_epoch
 from inpo.learning.group import LearnerGroup, cache_from_logps
 from inpo.learning.rank import adapter_base
@@ -68,7 +68,12 @@ def _differs(old: dict[str, str], new: dict[str, str]) -> str:
 
 
 def cache_logps(
-    group: LearnerGroup, pairs: TokenizedPairs, pi_t_dir: str, reference_dir: str, path: Path
+    group: LearnerGroup,
+    pairs: TokenizedPairs,
+    pi_t_dir: str,
+    reference_dir: str,
+    path: Path,
+    faults: Faults = NO_FAULTS,
 ) -> dict[str, torch.Tensor]:
     """log pi_ref and log pi_t of every pair, computed once and kept in ``path``; a cache
     computed from other inputs (pairs, models, dtype, autocast, length normalisation) is
@@ -110,7 +115,7 @@ def cache_logps(
         ref = group.compute_logps(n, "frozen", reference_dir, desc="logps pi_ref")
     group.build_engine(pi_t_dir, total_steps(cfg, pairs))
     pi_t = group.compute_logps(n, "engine", desc="logps pi_t")
-    crash_point("logps")
+    faults.point("logps")
     if ref is None:
         ref = pi_t if ref_is_pi_t else group.compute_logps(n, "base", desc="logps pi_ref")
     cache = cache_from_logps(ref, pi_t)
@@ -227,6 +232,7 @@ def train_policy(
     *,
     desc: str = "learn",
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    faults: Faults = NO_FAULTS,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train from policy_dir (pi_t) on the training pairs; the last step is always
     checkpointed. Returns the step rows and the summary: epochs trained and the objective's
@@ -277,7 +283,7 @@ def train_policy(
             rows.append(m)
             if on_step:
                 on_step(m)
-            crash_point(f"learn.step{step + 1}")
+            faults.point(f"learn.step{step + 1}")
             bar.set_postfix(loss=f"{m['loss']:.4g}", margin=f"{m['margin']:.3g}")
             bar.update(1)
             every = lc.checkpoint_every
@@ -316,6 +322,7 @@ def export_policy(
     out: Path,
     probe: tuple[list[int], int],
     engine_ready: bool,
+    faults: Faults = NO_FAULTS,
 ) -> dict[str, Any]:
     """Write out/policy from the final learner state; returns the learner's probe log-prob
     (probe_logp) and the hash of the saved tensors (weights_sha256), which every weight
@@ -336,7 +343,7 @@ def export_policy(
 
     def write(tmp: Path) -> None:
         saved["weights_sha256"] = group.save_policy(str(tmp))
-        crash_point("save")
+        faults.point("save")
 
     write_atomic(out / "policy", write)
     return {"probe_logp": group.probe_logp(*probe), **saved}
@@ -369,12 +376,13 @@ def learn_from_pairs(cfg: InpoConfig, pairs_path: Path, out: Path) -> list[dict[
             f"learner.max_length = {cfg.learner.max_length} tokens (prompt + response)"
         )
     total_steps(cfg, pairs, where=f"{pairs_path}: ")  # before Ray or DeepSpeed start
+    faults = Faults.from_env()
     out.mkdir(parents=True, exist_ok=True)
     group = start_learner(cfg, start_ray(cfg))
     try:
         group.set_data(pairs, pad_id_of(tokenizer))
         cache = cache_logps(group, pairs, policy, reference, out / "logps.safetensors")
-        metrics, summary = train_policy(cfg, group, pairs, cache, policy, out)
+        metrics, summary = train_policy(cfg, group, pairs, cache, policy, out, faults=faults)
         export_policy(cfg, group, pairs, policy, out, _probe(tokenizer), engine_ready=True)
         drop_checkpoints(out)
     finally:

@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from inpo import faults
 from inpo.config import InpoConfig
 from inpo.durable import append_jsonl, write_json_atomic
 from inpo.errors import ActorError, InpoError
+from inpo.faults import Faults, record_fault
 from inpo.generation.stage import start_generators
 from inpo.judging.build import build_oracle
 from inpo.learning.stage import start_learner
@@ -50,6 +50,7 @@ class Fleet:
         run_dir: Path,
         device: str,
         probe: tuple[list[int], int],
+        faults: Faults,
     ):
         self.cfg, self.run_dir, self.device = cfg, run_dir, device
         self.probe = probe
@@ -61,7 +62,7 @@ class Fleet:
         self.asleep: set[str] = set()  # roles put to sleep (run.colocate)
         self.slept = False  # whether an engine really slept (CUDA), for schedule.jsonl
         self.failures: set[tuple[int, str, str]] = set()  # (iteration, stage, cause) seen
-        faults.killer = self.kill
+        faults.killer = self.kill  # kill points name actors this fleet started
 
     @property
     def generators(self):
@@ -210,7 +211,7 @@ class Fleet:
             or key in self.failures
         )
         self.failures.add(key)
-        faults.record_fault(
+        record_fault(
             self.run_dir,
             iteration=iteration,
             stage=stage,

@@ -27,7 +27,7 @@ from inpo.durable import (
     write_json_atomic,
     write_jsonl_atomic,
 )
-from inpo.faults import crash_point
+from inpo.faults import Faults
 from inpo.generation.stage import sample
 from inpo.judging.stage import pair_rows, select_in_chunks
 from inpo.learning.stage import (
@@ -67,6 +67,7 @@ class Trainer:
         self.base_policy = self.reference = ""
         self.tokenizer = self.probe = None
         self.prompts = PromptSets([], [], [], [])
+        self.faults = Faults.from_env()  # the tests' kill points
 
     # --- paths ----------------------------------------------------------------
     def iter_dir(self, t: int) -> Path:
@@ -139,7 +140,7 @@ class Trainer:
             fsync_tree(path)
         info["seconds"] = time.perf_counter() - t0
         info["outputs"] = manifest(root, outputs)
-        crash_point(f"{name}.written")
+        self.faults.point(f"{name}.written")
         self.state.finish(t, name, info)
         label = f"iter {t}" if t else "setup"
         shown = {k: v for k, v in info.items() if k not in ("seconds", "outputs")}
@@ -154,9 +155,8 @@ class Trainer:
     # --- stages -----------------------------------------------------------------
     def _sample(self, pool: list, ids: list[int], purpose: str, *args, **kw) -> list[GenerationRow]:
         prompts = [pool[i] for i in ids]
-        return sample(
-            self.fleet.generators, self.cfg, self.tokenizer, prompts, ids, purpose, *args, **kw
-        )
+        gens, cfg, tok = self.fleet.generators, self.cfg, self.tokenizer
+        return sample(gens, cfg, tok, prompts, ids, purpose, *args, **kw, faults=self.faults)
 
     def _eval_rows(self, purpose: str, policy: str) -> list[AnswerRow]:
         self.hold(policy)
@@ -190,7 +190,7 @@ class Trainer:
         rows = self._sample(
             pool, ids, f"generate{t}", g.num_samples, g.temperature, g.max_new_tokens, partial
         )
-        crash_point("generate")
+        self.faults.point("generate")
         write_rows(self.iter_dir(t) / "generations.jsonl", rows)
         partial.unlink(missing_ok=True)
         n_tok = sum(len(x) for r in rows for x in r["response_ids"])
@@ -203,7 +203,9 @@ class Trainer:
         rows = read_generations(self.iter_dir(t) / "generations.jsonl")
         cut_before = self.fleet.oracle.truncated()  # the oracle also serves eval
         partial = self.iter_dir(t) / "judge.partial.jsonl"
-        selections, kept = select_in_chunks(rows, self.fleet.oracle, cfg, partial, f"judge{t}")
+        selections, kept = select_in_chunks(
+            rows, self.fleet.oracle, cfg, partial, f"judge{t}", self.faults
+        )
         pairs, dropped = pair_rows(rows, selections, cfg.pairing.label, cfg.run.seed)
         write_rows(self.iter_dir(t) / "pairs.jsonl", pairs)
         partial.unlink(missing_ok=True)
@@ -236,7 +238,8 @@ class Trainer:
     def _cache(self, t: int):
         pairs = self._learner_pairs(t)
         path = self.iter_dir(t) / "logps.safetensors"
-        return cache_logps(self.fleet.learner, pairs, self.policy(t), self.reference, path)
+        learner, ref = self.fleet.learner, self.reference
+        return cache_logps(learner, pairs, self.policy(t), ref, path, self.faults)
 
     def _logps(self, t: int) -> dict:
         return {"pairs": len(self._cache(t)["ref_chosen"])}
@@ -252,6 +255,7 @@ class Trainer:
             self.iter_dir(t),
             desc=f"learn{t}",
             on_step=lambda m: self.reporter.learn_step(t, m),
+            faults=self.faults,
         )
         self.engine_iteration = t
         return {"steps": len(rows), **summary, "margin_last": rows[-1]["margin"]}
@@ -266,6 +270,7 @@ class Trainer:
             self.iter_dir(t),
             self.probe,
             engine_ready=self.engine_iteration == t,
+            faults=self.faults,
         )
 
     def _sync(self, t: int) -> dict:
@@ -314,7 +319,7 @@ class Trainer:
         self.reporter = Reporter(self.cfg, self.run_dir, run_id)
         device = start_ray(self.cfg)
         self.cfg = laid_out(self.cfg, device)  # run.colocate, and the counts it fills in
-        self.fleet = Fleet(self.cfg, self.run_dir, device, self.probe)
+        self.fleet = Fleet(self.cfg, self.run_dir, device, self.probe, self.faults)
 
     def run(self) -> list[dict[str, Any]]:
         """The loop, once `prepare` has run."""

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from inpo import faults
 from inpo.config import InpoConfig
 from inpo.durable import append_jsonl, read_jsonl_prefix
 from inpo.errors import ActorError
+from inpo.faults import Faults
 from inpo.generation.stage import generate_rows
 from inpo.run.fleet import Fleet
 from inpo.stages import Role
@@ -18,7 +18,7 @@ from inpo.stages import Role
 
 def fleet(tmp_path, **run) -> Fleet:
     cfg = InpoConfig.model_validate({"run": {"dir": str(tmp_path), **run}})
-    return Fleet(cfg, tmp_path, "cpu", ([1, 2], 1))
+    return Fleet(cfg, tmp_path, "cpu", ([1, 2], 1), Faults())
 
 
 def rows_of(path):
@@ -64,12 +64,16 @@ def test_restarts_are_bounded_by_run_max_restarts(tmp_path, monkeypatch):
 
 def test_kill_points_reach_the_named_actor(monkeypatch):
     killed = []
-    monkeypatch.setattr(faults, "killer", killed.append)
     monkeypatch.setenv("INPO_KILL_AT", "generator:0@generate.chunk#2,learner:1@learn.step3")
-    monkeypatch.setattr(faults, "_seen", faults.Counter())
+    points = Faults.from_env()
+    points.killer = killed.append
     for point in ("generate.chunk", "learn.step3", "generate.chunk", "generate.chunk"):
-        faults.crash_point(point)
+        points.point(point)
     assert killed == ["learner:1", "generator:0"]
+    again = Faults.from_env()  # a new run counts from zero
+    again.killer = killed.append
+    again.point("learn.step3")
+    assert killed == ["learner:1", "generator:0", "learner:1"]
 
 
 def test_a_torn_chunk_is_cut_off(tmp_path):
