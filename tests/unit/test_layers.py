@@ -5,7 +5,11 @@ under `if TYPE_CHECKING:`). The order is the one docs/contributing.md states."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 import inpo
 
@@ -91,3 +95,20 @@ def test_no_import_circle_between_modules_or_folders():
     for name, targets in folders.items():
         targets.discard(name)
     assert circle(folders) == []
+
+
+@pytest.mark.parametrize("argv", [["config", "show"], ["plan", "configs/paper_pairpm.yaml"]])
+def test_config_show_and_plan_import_no_engine(argv):
+    """What keeps them starting in a fraction of a second: none of the heavy libraries."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from inpo.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    main({argv!r})\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & set(sys.argv[1:])))\n"
+    )
+    heavy = ["torch", "transformers", "vllm", "deepspeed", "ray", "peft", "safetensors"]
+    out = subprocess.run(
+        [sys.executable, "-c", code, *heavy], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout
