@@ -19,9 +19,9 @@ from inpo.data import end_of_turn_id
 from inpo.engines.vllm import VLLMEngine, device_settings
 from inpo.errors import InpoError
 from inpo.models import dtype_name
-from inpo.plan.actors import ActorGroup
+from inpo.plan.actors import Actor, ActorGroup
 from inpo.plan.memory import max_model_len
-from inpo.plan.placement import Actor, ActorSlot
+from inpo.plan.placement import ActorSlot
 
 
 class SyncError(InpoError):

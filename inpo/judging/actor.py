@@ -15,8 +15,8 @@ from inpo.data import Prompt
 from inpo.judging.oracle import Oracle, OracleError
 from inpo.judging.pairpm import PairPM
 from inpo.judging.reward import RewardModel
-from inpo.plan.actors import ActorGroup
-from inpo.plan.placement import Actor, ActorSlot
+from inpo.plan.actors import Actor, ActorGroup
+from inpo.plan.placement import ActorSlot
 
 
 def judge_class(backend: str) -> type[Oracle]:

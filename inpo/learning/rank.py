@@ -30,7 +30,7 @@ from inpo.learning.batching import (
     training_batch,
 )
 from inpo.models import autocasts, tensor_digest, torch_dtype, weights_digest
-from inpo.plan.placement import Actor
+from inpo.plan.actors import Actor
 
 SHARD_BYTES = 4 << 30
 #: Per-step sums reduced over ranks, then divided by the number of pairs.

@@ -9,6 +9,7 @@ full traceback stays in the actor's log under Ray's session directory.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,6 +17,33 @@ import ray
 
 from inpo.errors import ActorError, InpoError, message_line
 from inpo.plan.placement import ActorSlot, actor_options
+
+
+class Actor:
+    """What every inpo actor answers besides its role's methods (asked only of actors;
+    LearnerRank also runs in plain processes)."""
+
+    def placed(self, threads: int) -> dict[str, Any]:
+        """Use the ``threads`` CPU threads this actor reserved; report where Ray put it."""
+        import torch
+
+        torch.set_num_threads(threads)
+        return {
+            "node": ray.get_runtime_context().get_node_id(),
+            "gpus": [int(g) for g in ray.get_gpu_ids()],
+            "pid": os.getpid(),
+        }
+
+    def gpu_memory_used(self) -> dict[str, float]:
+        """Bytes in use on this actor's GPU (every process on it), keyed like
+        schedule.jsonl: the start of the node id / the GPU id."""
+        import torch
+
+        if not torch.cuda.is_available():
+            return {}
+        free, total = torch.cuda.mem_get_info()
+        node = ray.get_runtime_context().get_node_id()[:8]
+        return {f"{node}/{g}": float(total - free) for g in ray.get_gpu_ids()[:1]}
 
 
 def root_cause(e: BaseException) -> str:

@@ -218,35 +218,6 @@ def _check_fit(plan: Plan, nodes: list[Node], demand: dict[str, tuple[int, int]]
 # --- Ray side -----------------------------------------------------------------
 
 
-class Actor:
-    """What every inpo actor answers besides its role's methods (Ray is imported only inside:
-    LearnerRank also runs in plain processes)."""
-
-    def placed(self, threads: int) -> dict[str, Any]:
-        """Use the ``threads`` CPU threads this actor reserved; report where Ray put it."""
-        import ray
-        import torch
-
-        torch.set_num_threads(threads)
-        return {
-            "node": ray.get_runtime_context().get_node_id(),
-            "gpus": [int(g) for g in ray.get_gpu_ids()],
-            "pid": os.getpid(),
-        }
-
-    def gpu_memory_used(self) -> dict[str, float]:
-        """Bytes in use on this actor's GPU (every process on it), keyed like
-        schedule.jsonl: the start of the node id / the GPU id."""
-        import ray
-        import torch
-
-        if not torch.cuda.is_available():
-            return {}
-        free, total = torch.cuda.mem_get_info()
-        node = ray.get_runtime_context().get_node_id()[:8]
-        return {f"{node}/{g}": float(total - free) for g in ray.get_gpu_ids()[:1]}
-
-
 def cluster_nodes() -> list[Node]:
     """Alive Ray nodes with their free GPUs and CPUs, in a fixed order."""
     import ray
