@@ -447,8 +447,8 @@ class RunConfig(_Section):
         None,
         description="Every GPU holds one learner rank, the generators (one per "
         "generation.tensor_parallel_size GPUs) and one judge engine (model judges), and "
-        "each stage wakes what it uses and puts the rest to sleep (vLLM sleep mode, "
-        "DeepSpeed offload_states); run_dir/schedule.jsonl records it. Unset: on whenever "
+        "each stage wakes what it uses and puts the rest to sleep (vLLM sleep mode; the "
+        "learner releases its engine); run_dir/schedule.jsonl records it. Unset: on whenever "
         "actors are placed on GPUs (real or run.simulate_gpus), except with "
         "generation.tensor_parallel_size > 1 (not colocated yet).",
     )

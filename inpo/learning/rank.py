@@ -319,27 +319,26 @@ class LearnerRank(Actor):
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
             return DeepSpeedCPUAdam(params, adamw_mode=True, **kwargs)
-        if self.cfg.run.colocate and self.device == "cuda":
-            # ZeRO-3's offload_states (a colocated learner's sleep) takes only FusedAdam.
-            from deepspeed.ops.adam import FusedAdam
-
-            return FusedAdam(params, adam_w_mode=True, **kwargs)
         return torch.optim.AdamW(params, **kwargs)
 
     def sleep(self, level: int = 0) -> bool:
-        """Move the engine's optimizer state, gradients and (ZeRO-3) parameters to host memory
-        while other engines use the GPU; True if something moved (only on CUDA)."""
-        if self.device != "cuda" or self.engine is None:
-            return False
-        self.engine.offload_states()
-        torch.cuda.empty_cache()
-        return True
+        """A colocated learner's sleep, the same on every device: release the engine
+        (weights, gradients, optimizer state) and any frozen model. A learner sleeps only
+        once pi_{t+1} is saved, and the next iteration builds its engine from that saved
+        policy anyway (`cache_logps`), so nothing is offloaded and any optimizer works.
+        True when something was released."""
+        held = self.holds_engine()
+        self.release()
+        self.drop_frozen()
+        return held
 
     def wake(self) -> bool:
-        if self.device != "cuda" or self.engine is None:
-            return False
-        self.engine.reload_states()
-        return True
+        """Nothing comes back: the engine is built when a stage next needs it."""
+        return False
+
+    def holds_engine(self) -> bool:
+        """Whether this rank holds a DeepSpeed engine or a frozen model (GPU memory)."""
+        return self.engine is not None or self.frozen is not None
 
     def _with_adapter(self, model, policy_dir: str):
         """With model.lora.r > 0: the LoRA adapter of pi_t (saved under policy_dir/adapter

@@ -9,13 +9,15 @@ Sleep per role, and why:
   forgets which weights they held), so a bad wake is always caught.
 - judge: vLLM sleep level 1 (weights kept in host memory): it is never re-synced, so its
   weights must come back exactly as they were.
-- learner ranks: DeepSpeed `offload_states` (optimizer state, gradients and, under ZeRO-3,
-  the parameters to host memory), `reload_states` on wake.
-vLLM sleeps on CUDA only, so on CPU (run.simulate_gpus) the same schedule runs and is
-recorded, and the engines stay as they are. Each stage appends a row to
-run_dir/schedule.jsonl: per GPU, which actors were awake and asleep, whether the sleeps
-were performed, and the memory of each GPU: on CUDA what was in use after the stage, on
-simulated GPUs what inpo.plan.memory (`inpo plan`'s model) estimates for the awake actors.
+- learner ranks: the DeepSpeed engine is released (weights, gradients, optimizer state),
+  on every device. A learner sleeps only after save, and the next iteration builds its
+  engine from the saved policy anyway; nothing is offloaded, so any optimizer works.
+vLLM sleeps on CUDA only, so on CPU (run.simulate_gpus) the generators and judges stay as
+they are and their schedule is recorded. Each stage appends a row to
+run_dir/schedule.jsonl: per GPU, which actors were awake and asleep, whether the vLLM
+sleeps were performed, whether each learner rank holds an engine (asked of the ranks),
+and the memory of each GPU: on CUDA what was in use after the stage, on simulated GPUs
+what inpo.plan.memory (`inpo plan`'s model) estimates for the awake actors.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from inpo.plan.memory import CONTEXT_BYTES, estimate
 from inpo.stages import uses
 
 SCHEDULE_FILE = "schedule.jsonl"
-SLEEP_LEVEL = {"generator": 2, "judge": 1, "learner": 0}  # 0: DeepSpeed offload_states
+SLEEP_LEVEL = {"generator": 2, "judge": 1, "learner": 0}  # a learner releases its engine
 
 
 def transitions(stage: str, running: Iterable[str], asleep: set[str]) -> tuple[list, list]:
@@ -47,6 +49,7 @@ def schedule_row(
     asleep: set[str],
     performed: bool,
     memory: dict[str, float] | None = None,
+    learner_engines: dict[str, bool] | None = None,
 ) -> dict[str, Any]:
     """One schedule.jsonl row: per GPU (node/gpu id, as in placement.json), who was awake."""
     gpus: dict[str, dict[str, list[str]]] = {}
@@ -58,6 +61,8 @@ def schedule_row(
     row = {"iteration": iteration, "stage": stage, "gpus": gpus, "performed": performed}
     if memory:
         row["gpu_memory_used"] = memory
+    if learner_engines is not None:
+        row["learner_engines"] = learner_engines
     return row
 
 

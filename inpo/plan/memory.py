@@ -533,7 +533,7 @@ def _assumptions(
         if frozen_ref
         else "no frozen pi_ref copy (LoRA: the adapter off; or one iteration from pi_ref)",
         "run.colocate: in each stage the actors it does not use sleep and keep only their "
-        f"{_gib(CONTEXT_BYTES)} of context (vLLM sleep, DeepSpeed offload_states)"
+        f"{_gib(CONTEXT_BYTES)} of context (vLLM sleep; a learner releases its engine)"
         if cfg.run.colocate
         else "nothing sleeps: every actor holds its memory in every stage; a learner rank "
         "keeps its engine (weights, gradients, optimizer) across iterations; PyTorch's "

@@ -146,7 +146,8 @@ class Fleet:
         running = [role for role in Role if self.group(role) is not None]
         to_sleep, to_wake = transitions(stage, running, self.asleep)
         for role in to_sleep:
-            self.slept |= any(self.group(role).call("sleep", SLEEP_LEVEL[role]))
+            released = self.group(role).call("sleep", SLEEP_LEVEL[role])
+            self.slept |= role != Role.LEARNER and any(released)  # a vLLM sleep (CUDA)
             self.asleep.add(role)
             if role == Role.GENERATOR:
                 self.gen_policy = None  # level 2 drops the weights: reload before use
@@ -164,7 +165,13 @@ class Fleet:
                 if self.group(role) is not None:
                     for used in self.group(role).call("gpu_memory_used"):
                         memory.update(used)
-        row = schedule_row(iteration, stage, self.records(), self.asleep, self.slept, memory)
+        engines = None
+        if self.learner is not None:  # asked of the ranks, not taken from the schedule
+            held = self.learner.call("holds_engine")
+            engines = {f"learner {i}": h for i, h in enumerate(held)}
+        row = schedule_row(
+            iteration, stage, self.records(), self.asleep, self.slept, memory, engines
+        )
         if self.device != "cuda":
             try:
                 row["gpu_memory_estimated"] = estimated_memory(self.cfg, row, SIMULATED_GPU_BYTES)

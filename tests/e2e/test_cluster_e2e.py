@@ -363,6 +363,15 @@ def test_colocated_gpus_hold_one_of_each_and_train_like_the_split_layout(judge, 
         assert awake_but_unused(row) == [], row
         assert row["performed"] is False  # vLLM cannot sleep on CPU: recorded only
         assert row["gpu_memory_estimated"].keys() == row["gpus"].keys(), row  # inpo plan's model
+        # every rank, asked after the stage: an engine in the learner's stages only (it is
+        # released once pi_{t+1} is saved, on CPU as on GPUs)
+        engines = row.get("learner_engines", {})
+        if row["stage"] in ("generate", "judge", "sync", "eval") and engines:
+            assert set(engines.values()) == {False}, row
+        if row["stage"] == "learn":
+            assert list(engines.values()) == [True] * gpus, row
+    after_save = [r for r in rows if r["stage"] in ("sync", "eval")]
+    assert len(after_save) >= 4 and all("learner_engines" in r for r in after_save)
     learn = [row for row in rows if row["stage"] == "learn"][-1]  # iteration 2: all running
     assert all(
         set(g["asleep"]) == {f"generator {i}", f"judge {i}"}

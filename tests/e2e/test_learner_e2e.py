@@ -345,3 +345,49 @@ def test_lora_learn_zero2_saves_a_peft_adapter_and_the_merged_policy(
         plain["model.layers.0.self_attn.q_proj.weight"],
         saved["model.layers.0.self_attn.q_proj.weight"],
     )
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        ["deepspeed.zero_stage=3"],
+        ["deepspeed.zero_stage=3", "model.lora.r=4"],
+        ["deepspeed.zero_stage=2", "deepspeed.offload_optimizer=true"],
+    ],
+    ids=["zero3", "zero3-lora", "zero2-offload"],
+)
+def test_a_colocated_learners_sleep_releases_its_engine_and_the_next_iteration_trains(
+    setting, tmp_path, tiny_model, ray_session
+):
+    """What a colocated learner does between iterations, on the ranks themselves: after
+    save every rank releases its engine (the sleep), holds none while the vLLM engines
+    work, and the next iteration builds one from the saved policy and trains. Under ZeRO-3
+    with LoRA or an offloaded optimizer DeepSpeed's offload_states, the sleep this
+    replaces, fails (issue 34)."""
+    from transformers import AutoTokenizer
+
+    from inpo.data import probe_sequence, tokenize_pairs
+    from inpo.learning.stage import cache_logps, export_policy, start_learner, train_policy
+    from inpo.rows import read_pairs
+
+    cfg = load_config(None, [*BASE, "learner.num_ranks=2", "learner.epochs=1", *setting])
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    pairs = tokenize_pairs(tok, read_pairs(write_pairs(tmp_path / "pairs.jsonl", 32, seed=5)))
+    group = start_learner(cfg, "cpu")
+    try:
+        group.set_data(pairs, tok.pad_token_id)
+        policy = str(tiny_model)
+        for t in (1, 2):
+            out = tmp_path / f"iter_{t}"
+            cache = cache_logps(group, pairs, policy, str(tiny_model), out / "logps.safetensors")
+            rows, _ = train_policy(cfg, group, pairs, cache, policy, out)
+            export_policy(cfg, group, pairs, policy, out, probe_sequence(tok), True)
+            assert group.call("holds_engine") == [True, True]
+            assert group.call("sleep", 0) == [True, True]  # released, not offloaded
+            assert group.call("holds_engine") == [False, False]
+            assert group.call("wake") == [False, False]  # built again when next used
+            assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+            policy = str(out / "policy")
+        assert rows[0]["margin"] != 0  # iteration 2 started from iteration 1's policy
+    finally:
+        group.shutdown()
