@@ -10,13 +10,25 @@ full traceback stays in the actor's log under Ray's session directory.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ray
 
 from inpo.errors import ActorError, InpoError, message_line
 from inpo.plan.placement import ActorSlot, actor_options
+
+#: set on a cluster, Ray leaves every GPU of a node visible to every actor
+NOSET_CUDA = "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"
+
+
+def visible_devices(gpus: list[int], environ: Mapping[str, str]) -> str | None:
+    """CUDA_VISIBLE_DEVICES for an actor Ray assigned ``gpus``, where Ray did not set it
+    (NOSET_CUDA): its own GPUs, so that device 0 (what every engine uses) is the one Ray
+    gave it, as without the variable. None: leave the environment as it is."""
+    if not gpus or not environ.get(NOSET_CUDA):
+        return None
+    return ",".join(str(g) for g in gpus)
 
 
 class Actor:
@@ -28,11 +40,10 @@ class Actor:
         import torch
 
         torch.set_num_threads(threads)
-        return {
-            "node": ray.get_runtime_context().get_node_id(),
-            "gpus": [int(g) for g in ray.get_gpu_ids()],
-            "pid": os.getpid(),
-        }
+        gpus = [int(g) for g in ray.get_gpu_ids()]
+        if (visible := visible_devices(gpus, os.environ)) is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible  # before any CUDA context exists
+        return {"node": ray.get_runtime_context().get_node_id(), "gpus": gpus, "pid": os.getpid()}
 
     def gpu_memory_used(self) -> dict[str, float]:
         """Bytes in use on this actor's GPU (every process on it), keyed like

@@ -111,6 +111,9 @@ def test_read_generations_names_the_bad_row(tmp_path):
     f.write_text('{"prompt_id": 0, "prompt": "p", "responses": ["a"]}\n')
     with pytest.raises(DataError, match="need a list of >= 2 strings"):
         read_generations(f)
+    f.write_text('{"prompt_id": 0, "prompt": "p", "responses": ["a", "b"], "logps": [0.1]}\n')
+    with pytest.raises(DataError, match=r"row 1: field 'logps': need a list of 2 \(one per"):
+        read_generations(f)
 
 
 def test_complete_checkpoints_ignores_unfinished_ones(tmp_path):

@@ -204,3 +204,12 @@ def test_an_engine_at_another_release_line_is_named_before_ray_starts():
         check_versions({"deepspeed": "0.19.8", "vllm": "0.34.0"})
     with pytest.raises(InpoError, match="deepspeed 0.190.1"):
         check_versions({"deepspeed": "0.190.1", "vllm": "0.32.0"})
+
+
+def test_with_ray_leaving_every_gpu_visible_an_actor_still_sees_its_own_as_device_0():
+    from inpo.plan.actors import NOSET_CUDA, visible_devices
+
+    assert visible_devices([3], {NOSET_CUDA: "1"}) == "3"
+    assert visible_devices([4, 5], {NOSET_CUDA: "1"}) == "4,5"  # a tensor-parallel engine
+    assert visible_devices([3], {}) is None  # Ray set CUDA_VISIBLE_DEVICES itself
+    assert visible_devices([], {NOSET_CUDA: "1"}) is None  # a CPU actor
