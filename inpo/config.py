@@ -170,8 +170,9 @@ class GenerationConfig(_Section):
         gt=0.0,
         le=1.0,
         description="vLLM memory fraction for weights + KV cache (on CPU: of host memory). "
-        "Default 0.85 on a GPU of its own, 0.35 when sharing one; on CPU by default an "
-        "explicit KV cache for 256 sequences of the run's longest (at most 2 GiB).",
+        "Default 0.85 on a GPU of its own, 0.35 when sharing one with engines awake at the "
+        "same time, 0.8 colocated (run.colocate: the engines take turns); on CPU by default "
+        "an explicit KV cache for 256 sequences of the run's longest (at most 2 GiB).",
     )
     enforce_eager: bool = Field(False, description="Disable CUDA graphs in vLLM.")
     sync_timeout_s: float = Field(600.0, gt=0, description="Timeout of one weight sync.")

@@ -30,14 +30,20 @@ class Role(StrEnum):
 @dataclass(frozen=True)
 class Stage:
     name: str
-    roles: tuple[Role, ...]  # the actors it calls: awake in it when colocated
+    #: the roles it calls, one group after another; in a colocated run each group is
+    #: awake alone, so one vLLM engine at a time holds most of a GPU
+    phases: tuple[tuple[Role, ...], ...]
     outputs: tuple[str, ...]  # what it writes: under iter_<t>/ (setup stages: the run dir)
 
+    @property
+    def roles(self) -> tuple[Role, ...]:
+        return tuple(dict.fromkeys(r for phase in self.phases for r in phase))
 
-G, J, L = Role.GENERATOR, Role.JUDGE, Role.LEARNER
+
+G, J, L = (Role.GENERATOR,), (Role.JUDGE,), (Role.LEARNER,)
 SETUP = (
     Stage("eval_ref", (G,), ("eval_ref.jsonl",)),
-    Stage("eval_init", (G, J), ("eval_init.jsonl",)),
+    Stage("eval_init", (G, J), ("eval_init.jsonl",)),  # generate, then judge
 )
 ITERATION = (
     Stage("generate", (G,), ("generations.jsonl",)),

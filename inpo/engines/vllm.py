@@ -36,7 +36,7 @@ def cpu_kv_cache_bytes(model_dir: str, dtype: str, max_len: int) -> int:
 
 
 def device_settings(
-    model_dir: str, device: str, dtype: str, max_len: int, shared_gpu: bool
+    model_dir: str, device: str, dtype: str, max_len: int, shared_gpu: bool, sleeps: bool = False
 ) -> dict[str, Any]:
     """VLLMEngine settings every inpo engine (generator or judge) takes from where it runs:
     vLLM's share of the GPU, eager mode and whole prefills on CPU (where the seeded
@@ -44,7 +44,7 @@ def device_settings(
     return {
         "dtype": dtype,
         "max_model_len": max_len,
-        "gpu_memory_utilization": default_memory_fraction(shared_gpu),
+        "gpu_memory_utilization": default_memory_fraction(shared_gpu, sleeps),
         "enforce_eager": device == "cpu",
         "chunked_prefill": device != "cpu",
         "kv_cache_bytes": cpu_kv_cache_bytes(model_dir, dtype, max_len)

@@ -86,7 +86,8 @@ class GeneratorGroup(ActorGroup):
         shared = any(0 < s.num_gpus < 1 for s in slots)
         dtype = dtype_name(cfg.model.dtype, device)
         max_len = max_model_len(cfg, probe_len)
-        engine_kwargs = device_settings(model_dir, device, dtype, max_len, shared)
+        sleep_mode = bool(cfg.run.colocate) and device == "cuda"
+        engine_kwargs = device_settings(model_dir, device, dtype, max_len, shared, sleep_mode)
         if gc.gpu_memory_utilization is not None:  # the user's share: vLLM sizes the KV cache
             engine_kwargs |= {
                 "gpu_memory_utilization": gc.gpu_memory_utilization,
@@ -98,7 +99,7 @@ class GeneratorGroup(ActorGroup):
             "tensor_parallel_size": gc.tensor_parallel_size if device == "cuda" else 1,
             "enforce_eager": gc.enforce_eager or device == "cpu",
             "stop_token_ids": stop_token_ids(model_dir),
-            "sleep_mode": bool(cfg.run.colocate) and device == "cuda",
+            "sleep_mode": sleep_mode,
         }
         self.sync_timeout = gc.sync_timeout_s
         # bf16 kernels in vLLM and in the learner round differently; fp32 agrees to ~1e-6.

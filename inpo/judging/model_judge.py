@@ -108,7 +108,8 @@ def start_vllm_judge(
     """A vLLM engine for a judge: bf16 on GPU, fp32 on CPU (as the Hugging Face judge),
     sized for inputs of at most ``max_len`` tokens."""
 
-    settings = device_settings(model_dir, device, dtype_name("auto", device), max_len, shared_gpu)
+    dtype = dtype_name("auto", device)
+    settings = device_settings(model_dir, device, dtype, max_len, shared_gpu, sleep_mode)
     try:
         return VLLMEngine(
             model_dir,

@@ -1,12 +1,15 @@
 """Who is awake in each stage of a colocated run (run.colocate): every GPU holds a learner
-rank, a generator and a judge engine, and each stage wakes the roles it uses and puts the
-others to sleep first.
+rank, a generator and a judge engine, and each phase of a stage (`inpo.stages`: eval
+generates, then judges) wakes the roles it uses and puts the others to sleep first, so
+one vLLM engine at a time holds most of the GPU.
 
 Sleep per role, and why:
-- generators: vLLM sleep level 2 (weights and KV cache dropped). They wake only to load a
+- generators: vLLM sleep level 2 (weights and KV cache dropped) where they wake to load a
   new policy (the sync stage reloads in place and verifies it by tensor hash and probe
   log-prob); a wake that is not followed by a reload is followed by one anyway (the fleet
-  forgets which weights they held), so a bad wake is always caught.
+  forgets which weights they held), so a bad wake is always caught. Level 1 (weights in
+  host memory) where eval puts them to sleep to judge: the next generate samples from the
+  policy they hold, checked by the probe on wake.
 - judge: vLLM sleep level 1 (weights kept in host memory): it is never re-synced, so its
   weights must come back exactly as they were.
 - learner ranks: the DeepSpeed engine is released (weights, gradients, optimizer state),
@@ -28,15 +31,27 @@ from typing import Any
 
 from inpo.config import InpoConfig
 from inpo.plan.memory import CONTEXT_BYTES, estimate
-from inpo.stages import uses
+from inpo.stages import Role, uses
 
 SCHEDULE_FILE = "schedule.jsonl"
-SLEEP_LEVEL = {"generator": 2, "judge": 1, "learner": 0}  # a learner releases its engine
+#: stages after which the generators' next use is the policy they hold (the next generate):
+#: judged there, they keep their weights in host memory instead of reloading them
+KEEP_POLICY = ("eval_init", "eval")
 
 
-def transitions(stage: str, running: Iterable[str], asleep: set[str]) -> tuple[list, list]:
-    """(roles to put to sleep, roles to wake) before ``stage``, of the ``running`` ones."""
-    used = uses(stage)
+def sleep_level(role: str, stage: str) -> int:
+    """vLLM's sleep level for ``role`` put to sleep in ``stage`` (a learner: 0, released)."""
+    if role == Role.GENERATOR:
+        return 1 if stage in KEEP_POLICY else 2
+    return 1 if role == Role.JUDGE else 0
+
+
+def transitions(
+    roles: Iterable[str], running: Iterable[str], asleep: set[str]
+) -> tuple[list, list]:
+    """(roles to put to sleep, roles to wake) before a phase that calls ``roles``, of the
+    ``running`` ones: one phase of a stage (`inpo.stages`) at a time is awake."""
+    used = set(roles)
     to_sleep = [r for r in running if r not in used and r not in asleep]
     to_wake = [r for r in running if r in used and r in asleep]
     return to_sleep, to_wake

@@ -22,7 +22,7 @@ from inpo.errors import InpoError
 from inpo.models import SMOLLM2, TINY
 from inpo.models.tiny import build_tiny_model
 from inpo.plan.placement import Node, Plan, plan_placement, role_demand
-from inpo.stages import ALL, Role, uses
+from inpo.stages import ALL, BY_NAME, Role, uses
 
 GiB = 1 << 30
 #: every stage of a run, setup's included: each is sized
@@ -44,12 +44,17 @@ DISK_BYTES_PER_S = 1e9
 MIN_KV_SEQUENCES = 1
 
 #: `inpo.generation.generator` reads this for the default generation.gpu_memory_utilization.
-VLLM_FRACTION = {"own": 0.85, "shared": 0.35}
+#: "shared": engines awake together on one GPU; "colocated": they take turns (one phase of
+#: a stage awake at a time, the others asleep), leaving room for the sleepers' contexts.
+VLLM_FRACTION = {"own": 0.85, "shared": 0.35, "colocated": 0.8}
 
 
-def default_memory_fraction(shared_gpu: bool) -> float:
-    """Of a GPU's memory, for vLLM's weights and KV cache."""
-    return VLLM_FRACTION["shared" if shared_gpu else "own"]
+def default_memory_fraction(shared_gpu: bool, sleeps: bool = False) -> float:
+    """Of a GPU's memory, for vLLM's weights and KV cache; ``sleeps``: the engines sharing
+    the GPU sleep while the others work (run.colocate)."""
+    if not shared_gpu:
+        return VLLM_FRACTION["own"]
+    return VLLM_FRACTION["colocated" if sleeps else "shared"]
 
 
 @dataclass(frozen=True)
@@ -249,9 +254,13 @@ class GpuRow:
     colocated: bool = False  # actors a stage does not use sleep: only their context stays
 
     def total(self, stage: str) -> float:
-        return sum(
-            a.total(stage) if not self.colocated or a.role in uses(stage) else CONTEXT_BYTES
-            for a in self.actors
+        """Bytes in ``stage``; colocated, its largest phase: the actors of the phase's
+        roles whole, the sleeping ones their context."""
+        if not self.colocated:
+            return sum(a.total(stage) for a in self.actors)
+        return max(
+            sum(a.total(stage) if a.role in phase else CONTEXT_BYTES for a in self.actors)
+            for phase in BY_NAME[stage].phases
         )
 
     def peak(self) -> tuple[str, float]:
@@ -395,7 +404,9 @@ def estimate(
     )
     frozen_ref = shapes["reference"].params if frozen else 0
     gen_shared = any(0 < s.num_gpus < 1 for s in plan.slots["generator"])
-    fraction = cfg.generation.gpu_memory_utilization or default_memory_fraction(gen_shared)
+    fraction = cfg.generation.gpu_memory_utilization or default_memory_fraction(
+        gen_shared, colocated
+    )
     tp = cfg.generation.tensor_parallel_size
     gen_weights = policy.params * width / tp
     kv_room = fraction * gpu_bytes - gen_weights
@@ -417,7 +428,7 @@ def estimate(
             persistent, working = _judge(cfg, shapes["judge"])
         else:  # a vLLM engine takes its share of the GPU whole, as a generator does
             judge_weights = shapes["judge"].params * 2
-            share = default_memory_fraction(0 < slot.num_gpus < 1) * gpu_bytes
+            share = default_memory_fraction(0 < slot.num_gpus < 1, colocated) * gpu_bytes
             persistent = [
                 ("vLLM weights", judge_weights),
                 ("vLLM KV cache + runtime", share - judge_weights),
@@ -521,7 +532,8 @@ def _assumptions(
         "buffers and allocator slack",
         f"vLLM reserves generation.gpu_memory_utilization = {fraction:g} of each of its GPUs "
         "whole (weights / tensor_parallel_size + KV cache + its runtime); default "
-        f"{VLLM_FRACTION['own']} on a GPU of its own, {VLLM_FRACTION['shared']} shared",
+        f"{VLLM_FRACTION['own']} on a GPU of its own, {VLLM_FRACTION['shared']} shared, "
+        f"{VLLM_FRACTION['colocated']} colocated (the engines take turns)",
         f"judge (oracle.engine=hf): bf16 weights; a batch of oracle.batch_size = "
         f"{cfg.oracle.batch_size} inputs of {_judge_seq(cfg)} tokens (prompt + response(s), at "
         "most oracle.max_length) with no KV cache (one forward)"

@@ -29,9 +29,9 @@ from inpo.learning.stage import start_learner
 from inpo.plan.actors import ActorGroup
 from inpo.plan.colocate import (
     SCHEDULE_FILE,
-    SLEEP_LEVEL,
     estimated_memory,
     schedule_row,
+    sleep_level,
     transitions,
 )
 from inpo.plan.memory import check_memory
@@ -61,6 +61,7 @@ class Fleet:
         self.restarts = 0
         self.asleep: set[str] = set()  # roles put to sleep (run.colocate)
         self.slept = False  # whether an engine really slept (CUDA), for schedule.jsonl
+        self.stage = ""  # the stage running
         self.failures: set[tuple[int, str, str]] = set()  # (iteration, stage, cause) seen
         faults.killer = self.kill  # kill points name actors this fleet started
 
@@ -78,7 +79,10 @@ class Fleet:
 
     def ensure(self, roles: Iterable[Role], policy: str | None = None) -> None:
         """Start the groups of ``roles`` that are not running; new generators load
-        ``policy`` (the one the calling stage needs)."""
+        ``policy`` (the one the calling stage needs). Colocated, the running groups of
+        other roles go to sleep first and those of ``roles`` wake (`inpo.plan.colocate`)."""
+        roles = list(roles)
+        self._sleep_all_but(roles)
         if self.plan is None:  # one plan for every role, so GPUs are never handed out twice
             if self.cfg.run.ray_address:
                 check_run_dir(self.run_dir)
@@ -101,6 +105,7 @@ class Fleet:
             self.groups[role] = group
         if new:
             self.write_placement()
+        self._wake(roles)
 
     def hold(
         self, target: str, expected_probe: float | None = None, expected_hash: str | None = None
@@ -139,19 +144,26 @@ class Fleet:
         return group if getattr(group, "actors", None) else None
 
     def enter(self, stage: str) -> None:
-        """Before a stage of a colocated run: the running roles it does not use go to
-        sleep, the ones it uses wake (`inpo.plan.colocate`)."""
+        """A stage begins (its phases call `ensure`): the one sleep levels depend on."""
+        self.stage = stage
+
+    def _sleep_all_but(self, roles: list[Role]) -> None:
         if not self.cfg.run.colocate:
             return
         running = [role for role in Role if self.group(role) is not None]
-        to_sleep, to_wake = transitions(stage, running, self.asleep)
-        for role in to_sleep:
-            released = self.group(role).call("sleep", SLEEP_LEVEL[role])
+        for role in transitions(roles, running, self.asleep)[0]:
+            level = sleep_level(role, self.stage)
+            released = self.group(role).call("sleep", level)
             self.slept |= role != Role.LEARNER and any(released)  # a vLLM sleep (CUDA)
             self.asleep.add(role)
-            if role == Role.GENERATOR:
-                self.gen_policy = None  # level 2 drops the weights: reload before use
-        for role in to_wake:
+            if role == Role.GENERATOR and level == 2:
+                self.gen_policy = None  # the weights are dropped: reload before use
+
+    def _wake(self, roles: list[Role]) -> None:
+        if not self.cfg.run.colocate:
+            return
+        running = [role for role in Role if self.group(role) is not None]
+        for role in transitions(roles, running, self.asleep)[1]:
             self.group(role).call("wake")
             self.asleep.discard(role)
 

@@ -147,15 +147,20 @@ def test_colocate_defaults_and_refusals():
 
 
 def test_the_schedule_wakes_what_a_stage_uses():
-    from inpo.plan.colocate import awake_but_unused, schedule_row, transitions
+    from inpo.plan.colocate import awake_but_unused, schedule_row, sleep_level, transitions
 
     running = ["generator", "judge", "learner"]
-    assert transitions("judge", running, set()) == (["generator", "learner"], [])
-    assert transitions("logps", running, {"generator", "learner"}) == (["judge"], ["learner"])
-    assert transitions("eval", running, {"generator", "judge"}) == (
+    assert transitions(["judge"], running, set()) == (["generator", "learner"], [])
+    assert transitions(["learner"], running, {"generator", "learner"}) == (["judge"], ["learner"])
+    # eval's two phases: generate with the judge asleep, then judge with the generator asleep
+    assert transitions(["generator"], running, {"generator", "judge"}) == (
         ["learner"],
-        ["generator", "judge"],
+        ["generator"],
     )
+    assert transitions(["judge"], running, {"judge", "learner"}) == (["generator"], ["judge"])
+    # put to sleep to judge eval's answers, generators keep the policy the next generate uses
+    assert [sleep_level("generator", s) for s in ("judge", "eval", "eval_init")] == [2, 1, 1]
+    assert (sleep_level("judge", "logps"), sleep_level("learner", "sync")) == (1, 0)
     records = [
         {"role": role, "index": 0, "node": "abcdef0123", "gpus": [0]}
         for role in ("learner", "generator", "judge")

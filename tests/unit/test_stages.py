@@ -27,22 +27,26 @@ def test_every_stage_has_a_memory_entry_and_a_colocation_entry(colocated):
     row = colocated.rows[0]
     assert sorted(a.role for a in row.actors) == ["generator", "judge", "learner"]
     for stage in ALL:
-        awake = {a.role for a in row.actors if a.role in stage.roles}
-        assert row.total(stage.name) == pytest.approx(
-            sum(a.total(stage.name) for a in row.actors if a.role in awake)
-            + CONTEXT_BYTES * (len(row.actors) - len(awake))
-        )
-        to_sleep, to_wake = transitions(stage.name, list(Role), asleep=set())
-        assert set(to_sleep) == set(Role) - set(stage.roles) and to_wake == []
-        to_sleep, to_wake = transitions(stage.name, list(Role), asleep=set(Role))
-        assert to_sleep == [] and set(to_wake) == set(stage.roles)
+        phases = [
+            sum(a.total(stage.name) for a in row.actors if a.role in phase)
+            + CONTEXT_BYTES * sum(a.role not in phase for a in row.actors)
+            for phase in stage.phases
+        ]
+        assert row.total(stage.name) == pytest.approx(max(phases))
+        for phase in stage.phases:
+            to_sleep, to_wake = transitions(phase, list(Role), asleep=set())
+            assert set(to_sleep) == set(Role) - set(phase) and to_wake == []
+            to_sleep, to_wake = transitions(phase, list(Role), asleep=set(Role))
+            assert to_sleep == [] and set(to_wake) == set(phase)
 
 
-def test_the_eval_stages_size_a_gpu_with_the_generator_and_the_judge_awake(colocated):
+def test_eval_generates_then_judges_so_each_engine_takes_most_of_a_colocated_gpu(colocated):
     row = colocated.rows[0]
-    both = row.total("eval")
-    assert both > row.total("generate") and both > row.total("judge")
-    assert row.peak()[1] >= both
+    assert row.total("eval") == max(row.total("generate"), row.total("judge"))
+    engines = [a for a in row.actors if a.role in ("generator", "judge")]
+    assert all(a.total("eval") == pytest.approx(0.8 * 80 * GiB) for a in engines)
+    assert row.peak()[1] <= 80 * GiB
+    assert colocated.kv_tokens > 2 * 106_844  # what 0.35 of the GPU each held
 
 
 def test_a_split_learner_holds_its_engine_while_others_work():
