@@ -57,10 +57,11 @@ def save_hf_policy(state: dict[str, torch.Tensor], config, tokenizer_src: str, o
     from transformers import AutoTokenizer
 
     out.mkdir(parents=True, exist_ok=True)
-    state = dict(state)
+    # The gathered tensors are the caller's own copies: no second host copy of the policy.
+    state = {k: v.contiguous() for k, v in state.items()}
     if getattr(config, "tie_word_embeddings", False) and "lm_head.weight" not in state:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    state = {k: v.contiguous().clone() for k, v in state.items()}  # no shared storage
+        # safetensors refuses tensors that share storage
+        state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for name, t in state.items():
