@@ -82,7 +82,7 @@ PLACE_TIMEOUT_S = 300.0
 
 
 class ActorGroup:
-    """``cls`` (an `inpo.plan.placement.Actor`) instances as Ray actors, one per slot, built with
+    """``cls`` (an `Actor`) instances as Ray actors, one per slot, built with
     ``init_args(index)`` (keep constructors light: an error there only leaves a dead
     actor); the heavy part goes in the method ``setup``, called on every actor with
     ``setup_args`` right after."""

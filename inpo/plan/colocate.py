@@ -34,15 +34,15 @@ from inpo.plan.memory import CONTEXT_BYTES, estimate
 from inpo.stages import Role, uses
 
 SCHEDULE_FILE = "schedule.jsonl"
-#: stages after which the generators' next use is the policy they hold (the next generate):
-#: judged there, they keep their weights in host memory instead of reloading them
-KEEP_POLICY = ("eval_init", "eval")
 
 
 def sleep_level(role: str, stage: str) -> int:
-    """vLLM's sleep level for ``role`` put to sleep in ``stage`` (a learner: 0, released)."""
+    """vLLM's sleep level for ``role`` put to sleep in ``stage`` (a learner: 0, released).
+    Generators put to sleep inside a stage that used them (eval's judging) hold the policy
+    the next generate samples from: they keep their weights; elsewhere the next use loads
+    a new policy."""
     if role == Role.GENERATOR:
-        return 1 if stage in KEEP_POLICY else 2
+        return 1 if role in uses(stage) else 2
     return 1 if role == Role.JUDGE else 0
 
 

@@ -3,9 +3,10 @@
 Pure arithmetic over a model's shape (its config.json, or a published shape shipped here
 for the paper's models) and the run's layout (`inpo.plan.placement.plan_placement`): weights,
 gradients, optimizer state, activations, vLLM's reservation and the judge, summed over what
-is resident on each GPU in each stage. Today nothing sleeps between stages, so every
-actor's persistent memory counts in every stage; memory an actor only uses while working
-(activations, logits, the judge's KV cache) counts in its own stage. `inpo plan` prints the
+is resident on each GPU in each stage. Split, every actor's persistent memory counts in
+every stage; colocated, a stage counts its largest phase (`inpo.stages`): the awake
+actors whole, the sleeping ones their context. Memory an actor only uses while working
+(activations, logits, the judge's KV cache) counts in its own stages. `inpo plan` prints the
 estimate with every assumption; `check_memory` refuses a layout whose estimate exceeds the
 GPUs' memory (run.check_memory=false skips it).
 """

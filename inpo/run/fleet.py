@@ -147,11 +147,13 @@ class Fleet:
         """A stage begins (its phases call `ensure`): the one sleep levels depend on."""
         self.stage = stage
 
+    def _running(self) -> list[Role]:
+        return [role for role in Role if self.group(role) is not None]
+
     def _sleep_all_but(self, roles: list[Role]) -> None:
         if not self.cfg.run.colocate:
             return
-        running = [role for role in Role if self.group(role) is not None]
-        for role in transitions(roles, running, self.asleep)[0]:
+        for role in transitions(roles, self._running(), self.asleep)[0]:
             level = sleep_level(role, self.stage)
             released = self.group(role).call("sleep", level)
             self.slept |= role != Role.LEARNER and any(released)  # a vLLM sleep (CUDA)
@@ -162,8 +164,7 @@ class Fleet:
     def _wake(self, roles: list[Role]) -> None:
         if not self.cfg.run.colocate:
             return
-        running = [role for role in Role if self.group(role) is not None]
-        for role in transitions(roles, running, self.asleep)[1]:
+        for role in transitions(roles, self._running(), self.asleep)[1]:
             self.group(role).call("wake")
             self.asleep.discard(role)
 
@@ -173,10 +174,9 @@ class Fleet:
             return
         memory: dict[str, float] = {}
         if self.device == "cuda":
-            for role in Role:
-                if self.group(role) is not None:
-                    for used in self.group(role).call("gpu_memory_used"):
-                        memory.update(used)
+            for role in self._running():
+                for used in self.group(role).call("gpu_memory_used"):
+                    memory.update(used)
         engines = None
         if self.learner is not None:  # asked of the ranks, not taken from the schedule
             held = self.learner.call("holds_engine")

@@ -77,13 +77,6 @@ class Trainer:
         """pi_t's directory: the initial policy for t = 1, else iteration t-1's output."""
         return self.base_policy if t == 1 else str(self.iter_dir(t - 1) / "policy")
 
-    def _saved_by(self, model_dir: str) -> int | None:
-        """The iteration whose save stage wrote ``model_dir``, if any."""
-        for t in range(1, self.cfg.run.iterations + 1):
-            if model_dir == self.policy(t + 1) and self.state.is_done(t, "save"):
-                return t
-        return None
-
     # --- set-up ---------------------------------------------------------------
     def prepare(self) -> None:
         cfg = self.cfg
@@ -105,14 +98,13 @@ class Trainer:
             {"train": self.prompts.train_ids, "eval": self.prompts.eval_ids},
         )
 
-    def hold(self, policy: str) -> dict[str, Any]:
-        """The generators hold ``policy``, checked against the probe log-prob and weights
-        hash the learner recorded when it saved it (a user's policy: none recorded)."""
-        t = self._saved_by(policy)
-        if t is None:
-            return self.fleet.hold(policy)
-        info = self.state.info(t, "save")
-        return self.fleet.hold(policy, info["probe_logp"], info["weights_sha256"])
+    def hold(self, t: int) -> dict[str, Any]:
+        """The generators hold pi_t, checked against the probe log-prob and weights hash
+        the learner recorded when iteration t-1 saved it (pi_1, the user's: none)."""
+        if t == 1:
+            return self.fleet.hold(self.policy(1))
+        info = self.state.info(t - 1, "save")
+        return self.fleet.hold(self.policy(t), info["probe_logp"], info["weights_sha256"])
 
     def shutdown(self) -> None:
         try:
@@ -158,8 +150,8 @@ class Trainer:
         gens, cfg, tok = self.fleet.generators, self.cfg, self.tokenizer
         return sample(gens, cfg, tok, prompts, ids, purpose, *args, **kw, faults=self.faults)
 
-    def _eval_rows(self, purpose: str, policy: str) -> list[AnswerRow]:
-        self.hold(policy)
+    def _eval_rows(self, purpose: str) -> list[AnswerRow]:
+        """One answer per held-out prompt from the policy the generators hold."""
         cfg = self.cfg
         pool, ids = self.prompts.eval_pool, self.prompts.eval_ids
         max_tokens = cfg.eval.max_new_tokens or cfg.generation.max_new_tokens
@@ -171,18 +163,20 @@ class Trainer:
         return judge_against(self.fleet.oracle, self.cfg, new, old)
 
     def _eval_ref(self) -> dict:
-        rows = self._eval_rows("eval_ref", self.reference)
+        self.fleet.hold(self.reference)  # the user's: no recorded probe or hash
+        rows = self._eval_rows("eval_ref")
         write_rows(self.run_dir / "eval_ref.jsonl", rows)
         return {"prompts": len(rows), **response_metrics(self.cfg, rows)}
 
     def _eval_init(self) -> dict:
-        rows = self._eval_rows("eval_init", self.policy(1))
+        self.hold(1)
+        rows = self._eval_rows("eval_init")
         info = self._judge_against(rows, {"ref": read_answers(self.run_dir / "eval_ref.jsonl")})
         write_rows(self.run_dir / "eval_init.jsonl", rows)
         return info
 
     def _generate(self, t: int) -> dict:
-        self.hold(self.policy(t))
+        self.hold(t)
         g = self.cfg.generation
         pool, ids = self.prompts.iteration(t, self.cfg.data)
         partial = self.iter_dir(t) / "generations.partial.jsonl"
@@ -274,12 +268,13 @@ class Trainer:
         )
 
     def _sync(self, t: int) -> dict:
-        return self.hold(self.policy(t + 1))
+        return self.hold(t + 1)
 
     def _eval(self, t: int) -> dict:
         if not self.prompts.eval_ids:
             return {}
-        new = self._eval_rows(f"eval{t}", self.policy(t + 1))
+        self.hold(t + 1)
+        new = self._eval_rows(f"eval{t}")
         ref = read_answers(self.run_dir / "eval_ref.jsonl")
         if t > 1:
             prev = read_answers(self.iter_dir(t - 1) / "eval.jsonl")
