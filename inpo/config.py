@@ -273,8 +273,24 @@ class PairingConfig(_Section):
 
 
 class LossConfig(_Section):
-    type: Literal["inpo", "ipo", "dpo"] = Field(
-        "inpo", description="inpo (default) or the fixed-reference ablations ipo/dpo."
+    type: Literal["inpo", "mnpo", "sppo", "ipo", "dpo"] = Field(
+        "inpo",
+        description="inpo (default); mnpo (pi_t's term a weighted mix of past iterates, "
+        "loss.history_weights); sppo (per response: log pi/pi_t toward (P(y > pi_t) - 1/2)/eta, "
+        "from the pairs' per-response win rates); ipo/dpo against the fixed reference (online "
+        "DPO/IPO: configs/online_dpo.yaml, configs/online_ipo.yaml).",
+    )
+    history_weights: list[float] | None = Field(
+        None,
+        description="MNPO's weights of pi_t, pi_{t-1}, ... (normalised; truncated to the "
+        "iterates that exist, then renormalised). Required by loss.type=mnpo, refused otherwise.",
+    )
+    reference_reset_every: int = Field(
+        0,
+        ge=0,
+        description="COMAL's outer loop: pi_ref becomes the current policy every K iterations "
+        "(iterations K+1.. train against pi_{K+1}); 0: never. Eval's win rate stays against "
+        "the original reference.",
     )
     eta: float = Field(
         0.25, gt=0, description="INPO eta: inverse step size; target margin is 1/(2*eta)."
@@ -293,6 +309,17 @@ class LossConfig(_Section):
             self.tau = self.eta / 3.0
         if self.tau >= self.eta:
             raise ValueError(f"loss.tau = {self.tau}: must be < loss.eta = {self.eta}")
+        weights = self.history_weights
+        if (self.type == "mnpo") != (weights is not None):
+            raise ValueError(
+                f"loss.history_weights = {weights}: set it with loss.type=mnpo and only then "
+                f"(loss.type = {self.type})"
+            )
+        if weights is not None and (not weights or min(weights) < 0 or sum(weights) <= 0):
+            raise ValueError(
+                f"loss.history_weights = {weights}: need one or more weights >= 0 with a "
+                "positive sum"
+            )
         return self
 
 

@@ -13,6 +13,7 @@ scores exactly the tokens vLLM produced, with no re-tokenisation drift.
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,12 +151,18 @@ def response_token_ids(
 class TokenizedPairs:
     """Token ids of every pair, in file order; the unit the learner consumes.
 
-    ``p_label`` is the probability the loss gives to "chosen wins" (1 = hard label)."""
+    ``p_label`` is the probability the loss gives to "chosen wins" (1 = hard label);
+    ``p_win`` each side's estimated P(y > pi_t) (SPPO), NaN where the row has none."""
 
     prompt: list[list[int]]
     chosen: list[list[int]]
     rejected: list[list[int]]
     p_label: list[float]
+    p_win: list[tuple[float, float]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.p_win is None:
+            self.p_win = [(math.nan, math.nan)] * len(self.prompt)
 
     def __len__(self) -> int:
         return len(self.prompt)
@@ -170,6 +177,7 @@ class TokenizedPairs:
         return TokenizedPairs(
             *([col[i] for i in keep] for col in (self.prompt, self.chosen, self.rejected)),
             [self.p_label[i] for i in keep],
+            [self.p_win[i] for i in keep],
         )
 
 
@@ -177,7 +185,7 @@ def tokenize_pairs(tokenizer, rows: list[dict[str, Any]]) -> TokenizedPairs:
     """Token ids of pair rows: the exact ids where the row has them, else the text
     tokenized as generation would have produced it (chat prompts through the template,
     responses closed by the end-of-turn token unless their finish reason is "length")."""
-    out = TokenizedPairs([], [], [], [])
+    out = TokenizedPairs([], [], [], [], [])
     eot, eos = end_of_turn_id(tokenizer), tokenizer.eos_token_id
     for row in rows:
         out.prompt.append(row.get("prompt_ids") or prompt_token_ids(tokenizer, row["prompt"]))
@@ -189,6 +197,7 @@ def tokenize_pairs(tokenizer, rows: list[dict[str, Any]]) -> TokenizedPairs:
                 ids = response_token_ids(tokenizer, row[side], None if cut else closing)
             col.append(ids)
         out.p_label.append(float(row.get("p_label", 1.0)))
+        out.p_win.append((row.get("chosen_p_win", math.nan), row.get("rejected_p_win", math.nan)))
     return out
 
 

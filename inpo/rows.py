@@ -37,6 +37,8 @@ class PairRow(TypedDict, total=False):
     p_chosen: float  # the oracle's P(chosen > rejected) (debiased when asked)
     p_label: float  # the label the loss trains on: P(y_w > y_l) as pairing.label sets it
     n_comparisons: int  # oracle calls the prompt's selection took
+    chosen_p_win: float  # the response's estimated P(y > pi_t) (SPPO's target)
+    rejected_p_win: float
     chosen_finish_reason: str  # "stop" or "length": a cut response gets no end-of-turn token
     rejected_finish_reason: str
     prompt_ids: list[int]  # exact token ids, so the learner scores what vLLM sampled
@@ -88,9 +90,12 @@ def read_pairs(path: str | Path) -> list[PairRow]:
             check_text(path, n, field, row.get(field))
         for field in ("prompt_ids", "chosen_ids", "rejected_ids"):
             check_ids(path, n, field, row.get(field))
-        p = row.get("p_label", 1.0)
-        if not (isinstance(p, int | float) and not isinstance(p, bool) and 0.0 <= p <= 1.0):
-            raise DataError(f"{path}: row {n}: field 'p_label': {p!r} is not a number in [0, 1]")
+        for field in ("p_label", "chosen_p_win", "rejected_p_win"):
+            p = row.get(field, 1.0)
+            if not (isinstance(p, int | float) and not isinstance(p, bool) and 0.0 <= p <= 1.0):
+                raise DataError(
+                    f"{path}: row {n}: field '{field}': {p!r} is not a number in [0, 1]"
+                )
         for field in ("chosen_finish_reason", "rejected_finish_reason"):
             if row.get(field, "stop") not in FINISH_REASONS:
                 raise DataError(

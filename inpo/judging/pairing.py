@@ -16,6 +16,14 @@ call. Inside a strategy a tie (P = 0.5) goes to the first response of a match.
     disjoint     K/2 disjoint random pairs: every response in one pair, K/2 matches.
     max_min      pointwise scores (reward models): highest vs lowest.
 
+Win rates. Each strategy also estimates, for every response it compared, P(y > pi_t): the
+mean of P(y > y') over the responses y' it was compared with (SPPO's target, `p_win`).
+round_robin's is the leave-one-out mean over the prompt's other K - 1 samples (no
+self-comparison: against itself a response ties, which would pull every estimate toward
+1/2 by 1/K); random, disjoint and max_min compare a response with one sample (unbiased,
+noisy); the tournament's later rounds pit winners against winners and losers against
+losers, so its mean is biased toward 1/2 for both ends.
+
 Labelling (`label_pair`), for a selected pair (a, b) with P = P(a > b):
 
     hard    the winner is the side with P > 1/2, trained toward the full margin;
@@ -52,6 +60,7 @@ class Selection:
     pairs: tuple[Pair, ...]
     n_comparisons: int
     dropped: str | None = None  # why no pair was kept
+    p_win: tuple[float | None, ...] | None = None  # per response: P(y > pi_t), if compared
 
 
 Strategy = Generator[list[Match], list[float], Selection]
@@ -63,6 +72,15 @@ class Labelled:
     rejected: int
     p_chosen: float  # the oracle's P(chosen > rejected)
     p_label: float  # the probability the loss gives to "chosen wins"
+
+
+def win_rates(k: int, played: list[tuple[Match, float]]) -> tuple[float | None, ...]:
+    """Each response's mean P(y > y') over the matches it played (None: it played none)."""
+    total, count = [0.0] * k, [0] * k
+    for (i, j), p in played:
+        total[i], count[i] = total[i] + p, count[i] + 1
+        total[j], count[j] = total[j] + 1.0 - p, count[j] + 1
+    return tuple(t / c if c else None for t, c in zip(total, count, strict=True))
 
 
 def _first_wins(p: float) -> bool:
@@ -80,14 +98,14 @@ def tournament(k: int) -> Strategy:
         raise ValueError(f"tournament needs K >= 2 responses, got {k}")
     first, bye = _bracket_round(list(range(k)))
     probs = yield first
-    n = len(first)
-    winners = [a if _first_wins(p) else b for (a, b), p in zip(first, probs, strict=True)] + bye
-    losers = [b if _first_wins(p) else a for (a, b), p in zip(first, probs, strict=True)]
+    played = list(zip(first, probs, strict=True))
+    winners = [a if _first_wins(p) else b for (a, b), p in played] + bye
+    losers = [b if _first_wins(p) else a for (a, b), p in played]
     while len(winners) > 1 or len(losers) > 1:
         w_matches, w_bye = _bracket_round(winners)
         l_matches, l_bye = _bracket_round(losers)
         probs = yield w_matches + l_matches
-        n += len(w_matches) + len(l_matches)
+        played += zip(w_matches + l_matches, probs, strict=True)
         w_probs, l_probs = probs[: len(w_matches)], probs[len(w_matches) :]
         winners = [a if _first_wins(p) else b for (a, b), p in zip(w_matches, w_probs, strict=True)]
         losers = [b if _first_wins(p) else a for (a, b), p in zip(l_matches, l_probs, strict=True)]
@@ -95,12 +113,13 @@ def tournament(k: int) -> Strategy:
         losers += l_bye
     y_w, y_l = winners[0], losers[0]
     (p,) = yield [(y_w, y_l)]
-    n += 1
+    played.append(((y_w, y_l), p))
+    n, rates = len(played), win_rates(k, played)
     if p == 0.5:
-        return Selection((), n, dropped="final check tied")
+        return Selection((), n, dropped="final check tied", p_win=rates)
     if p < 0.5:
-        return Selection((), n, dropped="final check lost")
-    return Selection((Pair(y_w, y_l, p),), n)
+        return Selection((), n, dropped="final check lost", p_win=rates)
+    return Selection((Pair(y_w, y_l, p),), n, p_win=rates)
 
 
 def round_robin(k: int) -> Strategy:
@@ -115,15 +134,16 @@ def round_robin(k: int) -> Strategy:
         wins[j] += 1.0 - credit
     best = max(range(k), key=lambda i: (wins[i], -i))
     worst = min(range(k), key=lambda i: (wins[i], i))
+    rates = win_rates(k, list(zip(matches, probs, strict=True)))
     if wins[best] == wins[worst]:
-        return Selection((), len(matches), dropped="all responses tied")
-    return Selection((Pair(best, worst, p_of[best, worst]),), len(matches))
+        return Selection((), len(matches), dropped="all responses tied", p_win=rates)
+    return Selection((Pair(best, worst, p_of[best, worst]),), len(matches), p_win=rates)
 
 
 def random_pair(k: int, rng: _random.Random) -> Strategy:
     a, b = rng.sample(range(k), 2)
     (p,) = yield [(a, b)]
-    return Selection((Pair(a, b, p),), 1)
+    return Selection((Pair(a, b, p),), 1, p_win=win_rates(k, [((a, b), p)]))
 
 
 def disjoint_pairs(k: int, rng: _random.Random) -> Strategy:
@@ -131,7 +151,9 @@ def disjoint_pairs(k: int, rng: _random.Random) -> Strategy:
     rng.shuffle(order)
     matches = [(order[i], order[i + 1]) for i in range(0, k - 1, 2)]
     probs = yield matches
-    return Selection(tuple(Pair(a, b, p) for (a, b), p in zip(matches, probs, strict=True)), k // 2)
+    played = list(zip(matches, probs, strict=True))
+    pairs = tuple(Pair(a, b, p) for (a, b), p in played)
+    return Selection(pairs, k // 2, p_win=win_rates(k, played))
 
 
 def max_min(scores: Sequence[float]) -> Match | None:

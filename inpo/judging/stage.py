@@ -3,8 +3,9 @@
 Output rows are TRL preference rows {"prompt", "chosen", "rejected"} plus
 "p_chosen" (the oracle's P(chosen > rejected)), "p_label" (the probability the
 loss gives to "chosen wins": 1 for hard and sampled labels, P for soft ones),
-"n_comparisons" (of the prompt), "prompt_id", the finish reasons and the exact
-token ids the learner will score.
+"n_comparisons" (of the prompt), "chosen_p_win" and "rejected_p_win" (each response's
+estimated P(y > pi_t), `inpo.judging.pairing`), "prompt_id", the finish reasons and the
+exact token ids the learner will score.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from inpo.judging.pairing import (
     make_strategy,
     max_min,
     run_pairwise,
+    win_rates,
 )
 from inpo.plan.cluster import start_ray
 from inpo.rows import GenerationRow, PairRow, read_generations, write_rows
@@ -84,7 +86,11 @@ def select_pairs(
         kept = [(idx, m) for idx, m in enumerate(extremes) if m is not None]
         probs = dict(zip((idx for idx, _ in kept), ask(kept), strict=True))
         return [
-            Selection((Pair(*m, probs[idx]),), 1)
+            Selection(
+                (Pair(*m, probs[idx]),),
+                1,
+                p_win=win_rates(len(rows[idx]["responses"]), [(m, probs[idx])]),
+            )
             if m is not None
             else Selection((), 0, dropped="equal rewards")
             for idx, m in enumerate(extremes)
@@ -108,7 +114,12 @@ def select_in_chunks(
     strategy, seed, chunk_prompts = cfg.pairing.strategy, cfg.run.seed, cfg.oracle.chunk_prompts
     done = finished_chunks(partial, [r["prompt_id"] for r in rows])
     selections = [
-        Selection(tuple(Pair(**p) for p in d["pairs"]), d["n_comparisons"], d["dropped"])
+        Selection(
+            tuple(Pair(**p) for p in d["pairs"]),
+            d["n_comparisons"],
+            d["dropped"],
+            tuple(d["p_win"]) if d.get("p_win") is not None else None,
+        )
         for d in done
     ]
     for lo in range(len(done), len(rows), chunk_prompts):
@@ -142,11 +153,11 @@ def pair_rows(
             if isinstance(res, str):
                 dropped[res] += 1
                 continue
-            out.append(_pair_row(row, res, sel.n_comparisons))
+            out.append(_pair_row(row, res, sel))
     return out, dropped
 
 
-def _pair_row(row: GenerationRow, res: Labelled, n_comparisons: int) -> PairRow:
+def _pair_row(row: GenerationRow, res: Labelled, sel: Selection) -> PairRow:
     pair: PairRow = {
         "prompt_id": row["prompt_id"],
         "prompt": row["prompt"],
@@ -154,8 +165,11 @@ def _pair_row(row: GenerationRow, res: Labelled, n_comparisons: int) -> PairRow:
         "rejected": row["responses"][res.rejected],
         "p_chosen": res.p_chosen,
         "p_label": res.p_label,
-        "n_comparisons": n_comparisons,
+        "n_comparisons": sel.n_comparisons,
     }
+    if sel.p_win is not None:  # SPPO's targets; the pair's own comparison counts in each
+        pair["chosen_p_win"] = sel.p_win[res.chosen]
+        pair["rejected_p_win"] = sel.p_win[res.rejected]
     if "finish_reasons" in row:
         pair["chosen_finish_reason"] = row["finish_reasons"][res.chosen]
         pair["rejected_finish_reason"] = row["finish_reasons"][res.rejected]

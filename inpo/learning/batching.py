@@ -130,3 +130,16 @@ def heldout_split(
     train = sorted(i for k, key in enumerate(keys) if k not in held for i in groups[key])
     heldout = sorted(i for k in held for i in groups[keys[k]])
     return train, heldout
+
+
+def objective_inputs(
+    pairs: TokenizedPairs, cache: dict[str, torch.Tensor], ids: list[int], device=None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """What `inpo.algo.loss.objective` reads besides the policy's log-probs, for pairs
+    ``ids``: every cached column (pi_ref, pi_t and MNPO's past iterates), the labels and
+    each side's P(y > pi_t) (NaN where the pairs carry none)."""
+    idx = torch.tensor(ids, dtype=torch.long)
+    cols = {k: v[idx].to(device) for k, v in cache.items()}
+    p_label = torch.tensor([pairs.p_label[i] for i in ids], dtype=torch.float64, device=device)
+    wins = torch.tensor([pairs.p_win[i] for i in ids], dtype=torch.float64, device=device)
+    return cols, p_label, (wins[:, 0], wins[:, 1])

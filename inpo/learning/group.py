@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
-from inpo.algo.loss import CACHE_KEYS
+from inpo.algo.loss import CACHE_KEYS, history_keys
 from inpo.config import InpoConfig
 from inpo.data import TokenizedPairs
 from inpo.learning.rank import LearnerRank
@@ -105,7 +105,10 @@ class LearnerGroup(ActorGroup):
             super().shutdown()
 
 
-def cache_from_logps(ref: torch.Tensor, pi_t: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The four cached columns the INPO loss reads, from [N, 2] ref and pi_t log-probs."""
-    cols = (ref[:, 0], ref[:, 1], pi_t[:, 0], pi_t[:, 1])
-    return {k: c.contiguous() for k, c in zip(CACHE_KEYS, cols, strict=True)}
+def cache_from_logps(ref: torch.Tensor, pi_t: torch.Tensor, *history: torch.Tensor) -> dict:
+    """The cached columns the loss reads, from [N, 2] chosen/rejected log-probs of pi_ref,
+    pi_t and (MNPO) the past iterates pi_{t-1}, pi_{t-2}, ..."""
+    cols = {k: c for k, c in zip(CACHE_KEYS, (*ref.T, *pi_t.T), strict=True)}
+    for j, logps in enumerate(history, 1):
+        cols |= dict(zip(history_keys(j), logps.T, strict=True))
+    return {k: c.contiguous() for k, c in cols.items()}

@@ -26,6 +26,7 @@ from inpo.learning.batching import (
     cosine_lr_lambda,
     forward_logps,
     heldout_split,
+    objective_inputs,
     rank_micro_batches,
     training_batch,
 )
@@ -375,9 +376,9 @@ class LearnerRank(Actor):
             batch = self._to_device(self._collate(mb))
             tokens += int(batch["attention_mask"].sum())
             chosen, rejected = forward_logps(self.engine, batch, loss_cfg["normalize_length"])
-            cache = {k: self.cache[k][mb].to(chosen.device) for k in L.CACHE_KEYS}
-            p_label = torch.tensor([self.pairs.p_label[i] for i in mb], device=chosen.device)
-            losses, margin, target = L.objective(loss_cfg, chosen, rejected, cache, p_label)
+            cache, p_label, p_win = objective_inputs(self.pairs, self.cache, mb, chosen.device)
+            p_label, p_win = p_label.to(chosen.dtype), tuple(p.to(chosen.dtype) for p in p_win)
+            losses, margin, target = L.objective(loss_cfg, chosen, rejected, cache, p_label, p_win)
             self.engine.backward(losses.mean())
             self.engine.step()
             self.steps_taken += 1

@@ -22,13 +22,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from inpo.algo.loss import CACHE_KEYS, objective, objective_floor
+from inpo.algo.loss import objective, objective_floor
 from inpo.config import InpoConfig
 from inpo.data import TokenizedPairs, probe_sequence, tokenize_pairs
 from inpo.durable import write_atomic, write_json_atomic, write_jsonl_atomic
 from inpo.errors import InpoError
 from inpo.faults import NO_FAULTS, Faults
-from inpo.learning.batching import heldout_split, steps_per_epoch
+from inpo.learning.batching import heldout_split, objective_inputs, steps_per_epoch
 from inpo.learning.group import LearnerGroup, cache_from_logps
 from inpo.learning.rank import adapter_base
 from inpo.models import require_model_dir
@@ -53,7 +53,7 @@ def model_identity(model_dir: str) -> str:
 
 
 def pairs_fingerprint(pairs: TokenizedPairs) -> str:
-    return digest([pairs.prompt, pairs.chosen, pairs.rejected, pairs.p_label])
+    return digest([pairs.prompt, pairs.chosen, pairs.rejected, pairs.p_label, pairs.p_win])
 
 
 def fit_pairs(pairs: TokenizedPairs, max_length: int) -> tuple[TokenizedPairs, int]:
@@ -74,19 +74,23 @@ def cache_logps(
     reference_dir: str,
     path: Path,
     faults: Faults = NO_FAULTS,
+    history: list[str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """log pi_ref and log pi_t of every pair, computed once and kept in ``path``; a cache
+    """log pi_ref, log pi_t and (MNPO) the log-probs of ``history``, the past iterates
+    pi_{t-1}, pi_{t-2}, ... of every pair, computed once and kept in ``path``; a cache
     computed from other inputs (pairs, models, dtype, autocast, length normalisation) is
     redone.
 
     pi_t is the training model itself before its first step (the engine is built here and
-    kept for the learn stage), so no frozen copy of pi_t is ever loaded. pi_ref is pi_t in
-    iteration 1, the same model with its adapter off under LoRA, and only otherwise (full
-    fine-tuning from iteration 2 on) a frozen copy, scored before the engine exists.
+    kept for the learn stage), so no frozen copy of pi_t is ever loaded. Any other model is
+    pi_t under another name (pi_ref in iteration 1), the same model with its adapter off
+    under LoRA (the base), and only otherwise a frozen copy, scored before the engine
+    exists; each model is scored once whatever roles it plays.
     """
     from safetensors.torch import load_file, save_file
 
     cfg = group.cfg
+    history = history or []
     inputs = {
         "pairs": pairs_fingerprint(pairs),
         "pi_t": model_identity(pi_t_dir),
@@ -96,6 +100,8 @@ def cache_logps(
         "normalize_length": str(cfg.loss.normalize_length),
         "lora": digest(cfg.model.lora.model_dump(mode="json")),
     }
+    if history:
+        inputs["history"] = digest([model_identity(h) for h in history])
     if path.exists():
         from safetensors import safe_open
 
@@ -105,20 +111,33 @@ def cache_logps(
             return load_file(str(path))
         print(f"{path}: computed for other inputs ({_differs(old, inputs)}); recomputing")
     n = len(pairs)
-    ref_is_pi_t = inputs["pi_t"] == inputs["pi_ref"]
-    ref_is_base = bool(cfg.model.lora.r) and (
-        Path(adapter_base(pi_t_dir)).resolve() == Path(reference_dir).resolve()
-    )
-    ref = None
-    if not (ref_is_pi_t or ref_is_base):
-        group.release()  # the previous iteration's engine and Adam state, before the copy
-        ref = group.compute_logps(n, "frozen", reference_dir, desc="logps pi_ref")
+    base = Path(adapter_base(pi_t_dir)).resolve() if cfg.model.lora.r else None
+    names = {reference_dir: "pi_ref"} | {h: f"pi_t-{j}" for j, h in enumerate(history, 1)}
+
+    def source(model_dir: str) -> str:
+        if model_identity(model_dir) == inputs["pi_t"]:
+            return "engine"
+        return "base" if Path(model_dir).resolve() == base else "frozen"
+
+    scored: dict[str, torch.Tensor] = {}  # by model identity
+
+    def score(model_dir: str, how: str) -> None:
+        key = model_identity(model_dir)
+        if source(model_dir) == how and key not in scored:
+            desc = f"logps {names.get(model_dir, 'pi_t')}"
+            scored[key] = group.compute_logps(n, how, model_dir, desc=desc)
+
+    if any(source(d) == "frozen" for d in names):
+        group.release()  # the previous iteration's engine and Adam state, before a copy
+    for d in names:
+        score(d, "frozen")
     group.build_engine(pi_t_dir, total_steps(cfg, pairs))
-    pi_t = group.compute_logps(n, "engine", desc="logps pi_t")
+    score(pi_t_dir, "engine")
     faults.point("logps")
-    if ref is None:
-        ref = pi_t if ref_is_pi_t else group.compute_logps(n, "base", desc="logps pi_ref")
-    cache = cache_from_logps(ref, pi_t)
+    for d in names:
+        score(d, "base")
+    of = [scored[model_identity(d)] for d in (reference_dir, pi_t_dir, *history)]
+    cache = cache_from_logps(*of)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"inputs": json.dumps(inputs)}
     write_atomic(path, lambda tmp: save_file(cache, str(tmp), metadata=meta))
@@ -207,13 +226,12 @@ def mean_excess(
 ) -> float:
     """Mean over pairs ``ids`` of the objective at the policy log-probs ``logps`` ([N, 2]
     chosen/rejected) minus its per-pair floor: 0 when every margin sits at its target."""
-    idx = torch.tensor(ids, dtype=torch.long)
-    cols = {k: cache[k][idx].double() for k in CACHE_KEYS}
-    p = torch.tensor(pairs.p_label, dtype=torch.float64)[idx]
+    cols, p, p_win = objective_inputs(pairs, cache, ids)
+    cols = {k: v.double() for k, v in cols.items()}
     loss_cfg = cfg.loss.model_dump()
-    x = logps[idx].double()
-    losses = objective(loss_cfg, x[:, 0], x[:, 1], cols, p)[0]
-    return (losses - objective_floor(loss_cfg, p)).mean().item()
+    x = logps[torch.tensor(ids, dtype=torch.long)].double()
+    losses = objective(loss_cfg, x[:, 0], x[:, 1], cols, p, p_win)[0]
+    return (losses - objective_floor(loss_cfg, p, p_win)).mean().item()
 
 
 def keeps_improving(excesses: list[float]) -> bool:
@@ -299,6 +317,20 @@ def train_policy(
     return rows, summary
 
 
+def check_win_rates(cfg: InpoConfig, rows: list[dict], path: Path) -> None:
+    """loss.type = sppo trains each response toward its own P(y > pi_t): every pair row must
+    carry both (the judge stage writes them; a preference file from elsewhere may not)."""
+    if cfg.loss.type != "sppo":
+        return
+    for n, row in enumerate(rows, start=1):
+        for field in ("chosen_p_win", "rejected_p_win"):
+            if field not in row:
+                raise InpoError(
+                    f"{path}: row {n}: field '{field}': missing; loss.type=sppo needs each "
+                    "response's estimated P(y > pi_t), which inpo's judge stage writes"
+                )
+
+
 def total_steps(cfg: InpoConfig, pairs: TokenizedPairs, where: str = "", hint: str = "") -> int:
     """Optimizer steps the lr schedule of one iteration is laid out over (learner.epochs,
     or max_epochs for auto) on its training pairs; too few for a batch is an error."""
@@ -366,6 +398,7 @@ def learn_from_pairs(cfg: InpoConfig, pairs_path: Path, out: Path) -> list[dict[
     from transformers import AutoTokenizer
 
     rows = read_pairs(pairs_path)
+    check_win_rates(cfg, rows, pairs_path)
     policy = str(require_model_dir(cfg.model.policy, "model.policy"))
     reference = str(require_model_dir(cfg.model.reference or policy, "model.reference"))
     tokenizer = AutoTokenizer.from_pretrained(policy)

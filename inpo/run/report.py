@@ -15,6 +15,7 @@ from inpo.stages import ITERATION
 
 COLUMNS = (
     ("iter", "iteration", "{}"),
+    ("objective", "objective", "{}"),  # shown when not plain INPO
     ("pairs", "pairs", "{}"),
     ("ep", "epochs", "{}"),
     ("held-out excess (removed)", ("heldout_excess_start", "heldout_excess_end"), "{:.3g}"),

@@ -32,6 +32,7 @@ from inpo.generation.stage import sample
 from inpo.judging.stage import pair_rows, select_in_chunks
 from inpo.learning.stage import (
     cache_logps,
+    check_win_rates,
     drop_checkpoints,
     export_policy,
     pad_id_of,
@@ -76,6 +77,38 @@ class Trainer:
     def policy(self, t: int) -> str:
         """pi_t's directory: the initial policy for t = 1, else iteration t-1's output."""
         return self.base_policy if t == 1 else str(self.iter_dir(t - 1) / "policy")
+
+    def reset_at(self, t: int) -> int:
+        """The iteration whose starting policy is iteration t's pi_ref under COMAL's
+        loss.reference_reset_every = K (pi_{K+1} for t in K+1..2K, ...); 0: model.reference."""
+        k = self.cfg.loss.reference_reset_every
+        return k * ((t - 1) // k) + 1 if k and t > k else 0
+
+    def reference_for(self, t: int) -> str:
+        """pi_ref of iteration t's loss (eval's win rate stays against model.reference)."""
+        return self.policy(self.reset_at(t)) if self.reset_at(t) else self.reference
+
+    def history(self, t: int) -> list[str]:
+        """MNPO's past iterates pi_{t-1}, pi_{t-2}, ... that loss.history_weights weighs and
+        that exist at iteration t."""
+        weights = self.cfg.loss.history_weights or []
+        return [self.policy(t - j) for j in range(1, min(len(weights), t))]
+
+    def objective(self, t: int) -> dict[str, Any]:
+        """What iteration t's loss trains against, for metrics.jsonl: the loss type, the
+        normalised weights of the iterates it mixes (MNPO) and pi_ref's iteration (COMAL)."""
+        loss, info = self.cfg.loss, {"loss_type": self.cfg.loss.type}
+        label = loss.type
+        if loss.history_weights:
+            used = loss.history_weights[: len(self.history(t)) + 1]
+            info["history_weights"] = [w / sum(used) for w in used]
+            label += " " + "/".join(f"{w:.2f}" for w in info["history_weights"])
+        if loss.reference_reset_every:
+            info["reference_iteration"] = self.reset_at(t)  # 0: model.reference
+            label += f", pi_ref=pi_{self.reset_at(t)}" if self.reset_at(t) else ", pi_ref"
+        if label != "inpo":
+            info["objective"] = label
+        return info
 
     # --- set-up ---------------------------------------------------------------
     def prepare(self) -> None:
@@ -214,7 +247,10 @@ class Trainer:
     def _learner_pairs(self, t: int):
         """Iteration t's pairs, held by the learner."""
         if t not in self.pairs:
-            pairs = tokenize_pairs(self.tokenizer, read_pairs(self.iter_dir(t) / "pairs.jsonl"))
+            path = self.iter_dir(t) / "pairs.jsonl"
+            rows = read_pairs(path)
+            check_win_rates(self.cfg, rows, path)
+            pairs = tokenize_pairs(self.tokenizer, rows)
             total_steps(
                 self.cfg,
                 pairs,
@@ -232,11 +268,11 @@ class Trainer:
     def _cache(self, t: int):
         pairs = self._learner_pairs(t)
         path = self.iter_dir(t) / "logps.safetensors"
-        learner, ref = self.fleet.learner, self.reference
-        return cache_logps(learner, pairs, self.policy(t), ref, path, self.faults)
+        learner, ref = self.fleet.learner, self.reference_for(t)
+        return cache_logps(learner, pairs, self.policy(t), ref, path, self.faults, self.history(t))
 
     def _logps(self, t: int) -> dict:
-        return {"pairs": len(self._cache(t)["ref_chosen"])}
+        return {"pairs": len(self._cache(t)["ref_chosen"]), **self.objective(t)}
 
     def _learn(self, t: int) -> dict:
         cache = self._cache(t)

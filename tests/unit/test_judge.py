@@ -101,6 +101,27 @@ def test_sampled_labels_are_seeded_per_prompt():
     wins = sum(p["chosen"] == "aaa" for p in a) / len(a)
     assert 0.5 < wins < 0.95  # P(aaa > aa) = sigmoid(1) = 0.73
     assert all(p["p_label"] == 1.0 for p in a)
+    # each response keeps its own win rate whichever side the draw put it on
+    for p in a:
+        longer = p["chosen"] == "aaa"
+        assert p["chosen_p_win"] == pytest.approx(0.731 if longer else 0.269, abs=1e-3)
+        assert p["chosen_p_win"] + p["rejected_p_win"] == pytest.approx(1.0)
+
+
+def test_pair_rows_carry_each_responses_win_rate_through_a_resumed_judge(tmp_path):
+    from inpo.config import InpoConfig
+    from inpo.judging.stage import select_in_chunks
+
+    data = rows(["aaaa", "a", "aa", "aaa"], ["bb", "b", "bbb"])
+    cfg = InpoConfig.model_validate({"pairing": {"strategy": "round_robin"}})
+    sel, kept = select_in_chunks(data, ByLength(), cfg, tmp_path / "part.jsonl", "judge")
+    again, kept_again = select_in_chunks(data, ByLength(), cfg, tmp_path / "part.jsonl", "j")
+    assert (kept, kept_again) == (0, 2) and again == sel  # read back from the partial file
+    (best,), _ = pair_rows(data[:1], sel[:1], "soft", seed=0)
+    assert (best["chosen"], best["rejected"]) == ("aaaa", "a")
+    sigmoid = ByLength().prob
+    expected = sum(sigmoid(["q"] * 3, ["aaaa"] * 3, ["a", "aa", "aaa"])) / 3
+    assert best["chosen_p_win"] == pytest.approx(expected)
 
 
 def test_read_generations_names_the_bad_row(tmp_path):

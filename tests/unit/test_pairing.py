@@ -170,3 +170,30 @@ def test_sampled_label_wins_with_the_oracles_probability():
 def test_unknown_label():
     with pytest.raises(ValueError, match="pairing.label"):
         label_pair(Pair(0, 1, 0.7), "fuzzy", random.Random(0))
+
+
+def test_round_robin_win_rates_are_leave_one_out_means():
+    pref = {(0, 1): 0.9, (0, 2): 0.6, (1, 2): 0.2}
+    sel, _ = play(round_robin(3), lambda i, j: pref[i, j])
+    # response 0: mean(0.9, 0.6); 1: mean(0.1, 0.2); 2: mean(0.4, 0.8); no self-match
+    assert sel.p_win == pytest.approx((0.75, 0.15, 0.6))
+    assert only(sel) == Pair(0, 1, 0.9)
+
+
+def test_one_opponent_strategies_rate_each_side_by_its_one_match():
+    sel, _ = play(random_pair(4, random.Random(1)), lambda i, j: 0.7)
+    a, b = only(sel).first, only(sel).second
+    assert sel.p_win[a] == 0.7 and sel.p_win[b] == pytest.approx(0.3)
+    assert sum(x is None for x in sel.p_win) == 2
+    sel, _ = play(disjoint_pairs(4, random.Random(2)), lambda i, j: 0.8)
+    for pair in sel.pairs:
+        assert (sel.p_win[pair.first], sel.p_win[pair.second]) == pytest.approx((0.8, 0.2))
+
+
+def test_tournament_rates_every_response_over_the_matches_it_played():
+    ranks = [3, 0, 2, 1]  # response 0 best, 1 worst
+    sel, _ = play(tournament(4), by_rank(ranks))
+    assert only(sel) == Pair(0, 1, 1.0)
+    # 0 beat 1 (round 1), 2 (winners' final) and 1 (final check): 1.0; 1 lost all three;
+    # 2 beat 3, lost to 0: 0.5; 3 lost to 2, beat 1 (losers' final): 0.5
+    assert sel.p_win == pytest.approx((1.0, 0.0, 0.5, 0.5))
