@@ -19,7 +19,7 @@ from pathlib import Path
 from inpo.config import load_config
 from inpo.run.state import RunState
 from inpo.run.trainer import Trainer
-from inpo.stages import STAGES
+from inpo.stages import STAGES, Role
 
 
 def main(args: list[str]) -> None:
@@ -34,7 +34,7 @@ def main(args: list[str]) -> None:
     trainer.start("bench")
     try:
         trainer.setup()
-        trainer.fleet.ensure(("generators", "oracle", "learner"), policy=trainer.policy(1))
+        trainer.fleet.ensure(list(Role), policy=trainer.policy(1))
         setup = time.perf_counter() - t0
         t1 = time.perf_counter()
         trainer.iteration(1)

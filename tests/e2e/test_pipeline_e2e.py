@@ -179,6 +179,101 @@ def test_sigkill_anywhere_then_resume_gives_the_same_weights(full_run, tmp_path,
     ).read_text()
 
 
+# --- the Nash family: the same loop, other objectives ------------------------------------
+
+TINY_FAMILY = [
+    "data.prompts_per_iteration=24",
+    "data.eval_size=0",  # no eval: these tests compare weights and objectives
+    "generation.num_samples=4",
+    "generation.max_new_tokens=8",
+    "learner.global_batch_size=8",
+    "learner.micro_batch_size=4",
+    "learner.epochs=1",
+    "learner.heldout_fraction=0",
+    "run.tensorboard=false",
+]
+
+
+def test_mnpo_under_comal_resets_killed_while_learning_resumes_exactly(tmp_path, ray_session):
+    """MNPO's history cache and COMAL's reset, the two new stateful pieces, in one run of 3
+    iterations (MNPO as COMAL's inner solver): iteration 3 mixes pi_3, pi_2 and pi_1 and
+    trains against pi_3, its new pi_ref. Killed after iteration 3's first step checkpoint,
+    the resumed run reads the history cache back from disk and ends with exactly the
+    weights of an uninterrupted one."""
+    from helpers import hf_logp
+
+    args = [*TINY_FAMILY, "run.iterations=3", "learner.checkpoint_every=1"]
+    args += ["loss.type=mnpo", "loss.history_weights=[0.6, 0.3, 0.1]"]
+    args.append("loss.reference_reset_every=2")
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    r = inpo_here("train", *args, f"run.dir={whole}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "mnpo 0.60/0.30/0.10, pi_ref=pi_3" in r.stdout  # the table's objective column
+    rows = [json.loads(x) for x in (whole / "metrics.jsonl").read_text().splitlines()][1:]
+    assert [row["loss_type"] for row in rows] == ["mnpo"] * 3
+    assert [row["history_weights"] for row in rows] == [
+        [1.0],
+        pytest.approx([2 / 3, 1 / 3]),
+        pytest.approx([0.6, 0.3, 0.1]),
+    ]
+    assert [row["reference_iteration"] for row in rows] == [0, 0, 3]
+    cache = load_file(str(whole / "iter_3" / "logps.safetensors"))
+    assert torch.equal(cache["ref_chosen"], cache["pi_t_chosen"])  # pi_ref reset to pi_3
+    pairs = [json.loads(x) for x in (whole / "iter_3" / "pairs.jsonl").open()]
+    ids = pairs[0]["prompt_ids"] + pairs[0]["chosen_ids"]
+    for key, policy in (("pi_hist1", whole / "iter_1" / "policy"), ("pi_hist2", whole / "base_model")):
+        want = hf_logp(policy, ids, len(pairs[0]["prompt_ids"]))
+        assert cache[f"{key}_chosen"][0].item() == pytest.approx(want, abs=1e-4), key
+    two = load_file(str(whole / "iter_2" / "logps.safetensors"))
+    assert "pi_hist2_chosen" not in two and not torch.equal(two["ref_chosen"], two["pi_t_chosen"])
+    r = inpo_train(*args, f"run.dir={cut}", crash_at="learn.step1#3", join=ray_session)
+    assert r.returncode == -9, r.stderr[-3000:]
+    assert (cut / "iter_3" / "logps.safetensors").exists()
+    r = inpo_here("train", "--resume", str(cut))
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = final_weights(whole, 3), final_weights(cut, 3)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sppo_and_the_online_dpo_and_ipo_recipes_train(tmp_path, ray_session):
+    """SPPO on round-robin win rates (each response's leave-one-out mean of the vowels
+    oracle's P, recomputed here from the samples); the shipped online DPO and IPO recipes,
+    whose reference stays pi_ref in iteration 2. Each learn stage lowers its objective."""
+    from inpo.judging.synthetic import VOWEL_SCALE, sigmoid, vowel_score
+
+    def p(a: str, b: str) -> float:
+        return sigmoid(4.0 * VOWEL_SCALE * (vowel_score(a) - vowel_score(b)))
+
+    runs = {
+        "sppo": ["loss.type=sppo", "pairing.strategy=round_robin", "run.iterations=1"],
+        "dpo": ["configs/online_dpo.yaml", "run.iterations=2"],
+        "ipo": ["configs/online_ipo.yaml", "run.iterations=1"],
+    }
+    for name, extra in runs.items():
+        config = [x for x in extra if x.endswith(".yaml")]
+        overrides = [x for x in extra if not x.endswith(".yaml")]
+        run = tmp_path / name
+        r = inpo_here("train", *config, *TINY_FAMILY, *overrides, f"run.dir={run}")
+        assert r.returncode == 0, (name, r.stderr[-3000:])
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][1:]
+        for row in rows:
+            assert row["loss_type"] == name and row["objective"] == name
+            assert row["train_excess_end"] < row["train_excess_start"], (name, row)
+    gens = {
+        g["prompt_id"]: g
+        for g in map(json.loads, (tmp_path / "sppo/iter_1/generations.jsonl").open())
+    }
+    for pair in map(json.loads, (tmp_path / "sppo" / "iter_1" / "pairs.jsonl").open()):
+        responses = gens[pair["prompt_id"]]["responses"]
+        for side in ("chosen", "rejected"):
+            others = list(responses)
+            others.remove(pair[side])
+            want = sum(p(pair[side], o) for o in others) / len(others)
+            assert pair[f"{side}_p_win"] == pytest.approx(want, abs=1e-9), side
+    cache = load_file(str(tmp_path / "dpo" / "iter_2" / "logps.safetensors"))
+    assert not torch.equal(cache["ref_chosen"], cache["pi_t_chosen"])  # pi_ref, not pi_2
+
+
 # The paper's recipes, shrunk to tiny models on 2 CPU cores by overrides only: the model,
 # the sizes (prompts, samples, lengths, ranks, actors, batch) and the prompts (held out of
 # data.prompts, not the recipe's separate eval set).
