@@ -85,7 +85,10 @@ class Trainer:
         return k * ((t - 1) // k) + 1 if k and t > k else 0
 
     def reference_for(self, t: int) -> str:
-        """pi_ref of iteration t's loss (eval's win rate stays against model.reference)."""
+        """pi_ref of iteration t's loss (eval's win rate stays against model.reference).
+        SPPO anchors to pi_t alone: its pi_ref columns are pi_t's, at no extra forward."""
+        if self.cfg.loss.type == "sppo":
+            return self.policy(t)
         return self.policy(self.reset_at(t)) if self.reset_at(t) else self.reference
 
     def history(self, t: int) -> list[str]:

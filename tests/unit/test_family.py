@@ -32,6 +32,9 @@ def test_comal_resets_the_reference_every_k_iterations(tmp_path):
     plain = trainer(tmp_path)
     assert [plain.reference_for(i) for i in (1, 5)] == ["/models/ref"] * 2
     assert plain.objective(5) == {"loss_type": "inpo"}  # no objective column
+    sppo = trainer(tmp_path, type="sppo")  # anchored to pi_t alone: no pi_ref forward
+    assert sppo.reference_for(1) == "/models/pi1"
+    assert sppo.reference_for(2) == str(tmp_path / "iter_1" / "policy")
 
 
 def test_mnpo_reads_the_past_iterates_that_exist_and_renormalises(tmp_path):
