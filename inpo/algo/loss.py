@@ -1,4 +1,5 @@
-"""INPO loss and the DPO/IPO baselines, as pure torch functions.
+"""INPO loss, the rest of its Nash family (MNPO, SPPO) and the DPO/IPO baselines, as pure
+torch functions.
 
 All log-probabilities here are per sequence: the sum (or, with
 ``normalize=True``, the mean) of the response tokens' log-probs under a model.
@@ -22,18 +23,49 @@ minimized at h = (2P - 1) c; over pairs drawn from pi_t its minimizer is the
 mirror-descent step pi_{t+1} ~ pi_t^(1-tau/eta) pi_ref^(tau/eta) exp(P(y > pi_t)/eta).
 The IPO and DPO baselines take the same soft form (IPO's soft target, and the
 label-smoothed DPO of conservative DPO).
+
+MNPO (arXiv 2509.23102; smiles724/MNPO
+``mnpo_scripts/mnpo_trainer.py``, ``mnpo_loss``) anchors on a mixture of past iterates:
+
+    h = Δ log pi - (tau/eta) Δ log pi_ref - (1 - tau/eta) Σ_j λ_j Δ log pi_{t-j}
+
+with Δ f = f(y_w) - f(y_l), j = 0 the current iterate pi_t, and λ the history weights
+normalised over the iterates that exist; same square loss and labels as INPO. One weight
+(or only pi_t in the history) is INPO.
+
+SPPO (Wu et al., 2024, Eq. 4.7 / Algorithm 1; uclaml/SPPO ``sppo/trainer.py``, loss_type
+"sppo") regresses every response on its own estimated win rate against pi_t,
+
+    (log pi(y) - log pi_t(y) - (P(y > pi_t) - 1/2)/eta)^2,
+
+in inpo's eta (the inverse step size; their trainer's ``beta`` is this eta, their paper's
+eta is 1/eta). A pair's loss is the mean of its two responses' terms, as in the authors'
+trainer. Its idealised population step is INPO's at tau = 0; `inpo.algo.game.sppo_step`
+is what the loss itself attains (the 1/2 stands in for the normaliser).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
+
+from inpo.algo.game import history_mixture
 
 Tensor = torch.Tensor
 
 #: Cached log-probs of each pair under the frozen pi_ref and pi_t, by name.
 CACHE_KEYS = ("ref_chosen", "ref_rejected", "pi_t_chosen", "pi_t_rejected")
+#: The objectives `objective` computes (loss.type).
+LOSS_TYPES = ("inpo", "mnpo", "sppo", "ipo", "dpo")
+
+
+def history_keys(j: int) -> tuple[str, str]:
+    """Cache keys of pi_{t-j}'s log-probs of a pair's (chosen, rejected), j >= 1: MNPO's
+    older iterates (j = 0, pi_t itself, is CACHE_KEYS' pi_t_chosen / pi_t_rejected)."""
+    if j < 1:
+        raise ValueError(f"history_keys: j = {j} must be >= 1 (pi_t is under CACHE_KEYS)")
+    return f"pi_hist{j}_chosen", f"pi_hist{j}_rejected"
 
 
 def _check_inpo_knobs(eta: float, tau: float) -> None:
@@ -45,9 +77,9 @@ def _check_inpo_knobs(eta: float, tau: float) -> None:
         raise ValueError(f"tau must be < eta, got tau={tau} with eta={eta}")
 
 
-def _check_p(p_label: Tensor | None) -> None:
+def _check_p(p_label: Tensor | None, name: str = "p_label") -> None:
     if p_label is not None and ((p_label < 0) | (p_label > 1)).any():
-        raise ValueError(f"p_label must lie in [0, 1], got {p_label.min()}..{p_label.max()}")
+        raise ValueError(f"{name} must lie in [0, 1], got {p_label.min()}..{p_label.max()}")
 
 
 def square_loss(margin: Tensor, target: float, p_label: Tensor | None = None) -> Tensor:
@@ -57,6 +89,59 @@ def square_loss(margin: Tensor, target: float, p_label: Tensor | None = None) ->
         return (margin - target) ** 2
     _check_p(p_label)
     return p_label * (margin - target) ** 2 + (1 - p_label) * (margin + target) ** 2
+
+
+def mnpo_margin(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    history: Sequence[tuple[Tensor, Tensor]],
+    *,
+    eta: float,
+    tau: float,
+    history_weights: Sequence[float],
+) -> Tensor:
+    """MNPO's implicit margin h of each pair: ``history`` holds the (chosen, rejected)
+    log-probs of pi_t, pi_{t-1}, ... (newest first); λ = ``history_weights`` truncated to
+    the iterates given and renormalised (`inpo.algo.game.history_mixture`)."""
+    _check_inpo_knobs(eta, tau)
+    lam = history_mixture(history_weights, len(history))
+    ratio = tau / eta
+    # zip stops at len(lam): iterates older than the weights reach are not part of MNPO
+    anchor = sum(w * (c - r) for w, (c, r) in zip(lam, history, strict=False))
+    return (
+        (policy_chosen_logps - policy_rejected_logps)
+        - ratio * (ref_chosen_logps - ref_rejected_logps)
+        - (1.0 - ratio) * anchor
+    )
+
+
+def mnpo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    history: Sequence[tuple[Tensor, Tensor]],
+    *,
+    eta: float,
+    tau: float,
+    history_weights: Sequence[float],
+    p_label: Tensor | None = None,
+) -> Tensor:
+    """Per-pair MNPO loss (h - 1/(2*eta))^2 (`mnpo_margin`), or its expectation over a soft
+    label; the reference and history log-probs are constants."""
+    h = mnpo_margin(
+        policy_chosen_logps,
+        policy_rejected_logps,
+        ref_chosen_logps,
+        ref_rejected_logps,
+        history,
+        eta=eta,
+        tau=tau,
+        history_weights=history_weights,
+    )
+    return square_loss(h, 1.0 / (2.0 * eta), p_label)
 
 
 def inpo_margin(
@@ -70,13 +155,17 @@ def inpo_margin(
     eta: float,
     tau: float,
 ) -> Tensor:
-    """The implicit margin h of each pair; training drives it to (2P - 1)/(2*eta)."""
-    _check_inpo_knobs(eta, tau)
-    ratio = tau / eta
-    return (
-        (policy_chosen_logps - policy_rejected_logps)
-        - ratio * (ref_chosen_logps - ref_rejected_logps)
-        - (1.0 - ratio) * (pi_t_chosen_logps - pi_t_rejected_logps)
+    """The implicit margin h of each pair; training drives it to (2P - 1)/(2*eta). MNPO's
+    with pi_t as the whole history."""
+    return mnpo_margin(
+        policy_chosen_logps,
+        policy_rejected_logps,
+        ref_chosen_logps,
+        ref_rejected_logps,
+        [(pi_t_chosen_logps, pi_t_rejected_logps)],
+        eta=eta,
+        tau=tau,
+        history_weights=(1.0,),
     )
 
 
@@ -93,18 +182,40 @@ def inpo_loss(
     p_label: Tensor | None = None,
 ) -> Tensor:
     """Per-pair INPO loss (h - 1/(2*eta))^2, or its expectation over a soft label;
-    pi_ref and pi_t log-probs are constants."""
-    h = inpo_margin(
+    pi_ref and pi_t log-probs are constants. MNPO's with pi_t as the whole history."""
+    return mnpo_loss(
         policy_chosen_logps,
         policy_rejected_logps,
         ref_chosen_logps,
         ref_rejected_logps,
-        pi_t_chosen_logps,
-        pi_t_rejected_logps,
+        [(pi_t_chosen_logps, pi_t_rejected_logps)],
         eta=eta,
         tau=tau,
+        history_weights=(1.0,),
+        p_label=p_label,
     )
-    return square_loss(h, 1.0 / (2.0 * eta), p_label)
+
+
+def sppo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    pi_t_chosen_logps: Tensor,
+    pi_t_rejected_logps: Tensor,
+    p_chosen: Tensor,
+    p_rejected: Tensor,
+    *,
+    eta: float,
+) -> Tensor:
+    """Per-pair SPPO loss: the mean over the pair's two responses y of
+    (log pi(y) - log pi_t(y) - (P(y > pi_t) - 1/2)/eta)^2, with ``p_chosen`` and
+    ``p_rejected`` the estimated P(y > pi_t) of each side. Which side is "chosen" does not
+    matter: the targets come from the win rates, not from a label."""
+    _check_inpo_knobs(eta, 0.0)
+    _check_p(p_chosen, "p_chosen")
+    _check_p(p_rejected, "p_rejected")
+    chosen = policy_chosen_logps - pi_t_chosen_logps - (p_chosen - 0.5) / eta
+    rejected = policy_rejected_logps - pi_t_rejected_logps - (p_rejected - 0.5) / eta
+    return (chosen**2 + rejected**2) / 2
 
 
 def ref_margin(
@@ -163,9 +274,19 @@ def ipo_loss(
 
 
 def margin_scale(loss_type: str, eta: float, beta: float) -> float | None:
-    """c of the square losses: a hard-labelled margin is pulled to c, a soft one to
-    (2P - 1) c. None for DPO, which has no target margin."""
-    return {"inpo": 0.5 / eta, "ipo": 0.5 / beta}.get(loss_type)
+    """c of the square pair losses: a hard-labelled margin is pulled to c, a soft one to
+    (2P - 1) c. None for DPO, which has no target margin, and for SPPO, whose target
+    comes from the two responses' win rates (`objective`)."""
+    return {"inpo": 0.5 / eta, "mnpo": 0.5 / eta, "ipo": 0.5 / beta}.get(loss_type)
+
+
+def _history(cache: Mapping[str, Tensor]) -> list[tuple[Tensor, Tensor]]:
+    """pi_t's and then every older iterate's cached log-probs, while the keys go on."""
+    out, j = [(cache["pi_t_chosen"], cache["pi_t_rejected"])], 1
+    while all(k in cache for k in history_keys(j)):
+        out.append(tuple(cache[k] for k in history_keys(j)))
+        j += 1
+    return out
 
 
 def objective(
@@ -174,36 +295,61 @@ def objective(
     rejected: Tensor,
     cache: Mapping[str, Tensor],
     p_label: Tensor | None = None,
+    p_win: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """(per-pair loss, per-pair margin, per-pair target margin or None) of the configured
-    objective (loss.type, loss.eta, loss.tau, loss.beta) given the policy's log-probs and
-    the cached ones (CACHE_KEYS)."""
+    objective (loss.type of LOSS_TYPES, loss.eta, loss.tau, loss.beta, loss.history_weights)
+    given the policy's log-probs and the cached ones (CACHE_KEYS; for mnpo also
+    `history_keys`(j) for j = 1, 2, ... as far as they are present: the iterates that
+    exist). sppo needs ``p_win`` = (P(chosen > pi_t), P(rejected > pi_t)) and ignores
+    ``p_label``; its margin is Δ log(pi/pi_t), pulled to (p_chosen - p_rejected)/eta."""
     kind = loss_cfg["type"]
+    eta = loss_cfg["eta"]
+    pi_t = (cache["pi_t_chosen"], cache["pi_t_rejected"])
+    if kind == "sppo":
+        if p_win is None:
+            raise ValueError(
+                "loss.type = 'sppo' needs p_win = (P(chosen > pi_t), P(rejected > pi_t))"
+            )
+        loss = sppo_loss(chosen, rejected, *pi_t, *p_win, eta=eta)
+        return loss, ref_margin(chosen, rejected, *pi_t), (p_win[0] - p_win[1]) / eta
     ref = (cache["ref_chosen"], cache["ref_rejected"])
-    if kind == "inpo":
-        knobs = {"eta": loss_cfg["eta"], "tau": loss_cfg["tau"]}
-        pi_t = (cache["pi_t_chosen"], cache["pi_t_rejected"])
-        margin = inpo_margin(chosen, rejected, *ref, *pi_t, **knobs)
-        loss = inpo_loss(chosen, rejected, *ref, *pi_t, **knobs, p_label=p_label)
+    if kind in ("inpo", "mnpo"):  # INPO is MNPO with pi_t as the whole history
+        weights = loss_cfg.get("history_weights") if kind == "mnpo" else (1.0,)
+        if not weights:
+            raise ValueError("loss.type = 'mnpo' needs loss.history_weights (non-empty)")
+        history = _history(cache) if kind == "mnpo" else [pi_t]
+        margin = mnpo_margin(
+            chosen, rejected, *ref, history, eta=eta, tau=loss_cfg["tau"], history_weights=weights
+        )
+        loss = square_loss(margin, 0.5 / eta, p_label)
     elif kind in ("ipo", "dpo"):
         fn = ipo_loss if kind == "ipo" else dpo_loss
         margin = ref_margin(chosen, rejected, *ref)
         loss = fn(chosen, rejected, *ref, beta=loss_cfg["beta"], p_label=p_label)
     else:
-        raise ValueError(f"loss.type = {kind!r}: unknown (inpo, ipo, dpo)")
-    c = margin_scale(kind, loss_cfg["eta"], loss_cfg["beta"])
+        raise ValueError(f"loss.type = {kind!r}: unknown ({', '.join(LOSS_TYPES)})")
+    c = margin_scale(kind, eta, loss_cfg["beta"])
     if c is None:
         return loss, margin, None
     p = p_label if p_label is not None else torch.ones_like(margin)
     return loss, margin, (2 * p - 1) * c
 
 
-def objective_floor(loss_cfg: Mapping, p_label: Tensor) -> Tensor:
-    """Per-pair minimum of the configured objective over the margin, which `objective`
-    minus it leaves as the excess: 0 for a hard or sampled label (p_label = 1). The square
-    losses reach P (h - c)^2 + (1 - P) (h + c)^2 = 4 P (1 - P) c^2 at h = (2P - 1) c; the
-    label-smoothed DPO loss reaches P's binary entropy at sigmoid(beta m) = P."""
+def objective_floor(
+    loss_cfg: Mapping, p_label: Tensor, p_win: tuple[Tensor, Tensor] | None = None
+) -> Tensor:
+    """Per-pair minimum of the configured objective over the policy's log-probs, which
+    `objective` minus it leaves as the excess: 0 for a hard or sampled label (p_label = 1).
+    The square pair losses (inpo, mnpo, ipo) reach P (h - c)^2 + (1 - P) (h + c)^2 =
+    4 P (1 - P) c^2 at h = (2P - 1) c; the label-smoothed DPO loss reaches P's binary
+    entropy at sigmoid(beta m) = P; SPPO's two per-response terms both reach 0 (its floor
+    is 0, shaped like ``p_win``'s entries when given, else like ``p_label``)."""
     _check_p(p_label)
+    if loss_cfg["type"] not in LOSS_TYPES:
+        raise ValueError(f"loss.type = {loss_cfg['type']!r}: unknown ({', '.join(LOSS_TYPES)})")
+    if loss_cfg["type"] == "sppo":
+        return torch.zeros_like(p_win[0] if p_win is not None else p_label)
     c = margin_scale(loss_cfg["type"], loss_cfg["eta"], loss_cfg["beta"])
     if c is not None:
         return 4 * p_label * (1 - p_label) * c**2

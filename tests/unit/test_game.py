@@ -1,6 +1,8 @@
 """The exact class-level INPO game (inpo.algo.game): matrices, shares, the mirror-descent step,
-the regularized Nash policy and the game oracle. Expected values are computed here by hand
-or with plain Python math, not with the functions under test."""
+the rest of the Nash family's steps, the regularized Nash policy and the game oracle.
+Expected values are computed here by hand or with plain Python math, not with the
+functions under test; each family step is also held to a numeric minimization of its own
+loss (inpo.algo.loss.objective) over pairs drawn from pi_t."""
 
 from __future__ import annotations
 
@@ -11,18 +13,27 @@ import numpy as np
 import pytest
 
 from inpo.algo.game import (
+    bradley_terry_matrix,
     check_matrix,
     class_shares,
     class_shares_from_token_probs,
+    comal_reference,
     cyclic_matrix,
     exploitability,
+    family_trajectory,
     fixed_point_residual,
+    history_mixture,
     inpo_step,
     inpo_token_step,
-    inpo_trajectory,
+    kl,
+    mnpo_step,
     nash_equilibrium,
+    online_dpo_step,
+    online_ipo_step,
+    pair_offsets,
     regularized_nash,
     response_class,
+    sppo_step,
     token_class_shares,
     tv,
 )
@@ -42,7 +53,7 @@ def random_matrix(n: int, rng: random.Random) -> list[list[float]]:
     return m
 
 
-def kl(p, q) -> float:
+def kl_by_hand(p, q) -> float:
     return sum(a * math.log(a / b) for a, b in zip(p, q, strict=True) if a > 0)
 
 
@@ -311,7 +322,7 @@ def test_regularized_nash_best_responds_to_itself():
     star = regularized_nash(REF, m, tau)
 
     def value(p):
-        return float(np.asarray(p) @ m @ star) - tau * kl(p, REF)
+        return float(np.asarray(p) @ m @ star) - tau * kl_by_hand(p, REF)
 
     rng = random.Random(0)
     for _ in range(200):
@@ -368,7 +379,7 @@ def test_tau_zero_gives_the_nash_equilibrium():
 def test_regularized_iterates_converge_to_regularized_nash(w, eta):
     m, tau = cyclic_matrix(3, w), eta / 3
     star = regularized_nash(REF, m, tau)
-    traj = inpo_trajectory([0.1, 0.1, 0.8], REF, m, eta, tau, 200)
+    traj = family_trajectory("inpo", m, REF, 200, eta, tau, pi_0=[0.1, 0.1, 0.8])
     assert tv(traj[0], star) > 0.3
     assert tv(traj[-1], star) < 1e-9  # the last iterate, not an average
 
@@ -377,11 +388,11 @@ def test_regularized_iterates_converge_to_regularized_nash(w, eta):
 @pytest.mark.parametrize("eta", [0.5, 1.0, 2.0])
 def test_unregularized_iterates_do_not_converge(w, eta):
     m = cyclic_matrix(3, w)
-    traj = inpo_trajectory(REF, REF, m, eta, 0.0, 200)
+    traj = family_trajectory("inpo", m, REF, 200, eta, 0.0)
     assert min(tv(p, UNIFORM3) for p in traj) > 0.2
     assert min(exploitability(p, m) for p in traj) > 0.1
     # KL(Nash || pi_t) never decreases (Jensen, since the Nash has A x* = 0), so it spirals out
-    kls = [kl(UNIFORM3, p) for p in traj]
+    kls = [kl_by_hand(UNIFORM3, p) for p in traj]
     assert all(b >= a - 1e-12 for a, b in zip(kls, kls[1:], strict=False))
     assert kls[-1] > kls[0] + 0.1
 
@@ -421,3 +432,229 @@ def test_game_oracle():
         oracle.prob(["p"], ["a"], ["b", "c"])
     with pytest.raises(ValueError):
         GameOracle([[0.5, 0.3], [0.3, 0.5]])
+
+
+# --- the rest of the Nash family ----------------------------------------------------
+
+
+def population_minimiser(cfg: dict, pi_t, m, logs: dict) -> np.ndarray:
+    """The policy minimizing the expected `inpo.algo.loss.objective` (soft labels) over
+    pairs of classes drawn from pi_t x pi_t, found numerically: L-BFGS over softmax
+    logits. ``logs`` maps cache names ("ref", "pi_t", "pi_hist1", ...) to class log-probs.
+    Same-class pairs are kept: they cost a constant in the pair losses, and carry the
+    per-response targets of SPPO."""
+    import torch
+
+    from inpo.algo.loss import objective
+
+    n = len(pi_t)
+    ci, cj = (g.flatten() for g in torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij"))
+    s, mat = torch.tensor(pi_t, dtype=torch.float64), torch.tensor(m, dtype=torch.float64)
+    cache = {}
+    for name, logp in logs.items():
+        lp = torch.tensor(logp, dtype=torch.float64)
+        cache[f"{name}_chosen"], cache[f"{name}_rejected"] = lp[ci], lp[cj]
+    wins = mat @ s
+    theta = torch.zeros(n, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS(
+        [theta],
+        max_iter=2000,
+        tolerance_grad=1e-14,
+        tolerance_change=1e-30,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        opt.zero_grad()
+        lp = torch.log_softmax(theta, 0)
+        losses = objective(cfg, lp[ci], lp[cj], cache, mat[ci, cj], (wins[ci], wins[cj]))[0]
+        total = (s[ci] * s[cj] * losses).sum()
+        total.backward()
+        return total
+
+    for _ in range(3):
+        opt.step(closure)
+    return torch.softmax(theta, 0).detach().numpy()
+
+
+PI_T = [0.5, 0.3, 0.2]
+PI_OLD = [0.2, 0.2, 0.6]
+
+
+def test_history_mixture():
+    assert history_mixture([0.8, 0.2], 1) == [1.0]
+    assert history_mixture([0.8, 0.2], 2) == pytest.approx([0.8, 0.2])
+    assert history_mixture([0.8, 0.2], 5) == pytest.approx([0.8, 0.2])  # no more than named
+    assert history_mixture([3, 1], 2) == pytest.approx([0.75, 0.25])
+    assert history_mixture([0.5, 0.3, 0.2], 2) == pytest.approx([0.625, 0.375])
+    for weights, available in [([], 1), ([-1.0, 2.0], 2), ([0.0, 1.0], 1), ([1.0], 0)]:
+        with pytest.raises(ValueError):
+            history_mixture(weights, available)
+
+
+def test_mnpo_step_matches_hand_computation():
+    m = [[0.5, 0.2, 0.7], [0.8, 0.5, 0.4], [0.3, 0.6, 0.5]]
+    eta, tau = 0.8, 0.2  # tau/eta = 1/4; weights (3, 1) -> λ = (3/4, 1/4)
+    wins = [0.45, 0.63, 0.43]  # P(y > pi_t), as in the INPO hand computation
+    un = [
+        REF[y] ** 0.25
+        * PI_T[y] ** (0.75 * 0.75)
+        * PI_OLD[y] ** (0.75 * 0.25)
+        * math.exp(wins[y] / eta)
+        for y in range(3)
+    ]
+    got = mnpo_step([PI_T, PI_OLD], REF, m, eta, tau, [3, 1])
+    assert got.tolist() == pytest.approx([u / sum(un) for u in un], abs=1e-12)
+
+
+def test_mnpo_step_with_one_weight_or_only_pi_t_is_inpo_step_exactly():
+    m = cyclic_matrix(3, 0.9)
+    inpo = inpo_step(PI_T, REF, m, 0.7, 0.2)
+    assert np.array_equal(mnpo_step([PI_T, PI_OLD, REF], REF, m, 0.7, 0.2, [1.0]), inpo)
+    assert np.array_equal(mnpo_step([PI_T], REF, m, 0.7, 0.2, [0.8, 0.2]), inpo)
+    traj = family_trajectory("mnpo", m, REF, 1, 0.7, 0.2, history_weights=[0.8, 0.2])
+    assert np.array_equal(traj[1], inpo_step(REF, REF, m, 0.7, 0.2))  # iteration 1: pi_1 only
+
+
+@pytest.mark.parametrize("weights", [[0.8, 0.2], [1.0, 1.0], [0.2, 0.3, 0.5]])
+def test_mnpo_converges_to_the_regularized_nash(weights):
+    m, eta, tau = cyclic_matrix(3, 0.9), 1.0, 1 / 3
+    star = regularized_nash(REF, m, tau)
+    # pi*_tau with every history entry at it is a fixed point ...
+    assert mnpo_step([star] * 3, REF, m, eta, tau, weights).tolist() == pytest.approx(
+        star.tolist(), abs=1e-12
+    )
+    # ... and the last iterate gets there
+    traj = family_trajectory("mnpo", m, REF, 300, eta, tau, history_weights=weights)
+    assert tv(traj[-1], star) < 1e-9
+
+
+def test_mnpo_step_is_the_minimiser_of_the_mnpo_loss():
+    m, eta, tau = cyclic_matrix(3, 0.9), 1.0, 1 / 3
+    cfg = {"type": "mnpo", "eta": eta, "tau": tau, "beta": 0.1, "history_weights": [0.7, 0.3]}
+    logs = {"ref": np.log(REF), "pi_t": np.log(PI_T), "pi_hist1": np.log(PI_OLD)}
+    got = population_minimiser(cfg, PI_T, m, logs)
+    want = mnpo_step([PI_T, PI_OLD], REF, m, eta, tau, [0.7, 0.3])
+    assert got.tolist() == pytest.approx(want.tolist(), abs=1e-7)
+    inpo = population_minimiser({**cfg, "type": "inpo"}, PI_T, m, logs)
+    assert inpo.tolist() == pytest.approx(inpo_step(PI_T, REF, m, eta, tau).tolist(), abs=1e-7)
+
+
+@pytest.mark.parametrize("eta", [0.3, 1.0])
+def test_sppo_step_is_the_minimiser_of_the_sppo_loss(eta):
+    m = cyclic_matrix(3, 0.9)
+    cfg = {"type": "sppo", "eta": eta, "tau": 0.0, "beta": 0.1}
+    got = population_minimiser(cfg, PI_T, m, {"pi_t": np.log(PI_T)})
+    assert got.tolist() == pytest.approx(sppo_step(PI_T, m, eta).tolist(), abs=1e-7)
+
+
+def test_sppo_step_against_its_idealised_step():
+    """SPPO's loss lands next to INPO's step at tau = 0 (its idealised step), not on it:
+    the gap comes from the normaliser and shrinks like 1/eta^2."""
+    m = cyclic_matrix(3, 0.9)
+    gaps = [tv(sppo_step(PI_T, m, eta), inpo_step(PI_T, REF, m, eta, 0.0)) for eta in (2, 4)]
+    assert 1e-6 < gaps[1] < gaps[0] / 3
+    # the Nash equilibrium of a cyclic game is a fixed point of both
+    assert sppo_step(UNIFORM3, cyclic_matrix(3, 1.0), 0.5).tolist() == pytest.approx(UNIFORM3)
+    # small eta: no overflow; the class that beats pi_t most takes the mass, while the
+    # others keep pi_t e^g (0.5 e^-20 for class 0), far above the idealised step's e^-80
+    tiny = sppo_step(PI_T, m, 0.002)
+    assert np.all(np.isfinite(tiny)) and tiny.sum() == pytest.approx(1.0)
+    assert tiny[0] == pytest.approx(0.5 * math.exp(-20), rel=1e-6) and tiny[1] > 1 - 1e-8
+    assert sppo_step([0.0, 0.5, 0.5], m, 1.0)[0] == 0.0  # an unsampled class stays out
+
+
+@pytest.mark.parametrize("beta", [0.2, 1 / 3, 1.0])
+def test_online_ipo_step_closed_form_is_the_minimiser(beta):
+    m = cyclic_matrix(3, 0.9)
+    un = [REF[y] * math.exp(sum(m[y][k] * PI_T[k] for k in range(3)) / beta) for y in range(3)]
+    got = online_ipo_step(PI_T, REF, m, beta)
+    assert got.tolist() == pytest.approx([u / sum(un) for u in un], abs=1e-12)
+    cfg = {"type": "ipo", "eta": 1.0, "tau": 0.0, "beta": beta}
+    numeric = population_minimiser(cfg, PI_T, m, {"ref": np.log(REF), "pi_t": np.log(PI_T)})
+    assert numeric.tolist() == pytest.approx(got.tolist(), abs=1e-7)
+    # the same through the generic least squares over pairs
+    f = pair_offsets(np.outer(PI_T, PI_T), m, "square", 0.5 / beta)
+    assert (REF * np.exp(f) / (REF * np.exp(f)).sum()).tolist() == pytest.approx(got.tolist())
+    # INPO at tau -> eta, and pi*_beta is its fixed point
+    near = inpo_step(PI_T, REF, m, beta, beta * (1 - 1e-12))
+    assert near.tolist() == pytest.approx(got.tolist(), abs=1e-9)
+    star = regularized_nash(REF, m, beta)
+    assert online_ipo_step(star, REF, m, beta).tolist() == pytest.approx(star.tolist(), abs=1e-12)
+
+
+@pytest.mark.parametrize("beta", [1 / 3, 1.0])
+def test_online_dpo_step_is_the_minimiser(beta):
+    m = cyclic_matrix(3, 0.9)
+    cfg = {"type": "dpo", "eta": 1.0, "tau": 0.0, "beta": beta}
+    numeric = population_minimiser(cfg, PI_T, m, {"ref": np.log(REF), "pi_t": np.log(PI_T)})
+    got = online_dpo_step(PI_T, REF, m, beta)
+    assert numeric.tolist() == pytest.approx(got.tolist(), abs=1e-7)
+    # a Bradley-Terry game is fitted exactly, whatever pi_t: pi_ref exp(score / beta)
+    scores = [0.0, 0.4, 1.5]
+    un = [r * math.exp(x / beta) for r, x in zip(REF, scores, strict=True)]
+    got = online_dpo_step(PI_T, REF, bradley_terry_matrix(scores), beta)
+    assert got.tolist() == pytest.approx([u / sum(un) for u in un], abs=1e-10)
+
+
+def test_pair_offsets_rejects():
+    ones = np.full((2, 2), 0.25)
+    with pytest.raises(ValueError, match="every pair"):  # class 0 always wins: no minimum
+        pair_offsets(ones, [[0.5, 1.0], [0.0, 0.5]], "logistic", 1.0)
+    with pytest.raises(ValueError, match="loss"):
+        pair_offsets(ones, [[0.5, 0.7], [0.3, 0.5]], "hinge", 1.0)
+    with pytest.raises(ValueError):
+        pair_offsets(ones, [[0.5, 0.7, 0.1]], "square", 1.0)
+
+
+def test_comal_reference_schedule():
+    # comal.sh: 24 iterations, reference reset every 12: iterations 1-12 use pi_1 (SFT),
+    # 13-24 use pi_13 (the policy after iteration 12)
+    assert [comal_reference(t, 12) for t in range(1, 25)] == [1] * 12 + [13] * 12
+    assert [comal_reference(t, 3) for t in range(1, 8)] == [1, 1, 1, 4, 4, 4, 7]
+    assert [comal_reference(t, 1) for t in range(1, 4)] == [1, 2, 3]
+    with pytest.raises(ValueError):
+        comal_reference(0, 3)
+
+
+def test_comal_trajectory_resets_the_reference():
+    m, eta, tau, k = cyclic_matrix(3, 0.9), 1.0, 1 / 3, 3
+    comal = family_trajectory("comal", m, REF, 6, eta, tau, reset_every=k)
+    inpo = family_trajectory("inpo", m, REF, 6, eta, tau)
+    for t in range(k + 1):  # pi_1 .. pi_4: INPO's, against pi_1
+        assert np.array_equal(comal[t], inpo[t])
+    new_ref = comal[k]  # pi_4, the reference of iterations 4-6
+    for t in range(k, 6):
+        assert np.array_equal(comal[t + 1], inpo_step(comal[t], new_ref, m, eta, tau))
+    # iteration 4 starts at its own reference: the step is pi_4 exp(M pi_4 / eta)
+    un = new_ref * np.exp(m @ new_ref / eta)
+    assert comal[k + 1].tolist() == pytest.approx((un / un.sum()).tolist(), abs=1e-12)
+
+
+def test_family_trajectory_rejects_and_defaults():
+    m = cyclic_matrix(3, 0.9)
+    for method, kw in [("kto", {}), ("mnpo", {}), ("comal", {})]:
+        with pytest.raises(ValueError):
+            family_trajectory(method, m, REF, 2, 1.0, 0.3, **kw)
+    # online ipo's beta defaults to tau: its fixed point is INPO's pi*_tau
+    ipo = family_trajectory("ipo", m, REF, 40, 1.0, 1 / 3)
+    assert tv(ipo[-1], regularized_nash(REF, m, 1 / 3)) < 1e-9
+    assert len(ipo) == 41 and np.array_equal(ipo[0], REF)
+
+
+def test_bradley_terry_matrix():
+    m = bradley_terry_matrix([0.0, 1.0, 2.0])
+    s = 1 / (1 + math.exp(-1.0))
+    assert m[1][0] == pytest.approx(s) and m[0][1] == pytest.approx(1 - s)
+    assert m[2][0] == pytest.approx(1 / (1 + math.exp(-2.0)))
+    check_matrix(m)
+    assert nash_equilibrium(m).tolist() == pytest.approx([0.0, 0.0, 1.0])
+    with pytest.raises(ValueError):
+        bradley_terry_matrix([0.0, math.inf])
+
+
+def test_kl():
+    assert kl(REF, UNIFORM3) == pytest.approx(kl_by_hand(REF, UNIFORM3))
+    assert kl(REF, REF) == 0.0
+    assert kl(UNIFORM3, [0.5, 0.5, 0.0]) == math.inf
+    assert kl([0.5, 0.5, 0.0], UNIFORM3) == pytest.approx(math.log(1.5))
