@@ -221,7 +221,8 @@ def test_mnpo_under_comal_resets_killed_while_learning_resumes_exactly(tmp_path,
     assert torch.equal(cache["ref_chosen"], cache["pi_t_chosen"])  # pi_ref reset to pi_3
     pairs = [json.loads(x) for x in (whole / "iter_3" / "pairs.jsonl").open()]
     ids = pairs[0]["prompt_ids"] + pairs[0]["chosen_ids"]
-    for key, policy in (("pi_hist1", whole / "iter_1" / "policy"), ("pi_hist2", whole / "base_model")):
+    older = {"pi_hist1": whole / "iter_1" / "policy", "pi_hist2": whole / "base_model"}
+    for key, policy in older.items():  # pi_2 and pi_1, scored by a frozen copy each
         want = hf_logp(policy, ids, len(pairs[0]["prompt_ids"]))
         assert cache[f"{key}_chosen"][0].item() == pytest.approx(want, abs=1e-4), key
     two = load_file(str(whole / "iter_2" / "logps.safetensors"))
