@@ -183,7 +183,7 @@ def test_sigkill_anywhere_then_resume_gives_the_same_weights(full_run, tmp_path,
 
 TINY_FAMILY = [
     "data.prompts_per_iteration=24",
-    "data.eval_size=0",  # no eval: these tests compare weights and objectives
+    "data.eval_size=0",  # no eval (and no iteration-0 row): weights and objectives only
     "generation.num_samples=4",
     "generation.max_new_tokens=8",
     "learner.global_batch_size=8",
@@ -209,7 +209,7 @@ def test_mnpo_under_comal_resets_killed_while_learning_resumes_exactly(tmp_path,
     r = inpo_here("train", *args, f"run.dir={whole}")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "mnpo 0.60/0.30/0.10, pi_ref=pi_3" in r.stdout  # the table's objective column
-    rows = [json.loads(x) for x in (whole / "metrics.jsonl").read_text().splitlines()][1:]
+    rows = [json.loads(x) for x in (whole / "metrics.jsonl").read_text().splitlines()]
     assert [row["loss_type"] for row in rows] == ["mnpo"] * 3
     assert [row["history_weights"] for row in rows] == [
         [1.0],
@@ -256,7 +256,7 @@ def test_sppo_and_the_online_dpo_and_ipo_recipes_train(tmp_path, ray_session):
         run = tmp_path / name
         r = inpo_here("train", *config, *TINY_FAMILY, *overrides, f"run.dir={run}")
         assert r.returncode == 0, (name, r.stderr[-3000:])
-        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][1:]
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
         for row in rows:
             assert row["loss_type"] == name and row["objective"] == name
             assert row["train_excess_end"] < row["train_excess_start"], (name, row)
