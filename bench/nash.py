@@ -18,8 +18,9 @@ t = 1, else RUN/iter_<t-1>/policy) and pi_{t+1} (RUN/iter_<t>/policy):
                (`inpo.algo.game.inpo_token_step`, summed into classes): the learner's error
     TV own     TV(pi_{t+1}, the population minimizer of the run's own loss and label from
                the measured pi_t): for inpo with soft or sample labels the INPO step; hard
-               labels, ipo and dpo solve other problems, and this says whether the learner
-               solved theirs
+               labels, mnpo (anchored on its measured history, weights 0.8/0.2), sppo
+               (`game.sppo_step` per prompt), ipo and dpo solve other problems, and this
+               says whether the learner solved theirs
     TV pi*     TV(pi_{t+1}, pi*_tau) for tau = --tau; expl: the exploitability of pi_{t+1}
     held-out   what `inpo train` reports (metrics.jsonl): the objective minus its per-pair
                floor (`inpo.algo.loss.objective_floor`), a mean over the learn stage's held-out
@@ -39,10 +40,19 @@ distribution from pi_ref's. Loss optimum and excess are only computed for N = 1.
 
 Runs, the reference, tables (results.txt), results.json and nash.png go under --out; a
 finished run with the same settings is reused, an unfinished one resumed, one with other
-settings replaced.
+settings replaced. The mnpo and sppo runs need the learner to take loss.type mnpo (with
+loss.history_weights and the older iterates' log-probs cached) and sppo (with each
+response's estimated P(y > pi_t)); see docs/nash_family.md.
+
+--exact runs no pipeline: it iterates the exact population step of every Nash-family
+method (inpo, inpo at tau = 0, mnpo 0.8/0.2 and the MNPO authors' equal-weight history 2,
+sppo, comal with a reset every --reset-every, online ipo and dpo at --beta) on the cyclic
+game and on a transitive (Bradley-Terry, --scores) one, and prints every iterate's
+distance to pi*_tau and to the unregularized Nash equilibrium; about a second.
 
     .venv/bin/python bench/nash.py                # every variant: ~8 min idle, 17 shared
     .venv/bin/python bench/nash.py --quick        # smoke run: soft and tau0, 3 iterations
+    .venv/bin/python bench/nash.py --exact        # the family's exact dynamics, 24 iterations
     .venv/bin/python bench/nash.py --runs soft,tau0 --iterations 10
     .venv/bin/python bench/nash.py --tokens 2 --epochs 8 --out runs/nash_tok2
 
@@ -78,8 +88,10 @@ class Variant:
     label: str
     strategy: str
     tau: str  # "main" (--tau) or "zero"
+    weights: tuple[float, ...] | None = None  # mnpo's history weights
 
 
+MNPO_WEIGHTS = (0.8, 0.2)
 VARIANTS = {
     "soft": Variant("inpo", "soft", "disjoint", "main"),
     "sample": Variant("inpo", "sample", "disjoint", "main"),
@@ -87,6 +99,9 @@ VARIANTS = {
     "tau0": Variant("inpo", "soft", "disjoint", "zero"),
     "random": Variant("inpo", "soft", "random", "main"),
     "tournament": Variant("inpo", "soft", "tournament", "main"),
+    "mnpo": Variant("mnpo", "soft", "disjoint", "main", MNPO_WEIGHTS),
+    # SPPO has no tau: its "exact INPO step" column is INPO's at tau = 0, SPPO's ideal
+    "sppo": Variant("sppo", "soft", "disjoint", "zero"),
     "ipo": Variant("ipo", "soft", "disjoint", "main"),
     "dpo": Variant("dpo", "soft", "disjoint", "main"),
 }
@@ -190,6 +205,7 @@ class Game:
     eta: float
     tau: float  # the run's tau (0 for tau0)
     beta: float
+    weights: tuple[float, ...] | None = None  # mnpo's history weights
 
     @property
     def n(self) -> int:
@@ -210,71 +226,79 @@ def pair_weights(s: np.ndarray, p_win: np.ndarray) -> np.ndarray:
 def class_offsets(v: Variant, g: Game, s: np.ndarray) -> np.ndarray:
     """[P, n]: the class offsets f_c of the population minimizer of the run's loss over
     pairs from pi_t (class shares s, one row per prompt): pi_{t+1}(y) ∝ base(y) exp(f_c(y)),
-    base = pi_t^(1-tau/eta) pi_ref^(tau/eta) for inpo and pi_ref for ipo and dpo."""
+    base the geometric mixture of `anchors`. SPPO's (`game.sppo_step`) regresses each
+    response on its own win rate; an unbiased estimate of it (one opponent, or a
+    leave-one-out mean) has the same minimizer, which leaves out only the
+    same-response pairs the pipeline drops (a share of at most max_y pi_t(y))."""
+    if v.loss == "sppo":
+        return np.log(np.stack([game.sppo_step(row, g.m, g.eta) for row in s]) / s)
     p_win = g.m if v.label != "hard" else np.where(g.m == 0.5, np.nan, (g.m > 0.5) * 1.0)
-    w = pair_weights(s, p_win)
     p = np.nan_to_num(p_win)
-    if v.loss in ("inpo", "ipo"):
-        # least squares over pairs: sum_c' w (f_c - f_c' - t_cc') = 0, t = (2P - 1) / (2 eta)
-        scale = 0.5 / (g.eta if v.loss == "inpo" else g.beta)
-        lap = np.eye(g.n) * w.sum(-1)[:, :, None] - w
-        rhs = (w * (2 * p - 1) * scale).sum(-1)
-        return np.stack(
-            [np.linalg.lstsq(a, b, rcond=None)[0] for a, b in zip(lap, rhs, strict=True)]
-        )
-    return np.stack([_dpo_offsets(wi, p, g.beta) for wi in w])
+    if v.loss == "dpo":
+        kind, scale = "logistic", g.beta
+    else:  # least squares over pairs toward t = (2P - 1) / (2 eta), or / (2 beta)
+        kind, scale = "square", 0.5 / (g.beta if v.loss == "ipo" else g.eta)
+    return np.stack([game.pair_offsets(w, p, kind, scale) for w in pair_weights(s, p_win)])
 
 
-def _dpo_offsets(w: np.ndarray, p: np.ndarray, beta: float) -> np.ndarray:
-    """Newton's method on the (convex) soft-label DPO loss sum w l(beta (r_c - r_c'), P)."""
-    r = np.zeros(len(p))
-    for _ in range(50):
-        sig = 1.0 / (1.0 + np.exp(-beta * (r[:, None] - r[None, :])))
-        grad = beta * (w * (sig - p)).sum(-1)
-        curv = w * beta**2 * sig * (1 - sig)
-        hess = np.diag(curv.sum(-1)) - curv
-        step = np.linalg.lstsq(hess, -grad, rcond=None)[0]
-        r = r + step
-        if np.max(np.abs(step)) < 1e-12:
-            break
-    return r
+def anchors(loss: str, g: Game, hist: list[np.ndarray], ref: np.ndarray) -> list[tuple]:
+    """(policy, exponent) pairs whose geometric mixture is the base a loss measures the
+    new policy against (its margin h is the difference of log pi - log base between a
+    pair's sides): pi_ref for ipo and dpo, pi_t for sppo, pi_t^(1-tau/eta) pi_ref^(tau/eta)
+    for inpo, and for mnpo the history hist = [pi_t, pi_{t-1}, ...] mixed by its weights.
+    Works on first- or second-token distributions alike."""
+    if loss in ("ipo", "dpo"):
+        return [(ref, 1.0)]
+    if loss == "sppo":
+        return [(hist[0], 1.0)]
+    a = g.tau / g.eta
+    lam = [1.0] if loss == "inpo" else game.history_mixture(g.weights, len(hist))
+    mixed = [(h, (1 - a) * w) for h, w in zip(hist[: len(lam)], lam, strict=True)]
+    return mixed + ([(ref, a)] if a > 0 else [])  # pi_ref^0 = 1 even where pi_ref is 0
 
 
-def base_log(v: Variant, g: Game, pi_t: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """log of what the loss measures the new policy against: the margin h of a pair is the
-    difference of log pi - base_log between its two sides."""
+def base_log(pairs: list[tuple]) -> np.ndarray:
+    """log of the geometric mixture of `anchors` (unnormalised)."""
     with np.errstate(divide="ignore"):  # a token outside the support stays outside
-        if v.loss != "inpo":
-            return np.log(ref)
-        if g.tau == 0:  # pi_ref^0 = 1 even where pi_ref is 0
-            return np.log(pi_t)
-        return (1 - g.tau / g.eta) * np.log(pi_t) + g.tau / g.eta * np.log(ref)
+        return sum(a * np.log(p) for p, a in pairs)
 
 
-def own_step(v: Variant, g: Game, pi_t: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """[P, V]: pi_{t+1} minimizing the run's expected loss over pairs drawn from pi_t."""
-    z = base_log(v, g, pi_t, ref) + class_offsets(v, g, g.shares(pi_t))[:, g.classes]
+def own_step(v: Variant, g: Game, hist: list[np.ndarray], ref: np.ndarray) -> np.ndarray:
+    """[P, V]: pi_{t+1} minimizing the run's expected loss over pairs drawn from pi_t =
+    hist[0] (hist: the measured iterates, newest first)."""
+    offsets = class_offsets(v, g, g.shares(hist[0]))[:, g.classes]
+    z = base_log(anchors(v.loss, g, hist, ref)) + offsets
     z = z - z.max(-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(-1, keepdims=True)
 
 
-def population(v: Variant, g: Game, pi_t: np.ndarray, ref: np.ndarray, pi_new: np.ndarray) -> float:
+def population(
+    v: Variant, g: Game, hist: list[np.ndarray], ref: np.ndarray, pi_new: np.ndarray
+) -> float:
     """Expected excess (loss minus its per-pair floor) of the policy pi_new on the run's
-    pairs: two distinct tokens drawn from pi_t (one token twice is dropped), labelled as
-    the run labels them, at token level; what the learner's held-out excess estimates. It
-    is least at `own_step`; how much more a learned pi_{t+1} has is how far the learn stage
-    is from solving its problem."""
+    pairs: two distinct tokens drawn from pi_t = hist[0] (one token twice is dropped),
+    labelled as the run labels them, at token level; what the learner's held-out excess
+    estimates. It is least at `own_step`; how much more a learned pi_{t+1} has is how far
+    the learn stage is from solving its problem. SPPO's pairs carry each side's win rate
+    against the other side, the one-opponent estimate of P(y > pi_t) (its variance stays
+    in the excess, as in the learner's)."""
     import torch
 
     from inpo.algo.loss import objective_floor
 
+    pi_t = hist[0]
     cfg = {"type": v.loss, "eta": g.eta, "beta": g.beta}
     with np.errstate(divide="ignore", invalid="ignore"):
-        f = np.log(pi_new) - base_log(v, g, pi_t, ref)
+        f = np.log(pi_new) - base_log(anchors(v.loss, g, hist, ref))
     q = pi_t[:, :, None] * pi_t[:, None, :] * (1.0 - np.eye(pi_t.shape[-1]))
+    m = np.broadcast_to(g.m[np.ix_(g.classes, g.classes)], q.shape)
+    if v.loss == "sppo":
+        fy = np.nan_to_num(np.broadcast_to(f[:, :, None], q.shape))
+        t = (m - 0.5) / g.eta  # y's target against y', and y''s is -t
+        loss = ((fy - t) ** 2 + (np.swapaxes(fy, 1, 2) + t) ** 2) / 2
+        return float(np.mean((q * loss).sum((1, 2)) / q.sum((1, 2))))
     d = np.nan_to_num(f[:, :, None] - f[:, None, :])  # h of the pair (y, y'), y chosen
-    m = np.broadcast_to(g.m[np.ix_(g.classes, g.classes)], d.shape)
     # (probability, p_label) of "y is chosen" and of "y' is chosen", per label
     ones = np.ones_like(m)
     if v.label == "soft":
@@ -284,7 +308,7 @@ def population(v: Variant, g: Game, pi_t: np.ndarray, ref: np.ndarray, pi_new: n
     else:
         q = q * (m != 0.5)
         sides = [((m > 0.5) * 1.0, ones), ((m < 0.5) * 1.0, ones)]
-    k = 0.5 / (g.eta if v.loss == "inpo" else g.beta)
+    k = 0.5 / (g.beta if v.loss in ("ipo", "dpo") else g.eta)
     excess = 0.0
     for (prob, pl), h in zip(sides, (d, -d), strict=True):
         if v.loss == "dpo":
@@ -302,11 +326,10 @@ def _log_sigmoid(z: np.ndarray) -> np.ndarray:
 
 def exact_trajectory(v: Variant, g: Game, ref: np.ndarray, steps: int) -> list[np.ndarray]:
     """Class shares of the exact dynamics of the run's own step from pi_ref."""
-    out, p = [g.shares(ref).mean(0)], ref
+    hist = [ref]  # newest first
     for _ in range(steps):
-        p = own_step(v, g, p, ref)
-        out.append(g.shares(p).mean(0))
-    return out
+        hist.insert(0, own_step(v, g, hist, ref))
+    return [g.shares(p).mean(0) for p in reversed(hist)]
 
 
 # --- runs -----------------------------------------------------------------------------
@@ -337,6 +360,7 @@ def settings(args: argparse.Namespace, name: str) -> dict[str, str]:
         "pairing.strategy": v.strategy,
         "pairing.label": v.label,
         "loss.type": v.loss,
+        **({"loss.history_weights": json.dumps(list(v.weights))} if v.weights else {}),
         "loss.eta": repr(args.eta),
         "loss.tau": repr(args.tau if v.tau == "main" else 0.0),
         "loss.beta": repr(args.beta),
@@ -439,11 +463,11 @@ class Measurer:
         return self.cache[key]
 
 
-def continuation_weight(g: Game, pi_t2: np.ndarray, ref2: np.ndarray, tau: float) -> np.ndarray:
-    """Z(y1) = sum_y2 pi_t(y2|y1)^(1-a) pi_ref(y2|y1)^a, a = tau/eta: what the step's
-    geometric mixture leaves of the continuations, [P, V] (1 when they agree, or tau = 0)."""
-    a = tau / g.eta
-    return (pi_t2 ** (1 - a) * ref2**a).sum(-1)
+def continuation_weight(pairs: list[tuple]) -> np.ndarray:
+    """Z(y1) = sum_y2 prod_k p_k(y2|y1)^a_k over the `anchors` of second-token
+    distributions: what a step's geometric mixture leaves of the continuations, [P, V]
+    (1 when they agree, or for a single anchor: ipo, dpo, sppo, inpo at tau = 0)."""
+    return np.exp(base_log(pairs)).sum(-1)
 
 
 def analyse(
@@ -451,31 +475,31 @@ def analyse(
 ) -> dict:
     v = VARIANTS[name]
     tau = args.tau if v.tau == "main" else 0.0
-    g = Game(game_matrix(args), classes, args.eta, tau, args.beta)
+    g = Game(game_matrix(args), classes, args.eta, tau, args.beta, v.weights)
     ref, ref2 = measure(args.out / "reference")
     star = game.regularized_nash(g.shares(ref).mean(0), g.m, args.tau)
     path = run_dir / "metrics.jsonl"  # absent when the run failed in its first iteration
     lines = path.read_text().splitlines() if path.exists() else []
     by_iter = {r["iteration"]: r for r in map(json.loads, lines)}
     rows = []
-    prev, prev2 = ref, ref2
+    hist, hist2 = [ref], [ref2]  # measured iterates, newest first (mnpo mixes them)
     for t in range(1, args.iterations + 1):
         if not (run_dir / f"iter_{t}" / "policy").exists():  # the run failed before
             break
+        prev, prev2 = hist[0], hist2[0]
         new, new2 = measure(run_dir / f"iter_{t}" / "policy")
         step = game.inpo_token_step(prev, ref, g.classes, g.m, g.eta, tau)
-        own = own_step(v, g, prev, ref)
+        own = own_step(v, g, hist, ref)
         info = by_iter.get(t, {})
         row = {"t": t, "pairs": info.get("pairs")}
         for when in ("start", "end"):
             row[f"heldout_{when}"] = info.get(f"heldout_excess_{when}")
         if prev2 is None:  # the population excess over one-token responses
-            row["excess_opt"] = population(v, g, prev, ref, own)
-            row["excess"] = population(v, g, prev, ref, new)
-        else:  # ipo and dpo pull toward pi_ref alone: their Z is 1
-            step = _times(step, continuation_weight(g, prev2, ref2, tau))
-            if v.loss == "inpo":
-                own = _times(own, continuation_weight(g, prev2, ref2, tau))
+            row["excess_opt"] = population(v, g, hist, ref, own)
+            row["excess"] = population(v, g, hist, ref, new)
+        else:
+            step = _times(step, continuation_weight(anchors("inpo", g, [prev2], ref2)))
+            own = _times(own, continuation_weight(anchors(v.loss, g, hist2, ref2)))
             tv2 = 0.5 * np.abs(new2 - ref2).sum(-1)  # [P, V]: per first token
             row["drift"] = float(np.mean((new * tv2).sum(-1)))
         shares, step_shares, own_shares = (g.shares(p).mean(0) for p in (new, step, own))
@@ -491,7 +515,8 @@ def analyse(
             sampled=sampled_shares(run_dir / f"iter_{t}" / "generations.jsonl", g.n),
         )
         rows.append(row)
-        prev, prev2 = new, new2
+        hist.insert(0, new)
+        hist2.insert(0, new2)
     exact = exact_trajectory(v, g, ref, len(rows))
     return {
         "variant": asdict(v),
@@ -658,20 +683,88 @@ def plot(results: dict[str, dict], path: Path, n: int, tol: float) -> None:
     plt.close(fig)
 
 
+# --- exact mode -------------------------------------------------------------------------
+
+
+def exact_methods(args: argparse.Namespace) -> dict[str, tuple[str, dict]]:
+    """Column name -> (`game.family_trajectory` method, its keyword arguments)."""
+    return {
+        "inpo": ("inpo", {}),
+        "inpo tau=0": ("inpo", {"tau": 0.0}),  # SPPO's idealised step
+        "mnpo .8/.2": ("mnpo", {"history_weights": MNPO_WEIGHTS}),
+        # the MNPO authors' runs: history 2 at equal weights (their trainer never reads
+        # the weights their yaml files set)
+        "mnpo 1/1": ("mnpo", {"history_weights": (1.0, 1.0)}),
+        "sppo": ("sppo", {}),
+        f"comal K={args.reset_every}": ("comal", {"reset_every": args.reset_every}),
+        "online ipo": ("ipo", {"beta": args.beta}),
+        "online dpo": ("dpo", {"beta": args.beta}),
+    }
+
+
+def exact_report(args: argparse.Namespace, cyclic: np.ndarray, ref: np.ndarray) -> str:
+    """Per game (--classes/--win or --matrix, and the transitive Bradley-Terry game of
+    --scores) and per method, the distance of pi_t to the KL-regularized Nash policy
+    pi*_tau (tau = --tau) and to the unregularized Nash equilibrium, TV (KL(target || pi_t)),
+    for t = 1 (pi_ref) .. iterations + 1."""
+    scores = [float(x) for x in args.scores.split(",")]
+    games = {"cyclic": cyclic, "transitive": game.bradley_terry_matrix(scores)}
+    out = [
+        f"exact population dynamics: eta={args.eta:g} tau={args.tau:.4g} beta={args.beta:.4g} "
+        f"pi_ref={_vec(ref)}, {args.iterations} iterations; cell: TV (KL(target || pi_t))"
+    ]
+    methods = exact_methods(args)
+    for name, m in games.items():
+        if m.shape[0] != len(ref):
+            out.append(f"== {name}: skipped ({m.shape[0]} classes, --ref has {len(ref)})")
+            continue
+        star, nash = game.regularized_nash(ref, m, args.tau), game.nash_equilibrium(m)
+        trajs = {}
+        for col, (method, kw) in methods.items():
+            knobs = {"eta": args.eta, "tau": args.tau, **kw}
+            trajs[col] = game.family_trajectory(method, m, ref, args.iterations, **knobs)
+        out.append(
+            f"\n== {name} game M={np.round(m, 3).tolist()}\n   pi*_tau={_vec(star)} "
+            f"Nash={_vec(nash)}"
+        )
+        for label, target in (("pi*_tau", star), ("Nash", nash)):
+            out.append(f"-- distance to {label}")
+            out.append(f"{'t':>3}" + "".join(f"{c:>18}" for c in trajs))
+            for t in range(args.iterations + 1):
+                cells = []
+                for traj in trajs.values():
+                    d, k = game.tv(traj[t], target), game.kl(target, traj[t])
+                    cells.append(f"{d:.4f} ({k:.1e})")
+                out.append(f"{t + 1:>3}" + "".join(f"{c:>18}" for c in cells))
+        out.append("-- last iterate, exploitability (max_a P(a > pi) - 1/2)")
+        for col, traj in trajs.items():
+            expl = game.exploitability(traj[-1], m)
+            out.append(f"   {col:<12} {_vec(traj[-1])}  {expl:.4f}")
+    return "\n".join(out)
+
+
 # --- main -------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     quick = "--quick" in argv  # a smoke run: fewer runs and iterations, same learner
+    exact = "--exact" in argv
     p.add_argument("--out", type=Path, default=Path("runs/nash"))
     p.add_argument("--quick", action="store_true", help="3 iterations of soft and tau0")
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="no runs: the exact population dynamics of every Nash-family method (seconds)",
+    )
+    p.add_argument("--scores", default="0,1,2", help="--exact: the transitive game's scores")
+    p.add_argument("--reset-every", type=int, help="--exact: COMAL's K; default iterations/3")
     p.add_argument(
         "--runs",
         default="soft,tau0" if quick else ",".join(VARIANTS),
         help=f"comma-separated, of {', '.join(VARIANTS)}",
     )
-    p.add_argument("--iterations", type=int, default=3 if quick else 6)
+    p.add_argument("--iterations", type=int, default=3 if quick else 24 if exact else 6)
     p.add_argument("--classes", type=int, default=3)
     p.add_argument("--win", type=float, default=0.9)
     p.add_argument("--matrix", help="JSON preference matrix, instead of --classes/--win")
@@ -693,6 +786,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.tau = args.eta / 3 if args.tau is None else args.tau
     args.beta = args.tau if args.beta is None else args.beta
+    args.reset_every = args.reset_every or max(args.iterations // 3, 1)
     unknown = set(args.runs.split(",")) - set(VARIANTS)
     if unknown:
         p.error(f"--runs: unknown {sorted(unknown)} (known: {', '.join(VARIANTS)})")
@@ -701,11 +795,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
     m = game_matrix(args)
     ref_shares = np.array([float(x) for x in args.ref.split(",")])
     if len(ref_shares) != m.shape[0] or abs(ref_shares.sum() - 1) > 1e-9:
         raise SystemExit(f"--ref {args.ref}: needs {m.shape[0]} shares summing to 1")
+    if args.exact:
+        t0 = time.perf_counter()
+        print(exact_report(args, m, ref_shares))
+        print(f"({time.perf_counter() - t0:.1f} s)")
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     ref_dir = build_reference(args.out / "reference", ref_shares, args.seed)
     measure = Measurer(ref_dir, args.tokens)

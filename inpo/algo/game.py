@@ -241,6 +241,7 @@ def mnpo_step(
     _check_knobs(eta, tau)
     lam = history_mixture(weights, len(hist))
     alpha = tau / eta
+    # zip stops at len(lam): iterates older than the weights reach are not mixed in
     anchors = [(h, (1.0 - alpha) * w) for h, w in zip(hist, lam, strict=False)]
     return _anchored_step([*anchors, (ref, alpha)], mat @ hist[0], eta)
 

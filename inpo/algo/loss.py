@@ -280,6 +280,11 @@ def margin_scale(loss_type: str, eta: float, beta: float) -> float | None:
     return {"inpo": 0.5 / eta, "mnpo": 0.5 / eta, "ipo": 0.5 / beta}.get(loss_type)
 
 
+def _check_type(kind: str) -> None:
+    if kind not in LOSS_TYPES:
+        raise ValueError(f"loss.type = {kind!r}: unknown ({', '.join(LOSS_TYPES)})")
+
+
 def _history(cache: Mapping[str, Tensor]) -> list[tuple[Tensor, Tensor]]:
     """pi_t's and then every older iterate's cached log-probs, while the keys go on."""
     out, j = [(cache["pi_t_chosen"], cache["pi_t_rejected"])], 1
@@ -304,6 +309,7 @@ def objective(
     exist). sppo needs ``p_win`` = (P(chosen > pi_t), P(rejected > pi_t)) and ignores
     ``p_label``; its margin is Δ log(pi/pi_t), pulled to (p_chosen - p_rejected)/eta."""
     kind = loss_cfg["type"]
+    _check_type(kind)
     eta = loss_cfg["eta"]
     pi_t = (cache["pi_t_chosen"], cache["pi_t_rejected"])
     if kind == "sppo":
@@ -323,12 +329,10 @@ def objective(
             chosen, rejected, *ref, history, eta=eta, tau=loss_cfg["tau"], history_weights=weights
         )
         loss = square_loss(margin, 0.5 / eta, p_label)
-    elif kind in ("ipo", "dpo"):
+    else:
         fn = ipo_loss if kind == "ipo" else dpo_loss
         margin = ref_margin(chosen, rejected, *ref)
         loss = fn(chosen, rejected, *ref, beta=loss_cfg["beta"], p_label=p_label)
-    else:
-        raise ValueError(f"loss.type = {kind!r}: unknown ({', '.join(LOSS_TYPES)})")
     c = margin_scale(kind, eta, loss_cfg["beta"])
     if c is None:
         return loss, margin, None
@@ -346,8 +350,7 @@ def objective_floor(
     entropy at sigmoid(beta m) = P; SPPO's two per-response terms both reach 0 (its floor
     is 0, shaped like ``p_win``'s entries when given, else like ``p_label``)."""
     _check_p(p_label)
-    if loss_cfg["type"] not in LOSS_TYPES:
-        raise ValueError(f"loss.type = {loss_cfg['type']!r}: unknown ({', '.join(LOSS_TYPES)})")
+    _check_type(loss_cfg["type"])
     if loss_cfg["type"] == "sppo":
         return torch.zeros_like(p_win[0] if p_win is not None else p_label)
     c = margin_scale(loss_cfg["type"], loss_cfg["eta"], loss_cfg["beta"])
