@@ -56,7 +56,9 @@ class ModelConfig(_Section):
         None, description="Reference policy pi_ref (KL anchor); defaults to model.policy."
     )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="Compute dtype: auto = bfloat16 on GPU, float32 on CPU."
+        "auto",
+        description="Compute dtype: auto = bfloat16 on GPUs that compute in it (float32 "
+        "before Ampere: V100, T4), float32 on CPU.",
     )
     tiny_layers: int = Field(2, ge=1, description="Layers of the builtin tiny model.")
     tiny_hidden: int = Field(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from importlib import metadata
 
 from inpo.config import InpoConfig
@@ -56,7 +57,7 @@ def installed_versions() -> dict[str, str | None]:
 def start_ray(cfg: InpoConfig) -> str:
     """Start or join Ray; returns the device every actor computes on ('cpu' or 'cuda':
     'cpu' under run.simulate_gpus, whose GPUs only place actors). The engines' versions
-    are checked first."""
+    are checked first; on GPUs, model.dtype = auto is resolved in ``cfg`` for them."""
     import ray
 
     check_versions()
@@ -86,7 +87,13 @@ def start_ray(cfg: InpoConfig) -> str:
                 include_dashboard=False,
                 log_to_driver=cfg.run.actor_logs,
             )
-    gpus = ray.cluster_resources().get("GPU", 0)
+    return resolve_device(cfg, ray.cluster_resources().get("GPU", 0), gpu_has_bf16)
+
+
+def resolve_device(cfg: InpoConfig, gpus: float, has_bf16: Callable[[], bool]) -> str:
+    """The device of a cluster with ``gpus`` GPUs, and on GPUs model.dtype = auto decided
+    in ``cfg``: bfloat16 where ``has_bf16()`` (asked of a GPU) says they compute in it,
+    else float32 (fp16 training would need loss scaling, which the learner does not do)."""
     if cfg.run.simulate_gpus:
         if not gpus:
             raise InpoError(
@@ -96,9 +103,25 @@ def start_ray(cfg: InpoConfig) -> str:
         return "cpu"
     if cfg.run.device == "cuda" and not gpus:
         raise InpoError("run.device = cuda but the Ray cluster has no GPU")
-    if cfg.run.device == "auto":
-        return "cuda" if gpus else "cpu"
-    return cfg.run.device
+    device = ("cuda" if gpus else "cpu") if cfg.run.device == "auto" else cfg.run.device
+    if device == "cuda" and cfg.model.dtype == "auto":
+        cfg.model.dtype = "bfloat16" if has_bf16() else "float32"
+        if cfg.model.dtype == "float32":
+            print("model.dtype = auto: the GPUs have no bfloat16 (before Ampere); float32")
+    return device
+
+
+def gpu_has_bf16() -> bool:
+    """Whether a GPU of the cluster computes in bfloat16, asked on one (the driver may
+    have none)."""
+    import ray
+
+    def supported() -> bool:
+        import torch
+
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+    return ray.get(ray.remote(num_gpus=1, num_cpus=0)(supported).remote())
 
 
 def check_joined(cfg: InpoConfig, address_checked: bool = False) -> None:

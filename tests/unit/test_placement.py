@@ -218,3 +218,21 @@ def test_with_ray_leaving_every_gpu_visible_an_actor_still_sees_its_own_as_devic
     assert visible_devices([4, 5], {NOSET_CUDA: "1"}) == "4,5"  # a tensor-parallel engine
     assert visible_devices([3], {}) is None  # Ray set CUDA_VISIBLE_DEVICES itself
     assert visible_devices([], {NOSET_CUDA: "1"}) is None  # a CPU actor
+
+
+def test_model_dtype_auto_is_decided_by_what_the_gpus_compute_in():
+    from inpo.config import InpoConfig
+    from inpo.plan.cluster import resolve_device
+
+    def never() -> bool:
+        raise AssertionError("asked a GPU on a CPU cluster")
+
+    cfg = InpoConfig()
+    assert resolve_device(cfg, 0, never) == "cpu" and cfg.model.dtype == "auto"
+    simulated = InpoConfig.model_validate({"run": {"simulate_gpus": True}})
+    assert resolve_device(simulated, 8, never) == "cpu" and simulated.model.dtype == "auto"
+    for bf16, dtype in ((True, "bfloat16"), (False, "float32")):  # A100 / V100, T4
+        cfg = InpoConfig()
+        assert resolve_device(cfg, 4, lambda b=bf16: b) == "cuda" and cfg.model.dtype == dtype
+    chosen = InpoConfig.model_validate({"model": {"dtype": "float32"}})
+    assert resolve_device(chosen, 4, never) == "cuda" and chosen.model.dtype == "float32"
