@@ -1,13 +1,12 @@
 """`inpo train`: start a run, or resume one from its run directory, and hand it to the
-Trainer. A config the run cannot use is refused before anything is written (or, found
-once models are resolved, with what was written removed)."""
+Trainer. A config the run cannot use is refused (ConfigError) before anything is written
+(or, found once models are resolved, with what was written removed)."""
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from inpo.config import ConfigError, InpoConfig, config_or_exit
 from inpo.durable import write_text_atomic
@@ -45,10 +44,7 @@ def train(
         print(f"resuming {run_dir}: {state.progress(cfg.run.iterations)}")
     else:
         cfg = config_or_exit(config_path, overrides)
-        try:
-            cfg.check_train_lengths()
-        except ConfigError as e:
-            _refuse(e)
+        cfg.check_train_lengths()  # ConfigError: the CLI prints it and exits 2
         run_dir = Path(cfg.run.dir)
         if (run_dir / STATE_FILE).exists():
             raise InpoError(
@@ -66,12 +62,12 @@ def train(
         if resume is not None:
             save_config(run_dir, cfg)
         return trainer.run()  # refuses a layout the cluster's GPUs cannot colocate
-    except ConfigError as e:
+    except ConfigError:
         if resume is None and not state.data.get("done"):
             # nothing ran: leave no run behind, so the fixed config can start
             (run_dir / STATE_FILE).unlink()
             (run_dir / CONFIG_FILE).unlink()
-        _refuse(e)
+        raise
 
 
 def save_config(run_dir: Path, cfg: InpoConfig) -> None:
@@ -80,8 +76,3 @@ def save_config(run_dir: Path, cfg: InpoConfig) -> None:
     text = cfg.to_yaml()
     if (run_dir / CONFIG_FILE).read_text() != text:
         write_text_atomic(run_dir / CONFIG_FILE, text)
-
-
-def _refuse(e: ConfigError) -> NoReturn:
-    print(str(e), file=sys.stderr)
-    raise SystemExit(2) from None
