@@ -162,23 +162,24 @@ def generate_file(cfg: InpoConfig, prompts_path: Path, out: Path) -> None:
     prompts = load_prompts(prompts_path, cfg.data.prompt_field)
     policy = str(require_model_dir(cfg.model.policy, "model.policy"))
     tokenizer = AutoTokenizer.from_pretrained(policy)
-    kept, token_ids = tokenize_prompts(
+    # before Ray and vLLM start: a file of prompts all over the budget is an error now
+    kept, _ = tokenize_prompts(
         tokenizer, prompts, cfg.data.max_prompt_tokens, source=str(prompts_path)
     )
     generators = start_generators(cfg, start_ray(cfg), policy)
     try:
         gen = cfg.generation
-        rows = generate_rows(
+        ids = list(range(len(prompts)))
+        rows = sample(
             generators,
-            [prompts[i] for i in kept],
-            kept,
-            token_ids,
-            seeds=[request_seed(cfg.run.seed, "generate", i) for i in kept],
-            n=gen.num_samples,
-            temperature=gen.temperature,
-            top_p=gen.top_p,
-            max_tokens=gen.max_new_tokens,
-            chunk_prompts=gen.chunk_prompts,
+            cfg,
+            tokenizer,
+            prompts,
+            ids,
+            "generate",
+            gen.num_samples,
+            gen.temperature,
+            gen.max_new_tokens,
         )
     finally:
         generators.shutdown()

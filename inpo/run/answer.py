@@ -39,7 +39,7 @@ from pathlib import Path
 from inpo.config import InpoConfig
 from inpo.data import DataError, Prompt, read_rows
 from inpo.durable import write_jsonl_atomic, write_text_atomic
-from inpo.generation.stage import generate_rows, request_seed, start_generators, tokenize_prompts
+from inpo.generation.stage import sample, start_generators, tokenize_prompts
 from inpo.models import resolve_model
 from inpo.plan.cluster import start_ray
 
@@ -203,7 +203,7 @@ def answer_file(
     policy = str(resolve_model(cfg.model.policy, "--policy", out.parent))
     name = model_name or Path(policy).name
     tokenizer = AutoTokenizer.from_pretrained(policy)
-    kept, token_ids = tokenize_prompts(
+    kept, _ = tokenize_prompts(
         tokenizer, prompts, cfg.data.max_prompt_tokens, source=str(prompts_path)
     )
     if len(kept) < len(prompts):
@@ -214,17 +214,18 @@ def answer_file(
         )
     generators = start_generators(cfg, start_ray(cfg), policy)
     try:
-        generated = generate_rows(
+        max_tokens = cfg.eval.max_new_tokens or cfg.generation.max_new_tokens
+        ids = list(range(len(prompts)))
+        generated = sample(
             generators,
+            cfg,
+            tokenizer,
             prompts,
-            list(range(len(prompts))),
-            token_ids,
-            seeds=[request_seed(cfg.run.seed, "answer", i) for i in range(len(prompts))],
-            n=1,
-            temperature=cfg.eval.temperature,
-            top_p=cfg.generation.top_p,
-            max_tokens=cfg.eval.max_new_tokens or cfg.generation.max_new_tokens,
-            desc="answer",
+            ids,
+            "answer",
+            1,
+            cfg.eval.temperature,
+            max_tokens,
         )
     finally:
         generators.shutdown()
