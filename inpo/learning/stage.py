@@ -124,8 +124,8 @@ def cache_logps(
     def score(model_dir: str, how: str) -> None:
         key = model_identity(model_dir)
         if source(model_dir) == how and key not in scored:
-            desc = f"logps {names.get(model_dir, 'pi_t')}"
-            scored[key] = group.compute_logps(n, how, model_dir, desc=desc)
+            name = "pi_t" if how == "engine" else names[model_dir]
+            scored[key] = group.compute_logps(n, how, model_dir, desc=f"logps {name}")
 
     if any(source(d) == "frozen" for d in names):
         group.release()  # the previous iteration's engine and Adam state, before a copy
