@@ -28,7 +28,7 @@ from inpo.prompts import DEFAULT_KINDS, KINDS
 
 QUICKSTART_PROMPTS = "builtin:quickstart"
 #: oracle backends that hold a judge model, run in Ray actors and may take GPUs
-MODEL_BACKENDS = ("pairpm", "reward")
+MODEL_BACKENDS = ("pairpm", "reward", "llm")
 
 
 class _Section(BaseModel):
@@ -188,8 +188,11 @@ class GenerationConfig(_Section):
 
 
 class OracleConfig(_Section):
-    backend: Literal["synthetic", "pairpm", "reward", "http", "python"] = Field(
-        "synthetic", description="Preference oracle P(a > b | x)."
+    backend: Literal["synthetic", "pairpm", "reward", "llm", "http", "python"] = Field(
+        "synthetic",
+        description="Preference oracle P(a > b | x): synthetic, pairpm (RLHFlow pair-PM), "
+        "reward (Bradley-Terry), llm (any chat model as a pairwise judge, in Ray actors), "
+        "http (an LLM judge behind an OpenAI-compatible endpoint), python (your function).",
     )
     synthetic: Literal["vowels", "length", "rps", "cyclic", "ifeval"] = Field(
         "vowels",
@@ -215,11 +218,26 @@ class OracleConfig(_Section):
         description="cyclic: the full matrix M[i][j] = P(class i beats class j) "
         "(M + M^T = 1), instead of game_classes/game_win.",
     )
-    model: str | None = Field(None, description="Judge model directory (pairpm, reward).")
+    model: str | None = Field(None, description="Judge model directory (pairpm, reward, llm).")
+    prompt_template: str = Field(
+        "builtin:pairwise",
+        description="llm and http judges: the judge prompt, sent as a user turn: "
+        "builtin:pairwise (a short 'which is better, A or B' prompt), builtin:mtbench (after "
+        "MT-Bench's pairwise judge; its tie letter C counts with oracle.choices=[A, B, C]) or "
+        "a text file holding {question}, {answer_a} and {answer_b}.",
+    )
+    choices: list[str] = Field(
+        ["A", "B"],
+        min_length=2,
+        max_length=3,
+        description="llm and http judges: the verdict tokens [A wins, B wins] or [A, B, tie]; "
+        "P(A > B) = (p_A + p_tie/2) / (p_A + p_B + p_tie) over their next-token "
+        "probabilities. Each must be one token after the judge prompt (checked at start).",
+    )
     engine: Literal["vllm", "hf"] | None = Field(
         None,
-        description="Where pairpm and reward judges compute: vllm (one vLLM engine per judge "
-        "actor: the two choice tokens' log-probs, or the pooling runner's raw reward; prefix "
+        description="Where pairpm, reward and llm judges compute: vllm (one vLLM engine per "
+        "judge actor: the choice tokens' log-probs, or the pooling runner's raw reward; prefix "
         "caching) or hf (Hugging Face forward, the baseline). Unset: vllm where it can serve "
         "the judge's architecture, else hf with one line saying why; an explicit vllm that "
         "cannot is an error. Other backends ignore it.",
@@ -256,6 +274,13 @@ class OracleConfig(_Section):
     sharpness: float = Field(
         4.0, gt=0, description="Synthetic oracle: logistic sharpness of score differences."
     )
+
+    @field_validator("choices")
+    @classmethod
+    def _choices(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v) or not all(v):
+            raise ValueError(f"oracle.choices = {v}: two or three distinct, non-empty tokens")
+        return v
 
 
 class PairingConfig(_Section):
@@ -524,7 +549,13 @@ class InpoConfig(_Section):
                 "(`ray start --num-gpus`)"
             )
         backend = self.oracle.backend
-        needs = {"pairpm": "model", "reward": "model", "python": "callable", "http": "url"}
+        needs = {
+            "pairpm": "model",
+            "reward": "model",
+            "llm": "model",
+            "python": "callable",
+            "http": "url",
+        }
         if backend in needs and getattr(self.oracle, needs[backend]) is None:
             raise ValueError(
                 f"oracle.{needs[backend]} = None: required by oracle.backend={backend}"

@@ -1,4 +1,4 @@
-"""Model judges (pairpm, reward) as Ray actors, one model each.
+"""Model judges (pairpm, reward, llm) as Ray actors, one model each.
 
 `OracleGroup` is an Oracle in the driver: it splits every batch evenly across its actors,
 queries them concurrently and concatenates the answers in order. An OracleError a judge
@@ -12,9 +12,11 @@ from collections.abc import Sequence
 
 from inpo.config import MODEL_BACKENDS, OracleConfig
 from inpo.data import Prompt
+from inpo.judging.llm import LLMJudge
 from inpo.judging.oracle import Oracle, OracleError
 from inpo.judging.pairpm import PairPM
 from inpo.judging.reward import RewardModel
+from inpo.judging.verdict import load_template
 from inpo.plan.actors import Actor, ActorGroup
 from inpo.plan.placement import ActorSlot
 
@@ -24,13 +26,17 @@ def judge_class(backend: str) -> type[Oracle]:
         return PairPM
     if backend == "reward":
         return RewardModel
+    if backend == "llm":
+        return LLMJudge
     raise OracleError(f"oracle.backend = {backend!r} is not a model backend {MODEL_BACKENDS}")
 
 
 class OracleWorker(Actor):
     """Thin Ray actor around one model judge."""
 
-    def load(self, oc: OracleConfig, device: str, shared_gpu: bool, sleep_mode: bool) -> None:
+    def load(
+        self, oc: OracleConfig, device: str, shared_gpu: bool, sleep_mode: bool, options: dict
+    ) -> None:
         self.judge = judge_class(oc.backend)(
             oc.model,
             device,
@@ -39,6 +45,7 @@ class OracleWorker(Actor):
             engine=oc.engine,
             shared_gpu=shared_gpu,
             sleep_mode=sleep_mode,
+            **options,
         )
 
     def sleep(self, level: int) -> bool:
@@ -55,6 +62,18 @@ class OracleWorker(Actor):
 
     def truncated(self) -> int:
         return self.judge.truncated()
+
+    def verdicts(self) -> tuple[float, int]:
+        return self.judge.verdicts()
+
+
+def judge_options(oc: OracleConfig) -> dict:
+    """What the llm judge takes beyond the model: its prompt template, read here in the
+    driver (a bad file fails before any actor starts; actors on other nodes need not see
+    it), and its choices."""
+    if oc.backend != "llm":
+        return {}
+    return {"template": load_template(oc.prompt_template), "choices": list(oc.choices)}
 
 
 class OracleGroup(ActorGroup, Oracle):
@@ -73,7 +92,7 @@ class OracleGroup(ActorGroup, Oracle):
             OracleWorker,
             slots,
             setup="load",
-            setup_args=(oracle_cfg, device, shared, sleep_mode),
+            setup_args=(oracle_cfg, device, shared, sleep_mode, judge_options(oracle_cfg)),
         )
 
     @property
@@ -90,6 +109,10 @@ class OracleGroup(ActorGroup, Oracle):
 
     def truncated(self) -> int:
         return sum(self.call("truncated"))
+
+    def verdicts(self) -> tuple[float, int]:
+        totals = self.call("verdicts")
+        return sum(t[0] for t in totals), sum(t[1] for t in totals)
 
     def close(self) -> None:
         self.shutdown()

@@ -1,12 +1,14 @@
 """The oracle a config names, P(a > b | x): the interface is oracle.py; the backends:
 
 - synthetic: builtin preferences over the response text (synthetic.py), in the driver;
-- pairpm: a pairwise preference model (pairpm.py) and reward: a Bradley-Terry reward model
-  (reward.py), each in Ray actors (actor.py);
-- http: an LLM judge behind an OpenAI-compatible endpoint (http.py), in the driver;
+- pairpm: a pairwise preference model (pairpm.py), reward: a Bradley-Terry reward model
+  (reward.py) and llm: any chat model as a pairwise judge (llm.py), each in Ray actors
+  (actor.py);
+- http: an LLM judge behind an OpenAI-compatible endpoint (http.py), in the driver (its
+  prompt templates and verdict reading are the llm judge's, verdict.py);
 - python: a user's function "package.module:function" (python_fn.py), in the driver.
 
-Pairwise judges that may prefer a slot (pairpm, http, python) are asked in both orders
+Pairwise judges that may prefer a slot (pairpm, llm, http, python) are asked in both orders
 when oracle.debias is set; reward and synthetic preferences are symmetric already.
 The model backends' actors are imported on use: importing this module pulls in neither
 torch nor Ray.
@@ -31,6 +33,7 @@ from inpo.judging.synthetic import (
     length_score,
     vowel_score,
 )
+from inpo.judging.verdict import load_template
 from inpo.plan.placement import plan_for
 from inpo.stages import Role
 
@@ -58,6 +61,8 @@ def build_oracle(cfg: InpoConfig, device: str, slots: list[ActorSlot] | None = N
             timeout_s=oc.timeout_s,
             retries=oc.retries,
             batch_size=oc.batch_size,
+            template=load_template(oc.prompt_template),
+            choices=oc.choices,
         )
     elif oc.backend == "python":
         oracle = PythonOracle(oc.callable)

@@ -1,13 +1,15 @@
 """An LLM judge behind an OpenAI-compatible endpoint (a vLLM server, for instance).
 
 Each pair becomes one /v1/completions request (max_tokens=1, the top 20 log-probs of the
-next token) for a prompt that shows the conversation and both responses and asks for "A"
-or "B". P(A > B) = p(A) / (p(A) + p(B)) over the top log-probs (tokens compared after
-stripping whitespace, so " A" counts as "A"); a letter missing from the top list counts as
-probability 0; neither letter there is an error. oracle.url is the API base, e.g.
-http://127.0.0.1:8000/v1 ("/v1" is added to a URL with no path). Up to oracle.batch_size
-requests are in flight at once; connection errors, timeouts, HTTP 429 and 5xx are retried
-oracle.retries times with exponential backoff.
+next token) for the judge prompt (oracle.prompt_template, verdict.py: the same templates as
+the in-process llm judge) showing the question and both responses. P(A > B) comes from the
+probabilities of oracle.choices among the top log-probs (verdict.prob_from_choices; tokens
+compared after stripping whitespace, so " A" counts as "A"); a choice missing from the top
+list counts as probability 0; none there is an error. Their total is the verdict mass, a
+lower bound here (the same token spelled otherwise counts nowhere). oracle.url is the API
+base, e.g. http://127.0.0.1:8000/v1 ("/v1" is added to a URL with no path). Up to
+oracle.batch_size requests are in flight at once; connection errors, timeouts, HTTP 429 and
+5xx are retried oracle.retries times with exponential backoff.
 """
 
 from __future__ import annotations
@@ -26,20 +28,10 @@ from requests.adapters import HTTPAdapter
 
 from inpo.data import Prompt
 from inpo.judging.oracle import Oracle, OracleError
-from inpo.judging.pairpm import render_context
+from inpo.judging.verdict import BUILTIN_TEMPLATES, Verdicts, render_prompt
 
-JUDGE_PROMPT = (
-    "Below are a conversation and two candidate responses to its last turn. Decide which "
-    "response is better: more helpful, more correct and clearer.\n\n"
-    "[CONTEXT] {context}\n[RESPONSE A] {a}\n[RESPONSE B] {b}\n\n"
-    "Which response is better? Answer with a single letter, A or B.\nAnswer:"
-)
 TOP_LOGPROBS = 20
 BACKOFF_S = 0.5  # first retry waits this long, then twice as long each time
-
-
-def judge_prompt(prompt: Prompt, a: str, b: str) -> str:
-    return JUDGE_PROMPT.format(context=render_context(prompt), a=a, b=b)
 
 
 def api_base(url: str) -> str:
@@ -47,17 +39,18 @@ def api_base(url: str) -> str:
     return base + "/v1" if urlparse(base).path == "" else base
 
 
-def prob_from_top_logprobs(top: dict[str, float], where: str) -> float:
-    """p(A) / (p(A) + p(B)) from one position's top log-probs."""
-    mass = {"A": 0.0, "B": 0.0}
+def choice_probs(top: dict[str, float], choices: Sequence[str], where: str) -> list[float]:
+    """Each choice's probability among one position's top log-probs; none there is an
+    error naming the tokens that were."""
+    mass = dict.fromkeys(choices, 0.0)
     for token, logprob in top.items():
         if token.strip() in mass:
             mass[token.strip()] += math.exp(float(logprob))
-    if mass["A"] + mass["B"] == 0.0:
+    if not any(mass.values()):
         raise OracleError(
-            f"{where}: neither 'A' nor 'B' is among the judge's top next tokens {list(top)}"
+            f"{where}: none of {list(choices)} is among the judge's top next tokens {list(top)}"
         )
-    return mass["A"] / (mass["A"] + mass["B"])
+    return list(mass.values())
 
 
 def _connection_reason(e: requests.ConnectionError) -> str:
@@ -78,8 +71,12 @@ class HttpJudge(Oracle):
         timeout_s: float = 60.0,
         retries: int = 3,
         batch_size: int = 32,
+        template: str = BUILTIN_TEMPLATES["pairwise"],
+        choices: Sequence[str] = ("A", "B"),
     ):
         self.base = api_base(url)
+        self.template, self.choices = template, list(choices)
+        self.tally = Verdicts(choices, f"{self.base}/completions")
         self.timeout = timeout_s
         self.retries = retries
         key = os.environ.get(api_key_env) if api_key_env else None
@@ -127,7 +124,8 @@ class HttpJudge(Oracle):
                 "(set oracle.http_model)"
             ) from None
 
-    def _judge_one(self, text: str) -> float:
+    def _judge_one(self, text: str) -> list[float]:
+        """The choices' probabilities for one judge prompt."""
         body = {
             "model": self.model,
             "prompt": text,
@@ -139,7 +137,7 @@ class HttpJudge(Oracle):
         where = f"{self.base}/completions"
         try:
             top = data["choices"][0]["logprobs"]["top_logprobs"][0]
-            return prob_from_top_logprobs(dict(top), where)
+            return choice_probs(dict(top), self.choices, where)
         except (KeyError, IndexError, TypeError, ValueError):
             raise OracleError(
                 f"{where} answered {data!r:.200}: no choices[0].logprobs.top_logprobs[0] "
@@ -147,8 +145,11 @@ class HttpJudge(Oracle):
             ) from None
 
     def prob(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> list[float]:
-        texts = [judge_prompt(*t) for t in zip(prompts, a, b, strict=True)]
-        return list(self.pool.map(self._judge_one, texts))
+        texts = [render_prompt(self.template, *t) for t in zip(prompts, a, b, strict=True)]
+        return [self.tally.read(probs) for probs in self.pool.map(self._judge_one, texts)]
+
+    def verdicts(self) -> tuple[float, int]:
+        return self.tally.totals()
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

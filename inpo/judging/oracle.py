@@ -39,6 +39,16 @@ class Oracle:
         """Judge inputs cut to oracle.max_length so far (model judges; 0 for the others)."""
         return 0
 
+    def verdicts(self) -> tuple[float, int]:
+        """(summed verdict mass, verdicts) so far: judges that read P off choice tokens
+        (llm, http) add each query's total choice probability; (0.0, 0) for the others."""
+        return 0.0, 0
+
+    def verdict_mass(self) -> float | None:
+        """Mean probability the judge gave its choice tokens so far; None if it has none."""
+        total, n = self.verdicts()
+        return total / n if n else None
+
     def close(self) -> None:
         pass
 
@@ -63,6 +73,9 @@ class Debiased(Oracle):
 
     def truncated(self) -> int:
         return self.inner.truncated()
+
+    def verdicts(self) -> tuple[float, int]:
+        return self.inner.verdicts()
 
     def close(self) -> None:
         self.inner.close()

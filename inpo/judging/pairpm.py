@@ -78,6 +78,10 @@ class PairPM(ModelJudge, Oracle):
             )
         self.choice_ids = [single_token_id(self.tok, c, self.model_dir) for c in ("A", "B")]
 
+    def question(self, prompt: Prompt) -> str:
+        """The prompt as this format shows it to the judge (never cut)."""
+        return render_context(prompt)
+
     def judge_ids(self, context: str, a: str, b: str) -> list[int]:
         """Token ids of the judge input, untruncated."""
         turn = PAIRPM_TEMPLATE.format(context=context, a=a, b=b)
@@ -90,7 +94,7 @@ class PairPM(ModelJudge, Oracle):
     def fitted_ids(self, prompt: Prompt, a: str, b: str) -> list[int]:
         """Judge input ids within oracle.max_length: the context whole, both responses cut
         from their ends (the longer first) when needed; a cut input is counted."""
-        context = render_context(prompt)
+        context = self.question(prompt)
         ids = self.judge_ids(context, a, b)
         if len(ids) <= self.max_length:
             return ids
@@ -116,10 +120,11 @@ class PairPM(ModelJudge, Oracle):
         return self.vllm.next_token_logprobs(seqs, self.choice_ids)
 
     def _hf(self, seqs: list[list[int]]) -> list[list[float]]:
+        """Log-probs of the choice tokens, as vLLM's (a judge's verdict mass needs them)."""
         output = forward_last(self.model, seqs, self.tok.pad_token_id, logits_to_keep=1)
-        return output.logits[:, -1, self.choice_ids].float().tolist()
+        logprobs = output.logits[:, -1].float().log_softmax(-1)
+        return logprobs[:, self.choice_ids].tolist()
 
     def prob(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> list[float]:
         seqs = [self.fitted_ids(*t) for t in zip(prompts, a, b, strict=True)]
-        # Softmax over the two choices: log-probs and logits give the same P.
         return [1.0 / (1.0 + math.exp(lb - la)) for la, lb in self.outputs(seqs)]

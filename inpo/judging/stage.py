@@ -196,17 +196,19 @@ def judge_file(cfg: InpoConfig, generations: Path, out: Path) -> None:
     try:
         selections = select_pairs(rows, oracle, cfg.pairing.strategy, cfg.run.seed)
         truncated = oracle.truncated()
+        mass = oracle.verdict_mass()
     finally:
         oracle.close()
     pairs, dropped = pair_rows(rows, selections, cfg.pairing.label, cfg.run.seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_rows(out, pairs)
     cut = f"; {truncated} judge inputs cut to oracle.max_length" if truncated else ""
-    print(describe_dropped(len(rows), len(pairs), dropped) + f"{cut}; pairs in {out}")
+    said = "" if mass is None else f"; verdict tokens' mean probability {mass:.3f}"
+    print(describe_dropped(len(rows), len(pairs), dropped) + f"{cut}{said}; pairs in {out}")
     summary = {
         "prompts": len(rows),
         "pairs": len(pairs),
         "dropped": dict(dropped),
         "truncated": truncated,
-    }
+    } | ({} if mass is None else {"verdict_mass": mass})
     out.with_name(out.stem + "_summary.json").write_text(json.dumps(summary, indent=1))

@@ -38,7 +38,9 @@ def phase_flops(cfg: InpoConfig, policy_params: int, judge_params: int | None) -
     per_prompt = {"tournament": 3 * k // 2 - 1, "round_robin": k * (k - 1) // 2}.get(
         strategy, k // 2
     )
-    orders = 2 if cfg.oracle.debias and cfg.oracle.backend in ("pairpm", "http", "python") else 1
+    orders = (
+        2 if cfg.oracle.debias and cfg.oracle.backend in ("pairpm", "llm", "http", "python") else 1
+    )
     if cfg.oracle.backend == "reward":
         judge = 2 * (judge_params or 0) * prompts * k * (lp + lr)  # one reward per response
     elif judge_params:

@@ -340,9 +340,9 @@ def _learner(
 
 
 def _judge_seq(cfg: InpoConfig) -> int:
-    """The longest judge input: prompt + both responses (pair-PM) or one (reward model),
+    """The longest judge input: prompt + both responses (pair-PM, llm) or one (reward model),
     cut at oracle.max_length (chat template tokens are not counted)."""
-    responses = 2 if cfg.oracle.backend == "pairpm" else 1
+    responses = 1 if cfg.oracle.backend == "reward" else 2
     longest = cfg.data.max_prompt_tokens + responses * cfg.generation.max_new_tokens
     return min(cfg.oracle.max_length, longest)
 

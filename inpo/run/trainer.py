@@ -232,6 +232,7 @@ class Trainer:
         self.fleet.ensure([Role.JUDGE])
         rows = read_generations(self.iter_dir(t) / "generations.jsonl")
         cut_before = self.fleet.oracle.truncated()  # the oracle also serves eval
+        mass_before, verdicts_before = self.fleet.oracle.verdicts()
         partial = self.iter_dir(t) / "judge.partial.jsonl"
         selections, kept = select_in_chunks(
             rows, self.fleet.oracle, cfg, partial, f"judge{t}", self.faults
@@ -245,6 +246,9 @@ class Trainer:
             "comparisons": sum(s.n_comparisons for s in selections),
             "truncated": self.fleet.oracle.truncated() - cut_before,
         }
+        mass, verdicts = self.fleet.oracle.verdicts()
+        if verdicts > verdicts_before:  # judges that read P off choice tokens (llm, http)
+            info["verdict_mass"] = (mass - mass_before) / (verdicts - verdicts_before)
         return info | ({"kept_prompts": kept} if kept else {})
 
     def _learner_pairs(self, t: int):

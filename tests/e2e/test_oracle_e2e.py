@@ -12,12 +12,18 @@ from helpers import openai_server
 from inpo.config import InpoConfig
 from inpo.judging.actor import OracleGroup
 from inpo.judging.build import build_oracle
-from inpo.judging.http import HttpJudge, judge_prompt
+from inpo.judging.http import HttpJudge
 from inpo.judging.oracle import Debiased, OracleError
 from inpo.judging.pairpm import PairPM, render_context
 from inpo.judging.reward import RewardModel
+from inpo.judging.verdict import BUILTIN_TEMPLATES, render_prompt
 
 pytestmark = pytest.mark.e2e
+
+
+def pairwise_prompt(prompt, a: str, b: str) -> str:
+    return render_prompt(BUILTIN_TEMPLATES["pairwise"], prompt, a, b)
+
 
 CHAT = [
     {"role": "system", "content": "Be brief."},
@@ -270,11 +276,11 @@ def test_http_judge_against_vllm(vllm_server, judge_model):
         judge = oracle.inner
         assert judge.model == str(judge_model)  # the first (only) served model
         raw = judge.prob(PROMPTS, A, B)
-        texts = [judge_prompt(*t) for t in zip(PROMPTS, A, B, strict=True)]
+        texts = [pairwise_prompt(*t) for t in zip(PROMPTS, A, B, strict=True)]
         assert raw == pytest.approx(reference_p_a(judge_model, texts), abs=1e-3)
         assert all(0.5 < p < 0.75 for p in raw)  # the edited model leans to "A"
         flipped = reference_p_a(
-            judge_model, [judge_prompt(*t) for t in zip(PROMPTS, B, A, strict=True)]
+            judge_model, [pairwise_prompt(*t) for t in zip(PROMPTS, B, A, strict=True)]
         )
         want = [(x + 1 - y) / 2 for x, y in zip(raw, flipped, strict=True)]
         assert oracle.prob(PROMPTS, A, B) == pytest.approx(want, abs=1e-3)

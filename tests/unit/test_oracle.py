@@ -15,7 +15,7 @@ from helpers import free_port
 import inpo.judging.http as http_oracle
 from inpo.config import InpoConfig
 from inpo.judging.build import build_oracle
-from inpo.judging.http import HttpJudge, judge_prompt
+from inpo.judging.http import HttpJudge
 from inpo.judging.oracle import Debiased, Oracle, OracleError, check_probs
 from inpo.judging.synthetic import (
     RPS_NASH,
@@ -25,9 +25,14 @@ from inpo.judging.synthetic import (
     rps_prob,
     vowel_score,
 )
+from inpo.judging.verdict import BUILTIN_TEMPLATES, render_prompt
 
 TEXTS = ["", "xyz", "hello world", "aeiou", "banana", "a" * 16, "quick brown fox jumps", "e"]
 CHAT = [{"role": "user", "content": "Say something."}]
+
+
+def pairwise_prompt(prompt, a: str, b: str) -> str:
+    return render_prompt(BUILTIN_TEMPLATES["pairwise"], prompt, a, b)
 
 
 def oracle_for(**fields) -> Oracle:
@@ -283,8 +288,11 @@ def test_http_reads_p_a_from_top_logprobs(fake_server, monkeypatch):
     path, body, headers = fake_server.requests[-1]
     assert path == "/v1/completions" and headers["Authorization"] == "Bearer sekret"
     assert body["model"] == "judge-7b" and body["max_tokens"] == 1 and body["logprobs"] == 20
-    assert body["prompt"] in (judge_prompt(CHAT, "yes", "no"), judge_prompt("hi", "no", "yes"))
-    assert "[RESPONSE A] yes\n[RESPONSE B] no" in judge_prompt(CHAT, "yes", "no")
+    assert body["prompt"] in (
+        pairwise_prompt(CHAT, "yes", "no"),
+        pairwise_prompt("hi", "no", "yes"),
+    )
+    assert "[RESPONSE A] yes\n[RESPONSE B] no" in pairwise_prompt(CHAT, "yes", "no")
     oracle.close()
 
 
@@ -293,7 +301,7 @@ def test_http_only_one_letter_or_neither(fake_server):
     fake_server.reply("/v1/completions", (200, top(B=-0.1, C=-3.0)))
     assert oracle.prob(["p"], ["a"], ["b"]) == [0.0]
     fake_server.reply("/v1/completions", (200, top(C=-0.1, D=-3.0)))
-    with pytest.raises(OracleError, match="neither 'A' nor 'B' is among the judge's top"):
+    with pytest.raises(OracleError, match=r"none of \[.A., .B.\] is among the judge.s top"):
         oracle.prob(["p"], ["a"], ["b"])
 
 

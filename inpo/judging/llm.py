@@ -1,0 +1,84 @@
+"""Any chat model as a pairwise judge, in process (`oracle.backend=llm`).
+
+The judge prompt (oracle.prompt_template, verdict.py) is filled with the question and both
+responses and sent as one user turn through the JUDGE's chat template, generation prompt
+added; its answer is read off the next-token log-probabilities of oracle.choices, which must
+each be one token right after that prefix (checked at start). P(A > B) comes from the
+choices' probabilities (verdict.prob_from_choices); their total, the verdict mass, is
+counted (`verdicts`). Engines, batching and truncation (the question whole, both responses
+cut from their ends) are the pair-PM judge's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from inpo.data import Prompt
+from inpo.judging.oracle import OracleError
+from inpo.judging.pairpm import PairPM
+from inpo.judging.verdict import BUILTIN_TEMPLATES, Verdicts, question_text, render_prompt
+
+
+def choice_token_id(tok, prefix: str, choice: str, where: str) -> int:
+    """The one token ``choice`` adds after ``prefix`` (the judge's rendered input)."""
+    before = tok(prefix, add_special_tokens=False).input_ids
+    after = tok(prefix + choice, add_special_tokens=False).input_ids
+    pairs = enumerate(zip(before, after, strict=False))
+    same = next((i for i, (x, y) in pairs if x != y), min(len(before), len(after)))
+    if same == len(before) and len(after) == same + 1:
+        return after[-1]
+    tail = after[same:]
+    raise OracleError(
+        f"{where}: oracle.choices {choice!r} is not one token after the judge prompt; the "
+        f"judge tokenizer ends the prompt with it as {tok.convert_ids_to_tokens(tail)} "
+        f"(ids {tail})"
+    )
+
+
+class LLMJudge(PairPM):
+    def __init__(
+        self,
+        model_dir: str,
+        device: str,
+        batch_size: int,
+        max_length: int,
+        *,
+        template: str = BUILTIN_TEMPLATES["pairwise"],
+        choices: Sequence[str] = ("A", "B"),
+        **engine_options,
+    ):
+        self.template, self.choices = template, list(choices)
+        self.tally = Verdicts(choices, f"oracle.model = {model_dir}")
+        super().__init__(model_dir, device, batch_size, max_length, **engine_options)
+
+    def check(self) -> None:
+        where = f"oracle.model = {self.model_dir}"
+        if not self.tok.chat_template:
+            raise OracleError(
+                f"{where}: the judge's tokenizer has no chat template; the llm judge asks its "
+                "question as a user turn of it"
+            )
+        # The prefix ends with the generation prompt whatever the question and answers are.
+        prefix = self.judge_text("question", "answer", "answer")
+        self.choice_ids = [choice_token_id(self.tok, prefix, c, where) for c in self.choices]
+
+    def question(self, prompt: Prompt) -> str:
+        return question_text(prompt)
+
+    def judge_text(self, question: str, a: str, b: str) -> str:
+        turn = render_prompt(self.template, question, a, b)
+        return self.tok.apply_chat_template(
+            [{"role": "user", "content": turn}], tokenize=False, add_generation_prompt=True
+        )
+
+    def judge_ids(self, question: str, a: str, b: str) -> list[int]:
+        # The template writes the BOS text where the judge wants it; nothing is added twice.
+        return self.tok(self.judge_text(question, a, b), add_special_tokens=False).input_ids
+
+    def prob(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> list[float]:
+        seqs = [self.fitted_ids(*t) for t in zip(prompts, a, b, strict=True)]
+        return [self.tally.read([math.exp(x) for x in lps]) for lps in self.outputs(seqs)]
+
+    def verdicts(self) -> tuple[float, int]:
+        return self.tally.totals()
