@@ -1,6 +1,6 @@
 """The real chat model, SmolLM2-135M-Instruct (builtin:smollm2, converted offline), end to
-end: the online loop under ZeRO-3 killed and resumed, LoRA, and the three model judges
-(pair-PM, reward model, an LLM judge behind a real vLLM OpenAI server) labelling pairs.
+end: the online loop under ZeRO-3 killed and resumed, LoRA, and the model judges (pair-PM,
+reward model, the in-process llm judge, an LLM judge behind a real vLLM OpenAI server).
 Real Ray, vLLM (CPU) and DeepSpeed (CPU, gloo); small budgets, real weights."""
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def test_smollm2_lora_zero3_two_iterations_sigkill_during_learning_resumes_exact
     assert any(not torch.equal(a[k], base[k]) for k in base)  # it did learn
 
 
-# --- the three model judges on the real model ------------------------------------------
+# --- the model judges on the real model ------------------------------------------------
 
 
 def generations(n: int = 3) -> list[dict]:
@@ -142,6 +142,69 @@ def test_pairpm_judge_on_smollm2_labels_pairs(smollm2, ray_session):
         ab = judge.prob([p["prompt"]], [p["chosen"]], [p["rejected"]])[0]
         ba = judge.prob([p["prompt"]], [p["rejected"]], [p["chosen"]])[0]
         assert p["p_chosen"] == pytest.approx((ab + 1 - ba) / 2, abs=1e-4)
+
+
+def test_llm_judge_on_smollm2_in_a_vllm_actor_is_its_hf_forward(smollm2, ray_session):
+    """SmolLM2 as the llm judge (builtin:mtbench, a tie choice) on vLLM in a Ray actor: each
+    order's P is a Hugging Face forward of the chat-templated judge prompt (the choices'
+    next-token probabilities), the debiased P averages both, the verdict mass is theirs."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from inpo.judging.build import build_oracle
+    from inpo.judging.oracle import Debiased
+    from inpo.judging.verdict import BUILTIN_TEMPLATES, render_prompt
+
+    choices = ["A", "B", "C"]
+    cfg = InpoConfig.model_validate(
+        {
+            "oracle": {
+                "backend": "llm",
+                "model": str(smollm2),
+                "engine": "vllm",
+                "prompt_template": "builtin:mtbench",
+                "choices": choices,
+            }
+        }
+    )
+    chat = [
+        {"role": "user", "content": "Name a blue thing."},
+        {"role": "assistant", "content": "The sea."},
+        {"role": "user", "content": "And a red one?"},
+    ]
+    prompts = ["What is the capital of France?", chat, "Say hi."]
+    a = ["Paris.", "A tomato.", "hi"]
+    b = ["I am not sure, maybe Lyon, or Paris.", "Grass.", "no"]
+
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    model = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32).eval()
+    ids = tok.convert_tokens_to_ids(choices)
+
+    def hf(prompt, x: str, y: str) -> tuple[float, float]:
+        """P(x > y) and the verdict mass from one Hugging Face forward."""
+        turn = render_prompt(BUILTIN_TEMPLATES["mtbench"], prompt, x, y)
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": turn}], tokenize=False, add_generation_prompt=True
+        )
+        with torch.no_grad():
+            logits = model(torch.tensor([tok(text, add_special_tokens=False).input_ids])).logits
+        pa, pb, tie = logits[0, -1].log_softmax(-1)[ids].exp().tolist()
+        return (pa + tie / 2) / (pa + pb + tie), pa + pb + tie
+
+    ab = [hf(*t) for t in zip(prompts, a, b, strict=True)]
+    ba = [hf(*t) for t in zip(prompts, b, a, strict=True)]
+    oracle = build_oracle(cfg, "cpu")
+    try:
+        assert isinstance(oracle, Debiased)  # asked in both orders
+        assert oracle.inner.prob(prompts, a, b) == pytest.approx([p for p, _ in ab], abs=1e-4)
+        assert oracle.inner.prob(prompts, b, a) == pytest.approx([p for p, _ in ba], abs=1e-4)
+        want = [(x + 1 - y) / 2 for (x, _), (y, _) in zip(ab, ba, strict=True)]
+        assert oracle.prob(prompts, a, b) == pytest.approx(want, abs=1e-4)
+        mass = oracle.verdict_mass()
+        assert 0 < mass <= 1
+        assert mass == pytest.approx(sum(m for _, m in ab + ba) / 6, abs=1e-4)
+    finally:
+        oracle.close()
+    print(f"llm judge on SmolLM2: debiased P {want}, verdict mass {mass:.4f}")
 
 
 def test_inpo_judge_on_vllm_and_hf_agree_on_smollm2(smollm2, ray_session, tmp_path):

@@ -293,6 +293,7 @@ def test_http_reads_p_a_from_top_logprobs(fake_server, monkeypatch):
         pairwise_prompt("hi", "no", "yes"),
     )
     assert "[RESPONSE A] yes\n[RESPONSE B] no" in pairwise_prompt(CHAT, "yes", "no")
+    assert oracle.verdict_mass() == pytest.approx(0.4)  # "x" is not a verdict
     oracle.close()
 
 
