@@ -42,7 +42,7 @@ def api_base(url: str) -> str:
 def choice_probs(top: dict[str, float], choices: Sequence[str], where: str) -> list[float]:
     """Each choice's probability among one position's top log-probs; none there is an
     error naming the tokens that were."""
-    mass = dict.fromkeys(choices, 0.0)
+    mass = {c.strip(): 0.0 for c in choices}  # " A" and "A" are one verdict here
     for token, logprob in top.items():
         if token.strip() in mass:
             mass[token.strip()] += math.exp(float(logprob))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from inpo.data import Prompt
 from inpo.judging.oracle import OracleError
@@ -37,6 +38,9 @@ def choice_token_id(tok, prefix: str, choice: str, where: str) -> int:
 
 
 class LLMJudge(PairPM):
+    """A chat model judging in a prompt template's format (PairPM's engines, truncation and
+    position bias; its own input and verdict)."""
+
     def __init__(
         self,
         model_dir: str,
@@ -46,7 +50,7 @@ class LLMJudge(PairPM):
         *,
         template: str = BUILTIN_TEMPLATES["pairwise"],
         choices: Sequence[str] = ("A", "B"),
-        **engine_options,
+        **engine_options: Any,
     ):
         self.template, self.choices = template, list(choices)
         self.tally = Verdicts(choices, f"oracle.model = {model_dir}")
@@ -62,6 +66,8 @@ class LLMJudge(PairPM):
         # The prefix ends with the generation prompt whatever the question and answers are.
         prefix = self.judge_text("question", "answer", "answer")
         self.choice_ids = [choice_token_id(self.tok, prefix, c, where) for c in self.choices]
+        if len(set(self.choice_ids)) < len(self.choice_ids):
+            raise OracleError(f"{where}: oracle.choices {self.choices} are not distinct tokens")
 
     def question(self, prompt: Prompt) -> str:
         return question_text(prompt)
