@@ -376,6 +376,13 @@ class LearnerConfig(_Section):
         "them, before the first step and after the last, says whether the iteration solved its "
         "sub-problem (metrics heldout_excess_start/end). 0: no held-out pairs.",
     )
+    heldout_max_prompts: int | None = Field(
+        None,
+        ge=1,
+        description="At most this many prompts held out (learner.heldout_fraction of them "
+        "otherwise): enough to measure, no more; the excess's standard error over prompts is "
+        "reported beside it (heldout_excess_end_se). The paper recipes hold out 256 of 20K.",
+    )
     global_batch_size: int = Field(16, ge=1, description="Pairs per optimizer step, all ranks.")
     micro_batch_size: int = Field(4, ge=1, description="Pairs per forward pass per rank.")
     grad_clip: float = Field(1.0, ge=0, description="Gradient norm clip (0 disables).")

@@ -115,20 +115,27 @@ def cosine_lr_lambda(total_steps: int, warmup_ratio: float, min_ratio: float = 0
     return factor
 
 
-def heldout_split(
-    prompts: list[list[int]], fraction: float, seed: int
-) -> tuple[list[int], list[int]]:
-    """(training, held-out) pair indices, split by prompt: every pair of a prompt is on one
-    side. round(fraction x distinct prompts) of them (at least one when fraction > 0, never
-    all) are held out, a seeded sample of its own generator (no global RNG is drawn)."""
+def by_prompt(prompts: list[list[int]]) -> list[list[int]]:
+    """Pair indices grouped by prompt, in order of first appearance."""
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, prompt in enumerate(prompts):
         groups.setdefault(tuple(prompt), []).append(i)
-    keys = list(groups)
-    n = min(max(round(fraction * len(keys)), 1), len(keys) - 1) if fraction > 0 else 0
-    held = set(random.Random(f"{seed}/heldout").sample(range(len(keys)), n))
-    train = sorted(i for k, key in enumerate(keys) if k not in held for i in groups[key])
-    heldout = sorted(i for k in held for i in groups[keys[k]])
+    return list(groups.values())
+
+
+def heldout_split(
+    prompts: list[list[int]], fraction: float, seed: int, max_prompts: int | None = None
+) -> tuple[list[int], list[int]]:
+    """(training, held-out) pair indices, split by prompt: every pair of a prompt is on one
+    side. round(fraction x distinct prompts) of them, at most ``max_prompts`` (at least one
+    when fraction > 0, never all), are held out, a seeded sample of its own generator (no
+    global RNG is drawn)."""
+    groups = by_prompt(prompts)
+    n = min(max(round(fraction * len(groups)), 1), len(groups) - 1) if fraction > 0 else 0
+    n = min(n, max_prompts or n)
+    held = set(random.Random(f"{seed}/heldout").sample(range(len(groups)), n))
+    train = sorted(i for k, group in enumerate(groups) if k not in held for i in group)
+    heldout = sorted(i for k in held for i in groups[k])
     return train, heldout
 
 

@@ -28,7 +28,7 @@ from inpo.data import TokenizedPairs, probe_sequence, tokenize_pairs
 from inpo.durable import write_atomic, write_json_atomic, write_jsonl_atomic
 from inpo.errors import InpoError
 from inpo.faults import NO_FAULTS, Faults
-from inpo.learning.batching import heldout_split, objective_inputs, steps_per_epoch
+from inpo.learning.batching import by_prompt, heldout_split, objective_inputs, steps_per_epoch
 from inpo.learning.group import LearnerGroup, cache_from_logps
 from inpo.learning.rank import adapter_base
 from inpo.models import require_model_dir
@@ -213,25 +213,39 @@ def _resume_step(group: LearnerGroup, ckpt_root: Path, inputs: dict[str, str]) -
 
 
 def split_pairs(cfg: InpoConfig, pairs: TokenizedPairs) -> tuple[list[int], list[int]]:
-    """(training, held-out) pair indices of an iteration (learner.heldout_fraction)."""
-    return heldout_split(pairs.prompt, cfg.learner.heldout_fraction, cfg.run.seed)
+    """(training, held-out) pair indices of an iteration (learner.heldout_fraction, at most
+    learner.heldout_max_prompts prompts)."""
+    lc = cfg.learner
+    return heldout_split(pairs.prompt, lc.heldout_fraction, cfg.run.seed, lc.heldout_max_prompts)
 
 
-def mean_excess(
+def excesses(
     cfg: InpoConfig,
     pairs: TokenizedPairs,
     cache: dict[str, torch.Tensor],
     logps: torch.Tensor,
     ids: list[int],
-) -> float:
-    """Mean over pairs ``ids`` of the objective at the policy log-probs ``logps`` ([N, 2]
-    chosen/rejected) minus its per-pair floor: 0 when every margin sits at its target."""
+) -> torch.Tensor:
+    """Per pair ``ids``: the objective at the policy log-probs ``logps`` ([N, 2]
+    chosen/rejected) minus its per-pair floor, 0 when the margin sits at its target."""
     cols, p, p_win = objective_inputs(pairs, cache, ids)
     cols = {k: v.double() for k, v in cols.items()}
     loss_cfg = cfg.loss.model_dump()
     x = logps[torch.tensor(ids, dtype=torch.long)].double()
     losses = objective(loss_cfg, x[:, 0], x[:, 1], cols, p, p_win)[0]
-    return (losses - objective_floor(loss_cfg, p, p_win)).mean().item()
+    return losses - objective_floor(loss_cfg, p, p_win)
+
+
+def mean_excess(cfg: InpoConfig, pairs: TokenizedPairs, cache, logps, ids: list[int]) -> float:
+    """The mean of `excesses` over pairs ``ids``."""
+    return excesses(cfg, pairs, cache, logps, ids).mean().item()
+
+
+def standard_error(values: torch.Tensor, prompts: list[list[int]]) -> float | None:
+    """Standard error of the mean of per-pair ``values`` over their prompts (pairs of one
+    prompt are not independent draws: each prompt's mean is one), None under 2 prompts."""
+    means = torch.stack([values[g].mean() for g in by_prompt(prompts)])
+    return (means.std() / len(means) ** 0.5).item() if len(means) > 1 else None
 
 
 def keeps_improving(excesses: list[float]) -> bool:
@@ -311,9 +325,14 @@ def train_policy(
     logps = group.compute_logps(len(pairs), "engine", desc="excess")
     summary: dict[str, Any] = {"epochs": rows[-1]["epoch"], "heldout_pairs": len(held_ids)}
     for name, ids in (("train", train_ids), ("heldout", held_ids)):
-        if ids:
-            summary[f"{name}_excess_start"] = excess_start[name]
-            summary[f"{name}_excess_end"] = mean_excess(cfg, pairs, cache, logps, ids)
+        if not ids:
+            continue
+        end = excesses(cfg, pairs, cache, logps, ids)
+        summary[f"{name}_excess_start"] = excess_start[name]
+        summary[f"{name}_excess_end"] = end.mean().item()
+        se = standard_error(end, [pairs.prompt[i] for i in ids])
+        if name == "heldout" and se is not None:  # what a capped held-out set measures to
+            summary["heldout_excess_end_se"] = se
     return rows, summary
 
 

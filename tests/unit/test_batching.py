@@ -120,6 +120,19 @@ def test_heldout_split_is_by_prompt_seeded_and_never_trained_on():
     state = torch.get_rng_state()
     heldout_split(prompts, 0.5, seed=3)
     assert torch.equal(state, torch.get_rng_state())
+    capped = heldout_split(prompts, 0.5, seed=0, max_prompts=2)[1]
+    assert len({tuple(prompts[i]) for i in capped}) == 2  # 2, not round(0.5 x 9)
+    assert heldout_split(prompts, 0.25, seed=0, max_prompts=5) == (train, held)  # not binding
+
+
+def test_the_heldout_excess_standard_error_counts_prompts_not_pairs():
+    from inpo.learning.stage import standard_error
+
+    prompts = [[1], [1], [1], [2], [3], [3]]
+    values = torch.tensor([1.0, 1.0, 1.0, 2.0, 6.0, 0.0], dtype=torch.float64)
+    means = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)  # one per prompt
+    assert standard_error(values, prompts) == pytest.approx((means.std() / 3**0.5).item())
+    assert standard_error(values[:3], prompts[:3]) is None  # one prompt: no spread to measure
 
 
 def test_a_heldout_pair_never_reaches_a_training_batch():
