@@ -18,7 +18,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-SESSION_CPUS = 8  # what `inpo train` gives a local cluster on 2 cores
+# what `inpo train` gives a local cluster on 2 cores (8), and room for the pool's idle groups
+SESSION_CPUS = 12
 
 
 def pytest_collection_modifyitems(items):
@@ -49,23 +50,36 @@ def tiny_tied_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def actor_pool():
+    """The generator and learner groups in-process runs keep for the next one
+    (`inpo.run.pool`): most runs of the suite start the same engines."""
+    from inpo.plan.pool import keep_actors
+
+    with keep_actors() as pool:
+        yield pool
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(actor_pool):
     """The session's Ray cluster; yields its address. Module-scoped fixtures use this one."""
     import ray
 
     yield start_session_ray(SESSION_CPUS)
+    actor_pool.close()
     ray.shutdown()
 
 
-def leftovers() -> list[str]:
-    """Live actors and placement groups of the session's cluster."""
+def leftovers(pool) -> list[str]:
+    """Live actors (but the pool's idle ones) and placement groups of the session's
+    cluster."""
     import ray
     from ray._private import state
 
+    kept = pool.actor_ids()
     alive = [
         f"actor {a['ActorClassName']} ({a['ActorID'][:8]})"
         for a in state.actors().values()
-        if a["State"] != "DEAD"
+        if a["State"] != "DEAD" and a["ActorID"] not in kept
     ]
     groups = [
         f"placement group {g['name'] or g['placement_group_id'][:8]}"
@@ -76,12 +90,12 @@ def leftovers() -> list[str]:
 
 
 @pytest.fixture
-def ray_session(ray_cluster):
+def ray_session(ray_cluster, actor_pool):
     """The session's Ray cluster (its address) for one test, which must leave no actor and
-    no placement group of its own behind (a module fixture's stay)."""
-    before = set(leftovers())
+    no placement group of its own behind (a module fixture's stay, and the pool's)."""
+    before = set(leftovers(actor_pool))
     yield ray_cluster
     deadline = time.monotonic() + 30  # a killed actor is marked dead asynchronously
-    while (left := sorted(set(leftovers()) - before)) and time.monotonic() < deadline:
+    while (left := sorted(set(leftovers(actor_pool)) - before)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not left, f"left on the session's Ray cluster: {left}"

@@ -73,6 +73,31 @@ class Generator(Actor):
         return time.perf_counter() - t0, digest
 
 
+def engine_settings(
+    model_dir: str, cfg: InpoConfig, device: str, slots: list[ActorSlot], probe_len: int = 0
+) -> dict[str, Any]:
+    """The VLLMEngine arguments of a generator of ``model_dir`` in one of ``slots``."""
+    gc = cfg.generation
+    shared = any(0 < s.num_gpus < 1 for s in slots)
+    dtype = dtype_name(cfg.model.dtype, device)
+    max_len = max_model_len(cfg, probe_len)
+    sleep_mode = bool(cfg.run.colocate) and device == "cuda"
+    engine_kwargs = device_settings(model_dir, device, dtype, max_len, shared, sleep_mode)
+    if gc.gpu_memory_utilization is not None:  # the user's share: vLLM sizes the KV cache
+        engine_kwargs |= {
+            "gpu_memory_utilization": gc.gpu_memory_utilization,
+            "kv_cache_bytes": None,
+        }
+    return engine_kwargs | {
+        "seed": cfg.run.seed,
+        # simulated GPUs: the generator reserves its TP GPUs and runs one CPU engine
+        "tensor_parallel_size": gc.tensor_parallel_size if device == "cuda" else 1,
+        "enforce_eager": gc.enforce_eager or device == "cpu",
+        "stop_token_ids": stop_token_ids(model_dir),
+        "sleep_mode": sleep_mode,
+    }
+
+
 class GeneratorGroup(ActorGroup):
     def __init__(
         self,
@@ -81,33 +106,21 @@ class GeneratorGroup(ActorGroup):
         device: str,
         slots: list[ActorSlot],
         probe_len: int = 0,
+        engine_kwargs: dict[str, Any] | None = None,
     ):
-        gc = cfg.generation
-        shared = any(0 < s.num_gpus < 1 for s in slots)
-        dtype = dtype_name(cfg.model.dtype, device)
-        max_len = max_model_len(cfg, probe_len)
-        sleep_mode = bool(cfg.run.colocate) and device == "cuda"
-        engine_kwargs = device_settings(model_dir, device, dtype, max_len, shared, sleep_mode)
-        if gc.gpu_memory_utilization is not None:  # the user's share: vLLM sizes the KV cache
-            engine_kwargs |= {
-                "gpu_memory_utilization": gc.gpu_memory_utilization,
-                "kv_cache_bytes": None,
-            }
-        engine_kwargs |= {
-            "seed": cfg.run.seed,
-            # simulated GPUs: the generator reserves its TP GPUs and runs one CPU engine
-            "tensor_parallel_size": gc.tensor_parallel_size if device == "cuda" else 1,
-            "enforce_eager": gc.enforce_eager or device == "cpu",
-            "stop_token_ids": stop_token_ids(model_dir),
-            "sleep_mode": sleep_mode,
-        }
-        self.sync_timeout = gc.sync_timeout_s
-        # bf16 kernels in vLLM and in the learner round differently; fp32 agrees to ~1e-6.
-        bf16 = engine_kwargs["dtype"] == "bfloat16"
-        self.tolerance = gc.sync_tolerance or (0.05 if bf16 else 1e-3)
+        engine_kwargs = engine_kwargs or engine_settings(model_dir, cfg, device, slots, probe_len)
+        self.bf16 = engine_kwargs["dtype"] == "bfloat16"
+        self.configure(cfg)
         super().__init__(
             "generator", Generator, slots, setup="start", setup_args=(model_dir, engine_kwargs)
         )
+
+    def configure(self, cfg: InpoConfig) -> None:
+        """The sync settings of a run of ``cfg`` (a group kept between runs also reloads
+        its first policy, `inpo.run.pool`)."""
+        self.sync_timeout = cfg.generation.sync_timeout_s
+        # bf16 kernels in vLLM and in the learner round differently; fp32 agrees to ~1e-6.
+        self.tolerance = cfg.generation.sync_tolerance or (0.05 if self.bf16 else 1e-3)
 
     def generate(self, prompts: list[list[int]], seeds: list[int], **sampling) -> list[list[dict]]:
         """Samples for every prompt, in order; prompts are split evenly among generators."""

@@ -21,10 +21,11 @@ from inpo.data import Prompt, load_prompts, prompt_token_ids
 from inpo.durable import append_jsonl, finished_chunks
 from inpo.errors import InpoError
 from inpo.faults import NO_FAULTS, Faults
-from inpo.generation.generator import GeneratorGroup
+from inpo.generation.generator import GeneratorGroup, engine_settings
 from inpo.models import require_model_dir
 from inpo.plan.cluster import start_ray
 from inpo.plan.placement import plan_for
+from inpo.plan.pool import start_or_reuse, stop
 from inpo.rows import GenerationRow, write_rows
 from inpo.stages import Role
 
@@ -148,11 +149,28 @@ def sample(
     )
 
 
-def start_generators(cfg: InpoConfig, device: str, model_dir: str, slots=None, probe_len=0):
-
+def start_generators(
+    cfg: InpoConfig, device: str, model_dir: str, slots=None, probe_len: int = 0
+) -> GeneratorGroup:
+    """Generators of ``model_dir``, or those of an earlier run with the same engine
+    settings, reloaded from ``model_dir`` (`inpo.plan.pool`); end with
+    `inpo.plan.pool.stop`."""
     if slots is None:
         slots = plan_for(cfg, device, [Role.GENERATOR]).slots[Role.GENERATOR]
-    return GeneratorGroup(model_dir, cfg, device, slots, probe_len)
+    settings = engine_settings(model_dir, cfg, device, slots, probe_len)
+    key = (model_dir, device, *sorted((k, str(v)) for k, v in settings.items()))
+
+    def reuse(group: GeneratorGroup) -> None:
+        group.configure(cfg)
+        group.call("reload", model_dir)
+
+    return start_or_reuse(
+        Role.GENERATOR,
+        key,
+        slots,
+        lambda: GeneratorGroup(model_dir, cfg, device, slots, probe_len, settings),
+        reuse,
+    )
 
 
 def generate_file(cfg: InpoConfig, prompts_path: Path, out: Path) -> None:
@@ -182,7 +200,7 @@ def generate_file(cfg: InpoConfig, prompts_path: Path, out: Path) -> None:
             gen.max_new_tokens,
         )
     finally:
-        generators.shutdown()
+        stop(generators)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_rows(out, rows)
     skipped = len(prompts) - len(kept)

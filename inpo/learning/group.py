@@ -22,9 +22,8 @@ class LearnerGroup(ActorGroup):
         world = cfg.learner.ranks
         if len(slots) != world:
             raise ValueError(f"{len(slots)} placement slots for {world} learner ranks")
-        self.cfg = cfg
-        self.dtype = dtype_name(cfg.model.dtype, device)
-        self.autocast = autocasts(cfg.learner.autocast, cfg.model.dtype, device)
+        self.device = device
+        self._configure(cfg)
         env = {"DS_ACCELERATOR": "cpu"} if device == "cpu" else {}
         super().__init__(
             "learner rank",
@@ -35,6 +34,16 @@ class LearnerGroup(ActorGroup):
         )
         addr, port = self.get([self.actors[0].address.remote()])[0]
         self.call("init_distributed", addr, port)
+
+    def _configure(self, cfg: InpoConfig) -> None:
+        self.cfg = cfg
+        self.dtype = dtype_name(cfg.model.dtype, self.device)
+        self.autocast = autocasts(cfg.learner.autocast, cfg.model.dtype, self.device)
+
+    def configure(self, cfg: InpoConfig) -> None:
+        """Serve a run of ``cfg`` (a group kept between runs, `inpo.run.pool`)."""
+        self._configure(cfg)
+        self.call("configure", cfg)
 
     def set_data(self, pairs: TokenizedPairs, pad_id: int) -> None:
         import ray

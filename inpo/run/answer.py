@@ -42,6 +42,7 @@ from inpo.durable import write_jsonl_atomic, write_text_atomic
 from inpo.generation.stage import sample, start_generators, tokenize_prompts
 from inpo.models import resolve_model
 from inpo.plan.cluster import start_ray
+from inpo.plan.pool import stop
 
 FORMATS = ("alpaca_eval", "arena_hard", "jsonl")
 
@@ -228,7 +229,7 @@ def answer_file(
             max_tokens,
         )
     finally:
-        generators.shutdown()
+        stop(generators)
     answers = [
         {
             "response": g["responses"][0],

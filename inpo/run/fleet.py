@@ -36,6 +36,7 @@ from inpo.plan.colocate import (
 )
 from inpo.plan.memory import check_memory
 from inpo.plan.placement import PlacementError, Plan, cluster_nodes, lost_bundles, plan_for, release
+from inpo.plan.pool import stop
 from inpo.stages import Role
 
 PLACEMENT_FILE = "placement.json"
@@ -264,7 +265,7 @@ class Fleet:
         if group is not None and failed:
             ActorGroup.shutdown(getattr(group, "inner", group))
         elif group is not None:
-            group.close() if role == Role.JUDGE else group.shutdown()
+            group.close() if role == Role.JUDGE else stop(group)
 
     def shutdown(self) -> None:
         try:

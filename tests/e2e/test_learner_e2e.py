@@ -12,6 +12,7 @@ from helpers import hf_logp, inpo_cli, inpo_here, write_pairs
 from safetensors.torch import load_file
 
 from inpo.config import load_config
+from inpo.plan.pool import stop
 
 LEARN_ARGS = [
     "learner.lr=3e-3",
@@ -137,7 +138,7 @@ def _train_in_process(cfg_overrides, pairs_path, policy, out, on_step=None, afte
             after(group, pairs)
         return rows
     finally:
-        group.shutdown()
+        stop(group)
 
 
 BASE = [
@@ -390,4 +391,4 @@ def test_a_colocated_learners_sleep_releases_its_engine_and_the_next_iteration_t
             policy = str(out / "policy")
         assert rows[0]["margin"] != 0  # iteration 2 started from iteration 1's policy
     finally:
-        group.shutdown()
+        stop(group)

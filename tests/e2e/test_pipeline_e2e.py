@@ -511,7 +511,7 @@ def test_an_oracle_that_raises_stops_cleanly_and_resumes(tmp_path, monkeypatch, 
 @pytest.mark.parametrize(
     "setting, want",
     [
-        ("run.num_cpus=3", "run.num_cpus = 3: the Ray cluster this run joins has 8 CPUs"),
+        ("run.num_cpus=3", "run.num_cpus = 3: the Ray cluster this run joins has 12 CPUs"),
         ("run.num_gpus=2", "run.num_gpus = 2: the Ray cluster this run joins has 0 GPUs"),
         ("run.ray_address=127.0.0.1:9", "run.ray_address = '127.0.0.1:9': this process is"),
     ],

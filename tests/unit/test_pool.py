@@ -1,0 +1,61 @@
+"""The actor pool's rules (`inpo.run.pool`), on stand-in groups: a group is taken again only
+with its key and while alive, at most one idle group per role, and nothing outside
+`keep_actors`."""
+
+from __future__ import annotations
+
+import pytest
+
+from inpo.plan import pool as pool_module
+from inpo.plan.pool import ActorPool, current_pool, keep_actors
+
+
+class Group:
+    def __init__(self) -> None:
+        self.actors: list = []  # ActorGroup.shutdown kills these (none here)
+        self.shut = False
+
+
+@pytest.fixture
+def alive(monkeypatch):
+    state = {"alive": True}
+    monkeypatch.setattr(pool_module, "_alive", lambda group: state["alive"])
+    return state
+
+
+def test_a_group_is_taken_again_only_with_its_key(alive):
+    pool, g = ActorPool(), Group()
+    pool.give("generator", ("a",), g)
+    assert pool.take("generator", ("b",)) is None  # and g is dropped to make room
+    assert pool.idle == {}
+    pool.give("generator", ("a",), g)
+    assert pool.take("learner", ("a",)) is None
+    assert pool.take("generator", ("a",)) is g
+    assert pool.take("generator", ("a",)) is None  # taken: not idle any more
+    assert pool.reused == 1
+
+
+def test_a_dead_group_is_not_taken(alive):
+    pool, g = ActorPool(), Group()
+    pool.give("learner", ("k",), g)
+    alive["alive"] = False
+    assert pool.take("learner", ("k",)) is None
+    assert pool.reused == 0
+
+
+def test_one_idle_group_per_role(alive):
+    pool, first, second = ActorPool(), Group(), Group()
+    pool.give("generator", ("a",), first)
+    pool.give("generator", ("b",), second)
+    assert pool.take("generator", ("a",)) is None
+    pool.give("generator", ("b",), second)
+    assert pool.take("generator", ("b",)) is second
+
+
+def test_keep_actors_scopes_the_pool():
+    assert current_pool() is None
+    with keep_actors() as pool:
+        assert current_pool() is pool
+        pool.give("generator", ("a",), Group())
+    assert current_pool() is None
+    assert pool.idle == {}  # shut down on exit
