@@ -22,7 +22,7 @@ from inpo.durable import append_jsonl, finished_chunks
 from inpo.errors import InpoError
 from inpo.faults import NO_FAULTS, Faults
 from inpo.generation.generator import GeneratorGroup, engine_settings
-from inpo.models import require_model_dir
+from inpo.models import model_signature, require_model_dir
 from inpo.plan.cluster import start_ray
 from inpo.plan.placement import plan_for
 from inpo.plan.pool import start_or_reuse, stop
@@ -153,12 +153,13 @@ def start_generators(
     cfg: InpoConfig, device: str, model_dir: str, slots=None, probe_len: int = 0
 ) -> GeneratorGroup:
     """Generators of ``model_dir``, or those of an earlier run with the same engine
-    settings, reloaded from ``model_dir`` (`inpo.plan.pool`); end with
-    `inpo.plan.pool.stop`."""
+    settings and a model of the same config and tokenizer, reloaded from ``model_dir``
+    (`inpo.plan.pool`); end with `inpo.plan.pool.stop`."""
     if slots is None:
         slots = plan_for(cfg, device, [Role.GENERATOR]).slots[Role.GENERATOR]
     settings = engine_settings(model_dir, cfg, device, slots, probe_len)
-    key = (model_dir, device, *sorted((k, str(v)) for k, v in settings.items()))
+    # the weights are reloaded: what the engine is built from besides them is the key
+    key = (model_signature(model_dir), device, *sorted((k, str(v)) for k, v in settings.items()))
 
     def reuse(group: GeneratorGroup) -> None:
         group.configure(cfg)

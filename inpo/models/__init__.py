@@ -50,6 +50,18 @@ def weights_digest(tensor_digests: Iterable[tuple[str, str]]) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
+def model_signature(model_dir: str | Path) -> str:
+    """sha256 of a model directory without its weights (config, tokenizer, chat template):
+    two directories with the same signature build the same engine, up to the weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(Path(model_dir).iterdir()):
+        if f.is_file() and not f.name.endswith((".safetensors", ".bin", ".pt", ".index.json")):
+            h.update(f"{f.name}\0{len(f.read_bytes())}\0".encode() + f.read_bytes())
+    return h.hexdigest()
+
+
 def require_model_dir(path: str | Path, field: str) -> Path:
     """A usable Hugging Face directory, or an error naming the config field."""
     p = Path(path)

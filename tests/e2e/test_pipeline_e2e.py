@@ -236,10 +236,12 @@ def test_mnpo_under_comal_resets_killed_while_learning_resumes_exactly(tmp_path,
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_sppo_and_the_online_dpo_and_ipo_recipes_train(tmp_path, ray_session):
+def test_sppo_and_the_online_dpo_and_ipo_recipes_train(tmp_path, ray_session, actor_pool):
     """SPPO on round-robin win rates (each response's leave-one-out mean of the vowels
     oracle's P, recomputed here from the samples); the shipped online DPO and IPO recipes,
-    whose reference stays pi_ref in iteration 2. Each learn stage lowers its objective."""
+    whose reference stays pi_ref in iteration 2. Each learn stage lowers its objective.
+    The second and third runs take the first one's generator and learner ranks (the pool
+    that keeps the suite's in-process runs fast)."""
     from inpo.judging.synthetic import VOWEL_SCALE, sigmoid, vowel_score
 
     def p(a: str, b: str) -> float:
@@ -250,6 +252,7 @@ def test_sppo_and_the_online_dpo_and_ipo_recipes_train(tmp_path, ray_session):
         "dpo": ["configs/online_dpo.yaml", "run.iterations=2"],
         "ipo": ["configs/online_ipo.yaml", "run.iterations=1"],
     }
+    reused = actor_pool.reused
     for name, extra in runs.items():
         config = [x for x in extra if x.endswith(".yaml")]
         overrides = [x for x in extra if not x.endswith(".yaml")]
@@ -260,6 +263,7 @@ def test_sppo_and_the_online_dpo_and_ipo_recipes_train(tmp_path, ray_session):
         for row in rows:
             assert row["loss_type"] == name and row["objective"] == name
             assert row["train_excess_end"] < row["train_excess_start"], (name, row)
+    assert actor_pool.reused - reused == 4  # (generator, learner) x (dpo, ipo)
     gens = {
         g["prompt_id"]: g
         for g in map(json.loads, (tmp_path / "sppo/iter_1/generations.jsonl").open())

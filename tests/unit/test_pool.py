@@ -59,3 +59,18 @@ def test_keep_actors_scopes_the_pool():
         pool.give("generator", ("a",), Group())
     assert current_pool() is None
     assert pool.idle == {}  # shut down on exit
+
+
+def test_a_model_signature_ignores_the_weights_only(tiny_model, tmp_path):
+    import shutil
+
+    from inpo.models import model_signature
+
+    copy = shutil.copytree(tiny_model, tmp_path / "copy")
+    (copy / "model.safetensors").write_bytes(b"other weights")
+    assert model_signature(copy) == model_signature(tiny_model)
+    config = (copy / "config.json").read_text()
+    (copy / "config.json").write_text(
+        config.replace('"num_hidden_layers": 2', '"num_hidden_layers": 3')
+    )
+    assert model_signature(copy) != model_signature(tiny_model)
