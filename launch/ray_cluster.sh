@@ -132,8 +132,8 @@ ray_temp_dir() {
   fi
 }
 
-# A port free on this node now (the dashboard agent's default, 52365, is taken by any
-# other Ray node on the host).
+# A port free on this node now (Ray's fixed defaults for the dashboard agent and the
+# dashboard are taken by any other Ray node on the host).
 free_port() {
   "$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'
 }
@@ -160,11 +160,15 @@ common_args() {
   [[ -z $temp ]] || printf '%s\n' "--temp-dir=$temp"
 }
 
+# The dashboard's port is free, too: `ray start` does not look past its default (8265)
+# when another head on the node holds it.
 head_args() {
-  local port ip
+  local port ip dashboard
   port=$(ray_port)
   ip=$(node_ip)
-  printf '%s\n' "--head" "--port=$port" "--ray-client-server-port=$((port + 1))"
+  dashboard=$(free_port)
+  printf '%s\n' "--head" "--port=$port" "--ray-client-server-port=$((port + 1))" \
+    "--dashboard-port=$dashboard"
   common_args "$ip"
 }
 

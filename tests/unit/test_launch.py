@@ -149,8 +149,9 @@ def test_ray_start_gets_cpus_gpus_address_and_the_jobs_ports():
         "--temp-dir=/tmp/inpo-ray-42",
     ):
         assert arg in head, (arg, head)
-    agent = [a for a in head if a.startswith("--dashboard-agent-listen-port=")]
-    assert agent and agent[0] != "--dashboard-agent-listen-port=52365"  # Ray's default
+    for flag, default in (("--dashboard-agent-listen-port", 52365), ("--dashboard-port", 8265)):
+        port = [a for a in head if a.startswith(flag + "=")]  # free, not Ray's default
+        assert len(port) == 1 and port[0] != f"{flag}={default}", head
     worker = out(f"worker_args {ip}", **env).splitlines()
     assert f"--address={ip}:20084" in worker and "--head" not in worker
     assert "--num-gpus=8" in worker and "--temp-dir=/tmp/inpo-ray-42" in worker
