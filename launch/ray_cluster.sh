@@ -111,7 +111,8 @@ node_ip() {
 }
 
 # The GCS port, and the Ray client server's one above it: from the job id, so two jobs
-# that share a node do not both take Ray's default 6379.
+# that share a node do not both take Ray's default 6379; 20000-29999 lies between Ray's
+# worker ports (10002-19999) and Linux's ephemeral ones (32768 and up).
 ray_port() {
   if [[ -n ${RAY_PORT:-} ]]; then
     echo "$RAY_PORT"

@@ -210,6 +210,7 @@ def test_the_batch_script_starts_one_ray_node_per_slurm_node_and_waits(tmp_path)
     log = tmp_path / "srun.log"
     fake(bin_dir, "srun", f'echo "SRUN INPO_NODE_IP=${{INPO_NODE_IP:-}} $*" >> {log}')
     fake(bin_dir, "scontrol", 'printf "n1\\nn2\\nn3\\n"')
+    fake(bin_dir, "scancel", f'echo "SCANCEL $*" >> {log}')
     env = clean_env(
         VENV=str(fake_venv(tmp_path)),
         PATH=f"{bin_dir}:{os.environ['PATH']}",
@@ -232,7 +233,7 @@ def test_the_batch_script_starts_one_ray_node_per_slurm_node_and_waits(tmp_path)
     ), r.stdout
     assert "ended before the Ray cluster" in r.stderr and "of 3 nodes, 0 of 12 GPUs" in r.stderr
     assert "INPO" not in r.stdout  # no run without its nodes
-    steps = sorted(log.read_text().splitlines())
+    steps = sorted(line for line in log.read_text().splitlines() if line.startswith("SRUN"))
     step = "--overlap --ntasks-per-node=1 --cpus-per-task=2 --mem=0"
     assert steps == sorted(
         [
@@ -242,6 +243,8 @@ def test_the_batch_script_starts_one_ray_node_per_slurm_node_and_waits(tmp_path)
             f"launch/ray_cluster.sh worker {ip}:20154 --block",
         ]
     )
+    # the steps were told to stop (SIGTERM; this script is not signalled)
+    assert "SCANCEL --signal=TERM 77" in log.read_text().splitlines()
 
 
 def test_the_batch_script_asks_for_requeue_and_the_nodes_memory():
