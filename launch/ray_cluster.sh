@@ -280,10 +280,11 @@ main() {
       shift 2
       wait_nodes "${RAY_ADDRESS:-$(node_ip):$(ray_port)}" "$nodes" "$gpus" "$@"
       ;;
-    train)
-      local config=${1:?usage: $0 train CONFIG [overrides...]}
+    train) # on the head: the address `head` started it at (Ray's "auto" misses a --temp-dir)
+      local config=${1:?usage: $0 train CONFIG [overrides...]} address
       shift
-      exec "$VENV/bin/inpo" train "$config" run.ray_address=auto "$@"
+      address=${RAY_ADDRESS:-$(node_ip):$(ray_port)}
+      exec "$VENV/bin/inpo" train "$config" "run.ray_address=$address" "$@"
       ;;
     ip) node_ip "$@" ;;
     gpus) gpu_count ;;

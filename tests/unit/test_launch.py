@@ -261,3 +261,12 @@ def test_the_scripts_are_shellcheck_clean():
         ["shellcheck", "-x", *sorted(set(SCRIPTS))], cwd=ROOT, capture_output=True, text=True
     )
     assert r.returncode == 0, r.stdout
+
+
+def test_ray_cluster_train_joins_the_heads_address(tmp_path):
+    """`launch/ray_cluster.sh train` on the head joins the address `head` started it at."""
+    env = clean_env(VENV=str(fake_venv(tmp_path)), SLURM_JOB_ID="42")
+    cmd = [str(ROOT / "launch" / "ray_cluster.sh"), "train", "configs/x.yaml", "run.seed=3"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    ip = out("node_ip")
+    assert r.stdout.strip() == f"INPO train configs/x.yaml run.ray_address={ip}:20084 run.seed=3"
