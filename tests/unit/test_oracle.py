@@ -378,3 +378,46 @@ def test_http_reasoning_mode_samples_seeded_verdicts_and_reads_them(fake_server)
         ("no", verdict_seed(5, "Why?", "no", "yes")),
     }
     oracle.close()
+
+
+def test_inpo_judge_reports_unparseable_verdicts_and_writes_the_texts(
+    fake_server, tmp_path, capsys
+):
+    from inpo.judging.stage import judge_file
+
+    fake_server.reply("/v1/models", MODELS)
+    texts = ["Both answer; A is exact. [[A>>B]]", "I would say that"]
+    answer = {
+        "choices": [
+            {"index": i, "text": t, "finish_reason": r}
+            for i, (t, r) in enumerate(zip(texts, ["stop", "length"], strict=True))
+        ]
+    }
+    fake_server.reply("/v1/completions", (200, answer))
+    gen = tmp_path / "generations.jsonl"
+    gen.write_text(json.dumps({"prompt_id": 0, "prompt": "Why?", "responses": ["a", "b"]}) + "\n")
+    cfg = InpoConfig.model_validate(
+        {
+            "oracle": {
+                "backend": "http",
+                "url": fake_server.url,
+                "reasoning_tokens": 16,
+                "verdict_samples": 2,
+                "max_unparseable_fraction": 0.5,
+            },
+            "pairing": {"strategy": "random"},
+        }
+    )
+    judge_file(cfg, gen, tmp_path / "pairs.jsonl")
+    said = capsys.readouterr().out
+    # one comparison, both orders: 4 samples, the 2 "I would say that" cut and unparseable
+    assert "share of samples with a verdict 0.500" in said
+    assert (
+        "2 of 4 sampled verdicts unparseable (2 cut at oracle.reasoning_tokens), 0 queries" in said
+    )
+    summary = json.loads((tmp_path / "pairs_summary.json").read_text())
+    assert summary["verdict_samples"] == 4 and summary["unparsed_verdicts"] == 2
+    assert summary["unparsed_cut"] == 2 and summary["no_verdict"] == 0
+    kept = [json.loads(x) for x in (tmp_path / "pairs_verdicts.jsonl").read_text().splitlines()]
+    assert [k["values"] for k in kept] == [[1.0, None], [1.0, None]]
+    assert {(k["a"], k["b"]) for k in kept} == {("a", "b"), ("b", "a")}
