@@ -7,6 +7,7 @@ paper's recipes live in configs/*.yaml. Every field is documented once, in its
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +28,10 @@ from inpo.models import TINY
 from inpo.prompts import DEFAULT_KINDS, KINDS
 
 QUICKSTART_PROMPTS = "builtin:quickstart"
+#: Arena-Hard's verdict labels, [[A>>B]] .. [[B>>A]] (no "|" in it: the config table)
+DEFAULT_VERDICT_PATTERN = r"\[\[\s*(?P<verdict>[AB]\s*[>=]>?\s*[AB])\s*\]\]"
+#: P(A > B) of each label: a strong win counts whole, a win three quarters, a tie half
+DEFAULT_VERDICT_VALUES = {"A>>B": 1.0, "A>B": 0.75, "A=B": 0.5, "B>A": 0.25, "B>>A": 0.0}
 #: oracle backends that hold a judge model, run in Ray actors and may take GPUs
 MODEL_BACKENDS = ("pairpm", "reward", "llm")
 
@@ -219,12 +224,15 @@ class OracleConfig(_Section):
         "(M + M^T = 1), instead of game_classes/game_win.",
     )
     model: str | None = Field(None, description="Judge model directory (pairpm, reward, llm).")
-    prompt_template: str = Field(
-        "builtin:pairwise",
+    prompt_template: str | None = Field(
+        None,
         description="llm and http judges: the judge prompt, sent as a user turn: "
         "builtin:pairwise (a short 'which is better, A or B' prompt), builtin:mtbench (after "
-        "MT-Bench's pairwise judge; its tie letter C counts with oracle.choices=[A, B, C]) or "
-        "a text file holding {question}, {answer_a} and {answer_b}.",
+        "MT-Bench's pairwise judge; its tie letter C counts with oracle.choices=[A, B, C]), "
+        "builtin:reasoned (reason first, then a [[A>B]]-style verdict; for "
+        "oracle.reasoning_tokens) or a text file holding {question}, {answer_a} and "
+        "{answer_b}. Unset: builtin:reasoned when oracle.reasoning_tokens > 0, else "
+        "builtin:pairwise.",
     )
     choices: list[str] = Field(
         ["A", "B"],
@@ -233,6 +241,46 @@ class OracleConfig(_Section):
         description="llm and http judges: the verdict tokens [A wins, B wins] or [A, B, tie]; "
         "P(A > B) = (p_A + p_tie/2) / (p_A + p_B + p_tie) over their next-token "
         "probabilities. Each must be one token after the judge prompt (checked at start).",
+    )
+    reasoning_tokens: int = Field(
+        0,
+        ge=0,
+        description="llm and http judges: 0 reads the verdict off the next token's "
+        "probabilities (oracle.choices); N > 0 lets the judge write up to N tokens and "
+        "reads its verdict from the text with oracle.verdict_pattern, P(A > B) being the "
+        "mean of oracle.verdict_values over oracle.verdict_samples seeded samples "
+        "(unparseable ones counted, not counted as ties). The llm judge samples on vLLM only.",
+    )
+    verdict_pattern: str = Field(
+        DEFAULT_VERDICT_PATTERN,
+        description="Reasoning mode: a regular expression whose named group 'verdict' "
+        "captures the label (whitespace removed) looked up in oracle.verdict_values. A text "
+        "with no match, a label not there or two different labels is unparseable.",
+    )
+    verdict_values: dict[str, float] = Field(
+        DEFAULT_VERDICT_VALUES,
+        min_length=1,
+        description="Reasoning mode: P(A > B) of each verdict label (Arena-Hard's five by "
+        "default: a strong win 1, a win 0.75, a tie 0.5).",
+    )
+    verdict_samples: int = Field(
+        1,
+        ge=1,
+        description="Reasoning mode: verdicts sampled per query (each query seeded from "
+        "run.seed and its question and responses, so a redone stage gives the same labels).",
+    )
+    verdict_temperature: float = Field(
+        1.0,
+        ge=0.0,
+        description="Reasoning mode: the judge's sampling temperature (0: greedy, one sample).",
+    )
+    max_unparseable_fraction: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Reasoning mode: a judge call (one round of a chunk, per judge actor) "
+        "whose share of unparseable samples exceeds this is an error; below it, a query "
+        "with no parseable sample gets P = 0.5 and is counted (no_verdict).",
     )
     engine: Literal["vllm", "hf"] | None = Field(
         None,
@@ -281,6 +329,54 @@ class OracleConfig(_Section):
         if len(set(v)) != len(v) or not all(v):
             raise ValueError(f"oracle.choices = {v}: two or three distinct, non-empty tokens")
         return v
+
+    @field_validator("verdict_pattern")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        try:
+            groups = re.compile(v).groupindex
+        except re.error as e:
+            raise ValueError(
+                f"oracle.verdict_pattern = {v!r}: not a regular expression: {e}"
+            ) from None
+        if "verdict" not in groups:
+            raise ValueError(
+                f"oracle.verdict_pattern = {v!r}: has no named group 'verdict' "
+                "(write (?P<verdict>...) around the label)"
+            )
+        return v
+
+    @field_validator("verdict_values")
+    @classmethod
+    def _values(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: p for k, p in v.items() if not 0.0 <= p <= 1.0}
+        if bad:
+            raise ValueError(f"oracle.verdict_values: {bad} not in [0, 1]")
+        # labels are looked up with their whitespace removed
+        return {"".join(k.split()): p for k, p in v.items()}
+
+    @model_validator(mode="after")
+    def _reasoning(self) -> OracleConfig:
+        if self.reasoning_tokens == 0:
+            return self
+        if self.backend not in ("llm", "http"):
+            raise ValueError(
+                f"oracle.reasoning_tokens = {self.reasoning_tokens}: only llm and http judges "
+                f"write a verdict (oracle.backend = {self.backend})"
+            )
+        if self.verdict_temperature == 0 and self.verdict_samples > 1:
+            raise ValueError(
+                f"oracle.verdict_samples = {self.verdict_samples} at oracle.verdict_temperature"
+                " = 0: greedy samples are all the same; sample at a temperature > 0"
+            )
+        return self
+
+    @property
+    def template_spec(self) -> str:
+        """oracle.prompt_template, or the builtin the judge mode calls for."""
+        if self.prompt_template is not None:
+            return self.prompt_template
+        return "builtin:reasoned" if self.reasoning_tokens else "builtin:pairwise"
 
 
 class PairingConfig(_Section):

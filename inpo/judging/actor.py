@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from inpo.config import MODEL_BACKENDS, OracleConfig
 from inpo.data import Prompt
 from inpo.judging.llm import LLMJudge
-from inpo.judging.oracle import Oracle, OracleError
+from inpo.judging.oracle import Oracle, OracleError, ParseCounts
 from inpo.judging.pairpm import PairPM
 from inpo.judging.reward import RewardModel
 from inpo.judging.verdict import load_template
@@ -66,21 +66,48 @@ class OracleWorker(Actor):
     def verdicts(self) -> tuple[float, int]:
         return self.judge.verdicts()
 
+    def parse_counts(self) -> ParseCounts:
+        return self.judge.parse_counts()
 
-def judge_options(oc: OracleConfig) -> dict:
-    """What the llm judge takes beyond the model: its prompt template, read here in the
-    driver (a bad file fails before any actor starts; actors on other nodes need not see
-    it), and its choices."""
-    if oc.backend != "llm":
-        return {}
-    return {"template": load_template(oc.prompt_template), "choices": list(oc.choices)}
+    def judgements(self) -> list[dict]:
+        return self.judge.judgements()
+
+
+def verdict_options(oc: OracleConfig, seed: int, keep_texts: bool = False) -> dict:
+    """What the llm and http judges take beyond the model or URL: the prompt template (read
+    here in the driver: a bad file fails before any actor starts, and actors on other nodes
+    need not see it), the choices and, in reasoning mode, how verdicts are sampled and read
+    (seed: run.seed; keep_texts: keep each sampled text for `judgements`)."""
+    options = {"template": load_template(oc.template_spec), "choices": list(oc.choices)}
+    if oc.reasoning_tokens:
+        options |= {
+            "reasoning_tokens": oc.reasoning_tokens,
+            "verdict_pattern": oc.verdict_pattern,
+            "verdict_values": dict(oc.verdict_values),
+            "verdict_samples": oc.verdict_samples,
+            "temperature": oc.verdict_temperature,
+            "max_unparseable": oc.max_unparseable_fraction,
+            "seed": seed,
+            "keep_texts": keep_texts,
+        }
+    return options
+
+
+def judge_options(oc: OracleConfig, seed: int = 0, keep_texts: bool = False) -> dict:
+    """What the model judge takes beyond the model: the llm judge's `verdict_options`."""
+    return verdict_options(oc, seed, keep_texts) if oc.backend == "llm" else {}
 
 
 class OracleGroup(ActorGroup, Oracle):
     """Judge actors as one Oracle: every batch is split evenly across them, in order."""
 
     def __init__(
-        self, oracle_cfg: OracleConfig, device: str, slots: list[ActorSlot], sleep_mode: bool
+        self,
+        oracle_cfg: OracleConfig,
+        device: str,
+        slots: list[ActorSlot],
+        sleep_mode: bool,
+        options: dict | None = None,
     ):
         self.backend = oracle_cfg.backend
         cls = judge_class(self.backend)
@@ -92,7 +119,13 @@ class OracleGroup(ActorGroup, Oracle):
             OracleWorker,
             slots,
             setup="load",
-            setup_args=(oracle_cfg, device, shared, sleep_mode, judge_options(oracle_cfg)),
+            setup_args=(
+                oracle_cfg,
+                device,
+                shared,
+                sleep_mode,
+                judge_options(oracle_cfg) if options is None else options,
+            ),
         )
 
     @property
@@ -113,6 +146,15 @@ class OracleGroup(ActorGroup, Oracle):
     def verdicts(self) -> tuple[float, int]:
         totals = self.call("verdicts")
         return sum(t[0] for t in totals), sum(t[1] for t in totals)
+
+    def parse_counts(self) -> ParseCounts:
+        total = ParseCounts()
+        for counts in self.call("parse_counts"):
+            total = total.plus(counts)
+        return total
+
+    def judgements(self) -> list[dict]:
+        return [j for kept in self.call("judgements") for j in kept]
 
     def close(self) -> None:
         self.shutdown()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from inpo.algo.game import cyclic_matrix
 from inpo.config import MODEL_BACKENDS, InpoConfig, OracleConfig
-from inpo.judging.actor import OracleGroup
+from inpo.judging.actor import OracleGroup, judge_options, verdict_options
 from inpo.judging.constraints import ConstraintPreference
 from inpo.judging.http import HttpJudge
 from inpo.judging.oracle import Debiased, Oracle, OracleError
@@ -33,7 +33,6 @@ from inpo.judging.synthetic import (
     length_score,
     vowel_score,
 )
-from inpo.judging.verdict import load_template
 from inpo.plan.placement import plan_for
 from inpo.stages import Role
 
@@ -41,16 +40,24 @@ if TYPE_CHECKING:
     from inpo.plan.placement import ActorSlot
 
 
-def build_oracle(cfg: InpoConfig, device: str, slots: list[ActorSlot] | None = None) -> Oracle:
+def build_oracle(
+    cfg: InpoConfig,
+    device: str,
+    slots: list[ActorSlot] | None = None,
+    keep_texts: bool = False,
+) -> Oracle:
     """The oracle cfg.oracle describes. Model backends start cfg.oracle.num_actors Ray
     actors (Ray must be initialised) in ``slots``, by default planned for the oracle
-    alone; pass slots from a joint plan when generators or learner share the GPUs."""
+    alone; pass slots from a joint plan when generators or learner share the GPUs.
+    ``keep_texts``: a reasoning judge keeps its sampled texts for `Oracle.judgements`."""
     oc = cfg.oracle
     oracle: Oracle
     if oc.backend in MODEL_BACKENDS:
         if slots is None:
             slots = plan_for(cfg, device, [Role.JUDGE]).slots[Role.JUDGE]
-        oracle = OracleGroup(oc, device, slots, bool(cfg.run.colocate) and device == "cuda")
+        colocated = bool(cfg.run.colocate) and device == "cuda"
+        options = judge_options(oc, cfg.run.seed, keep_texts)
+        oracle = OracleGroup(oc, device, slots, colocated, options)
     elif oc.backend == "synthetic":
         oracle = synthetic_oracle(oc)
     elif oc.backend == "http":
@@ -61,8 +68,7 @@ def build_oracle(cfg: InpoConfig, device: str, slots: list[ActorSlot] | None = N
             timeout_s=oc.timeout_s,
             retries=oc.retries,
             batch_size=oc.batch_size,
-            template=load_template(oc.prompt_template),
-            choices=oc.choices,
+            **verdict_options(oc, cfg.run.seed, keep_texts),
         )
     elif oc.backend == "python":
         oracle = PythonOracle(oc.callable)

@@ -10,6 +10,11 @@ lower bound here (the same token spelled otherwise counts nowhere). oracle.url i
 base, e.g. http://127.0.0.1:8000/v1 ("/v1" is added to a URL with no path). Up to
 oracle.batch_size requests are in flight at once; connection errors, timeouts, HTTP 429 and
 5xx are retried oracle.retries times with exponential backoff.
+
+In reasoning mode (oracle.reasoning_tokens = N > 0) each pair is one request for
+oracle.verdict_samples completions (n) of up to N tokens, with the query's own seed
+(verdict.verdict_seed; the server must honour `seed`, as vLLM's does), read as the llm
+judge reads its samples (verdict.Verdicts.read_samples).
 """
 
 from __future__ import annotations
@@ -27,8 +32,15 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from inpo.data import Prompt
-from inpo.judging.oracle import Oracle, OracleError
-from inpo.judging.verdict import BUILTIN_TEMPLATES, Verdicts, render_prompt
+from inpo.judging.oracle import Oracle, OracleError, ParseCounts
+from inpo.judging.verdict import (
+    BUILTIN_TEMPLATES,
+    VerdictReader,
+    Verdicts,
+    render_prompt,
+    verdict_records,
+    verdict_seed,
+)
 
 TOP_LOGPROBS = 20
 BACKOFF_S = 0.5  # first retry waits this long, then twice as long each time
@@ -73,10 +85,22 @@ class HttpJudge(Oracle):
         batch_size: int = 32,
         template: str = BUILTIN_TEMPLATES["pairwise"],
         choices: Sequence[str] = ("A", "B"),
+        reasoning_tokens: int = 0,
+        verdict_pattern: str | None = None,
+        verdict_values: dict[str, float] | None = None,
+        verdict_samples: int = 1,
+        temperature: float = 1.0,
+        max_unparseable: float = 1.0,
+        seed: int = 0,
+        keep_texts: bool = False,
     ):
         self.base = api_base(url)
         self.template, self.choices = template, list(choices)
-        self.tally = Verdicts(choices, f"{self.base}/completions")
+        self.reasoning_tokens, self.samples = reasoning_tokens, verdict_samples
+        self.temperature, self.seed = temperature, seed
+        reader = VerdictReader.of(verdict_pattern, verdict_values) if reasoning_tokens else None
+        where = f"{self.base}/completions"
+        self.tally = Verdicts(choices, where, reader, max_unparseable, keep_texts)
         self.timeout = timeout_s
         self.retries = retries
         key = os.environ.get(api_key_env) if api_key_env else None
@@ -144,12 +168,47 @@ class HttpJudge(Oracle):
                 "of token -> log-prob"
             ) from None
 
+    def _sample_one(self, text: str, seed: int) -> tuple[list[str], list[str]]:
+        """Reasoning mode: the sampled completions' texts and finish reasons."""
+        body = {
+            "model": self.model,
+            "prompt": text,
+            "max_tokens": self.reasoning_tokens,
+            "temperature": self.temperature,
+            "n": self.samples,
+            "seed": seed,
+        }
+        data = self._request("POST", "/completions", body)
+        try:
+            got = sorted(data["choices"], key=lambda c: c.get("index", 0))
+            texts = [str(c["text"]) for c in got]
+            return texts, [str(c.get("finish_reason")) for c in got]
+        except (KeyError, TypeError, AttributeError):
+            raise OracleError(
+                f"{self.base}/completions answered {data!r:.200}: no choices[].text"
+            ) from None
+
     def prob(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> list[float]:
         texts = [render_prompt(self.template, *t) for t in zip(prompts, a, b, strict=True)]
-        return [self.tally.read(probs) for probs in self.pool.map(self._judge_one, texts)]
+        if not self.reasoning_tokens:
+            return [self.tally.read(probs) for probs in self.pool.map(self._judge_one, texts)]
+        seeds = [verdict_seed(self.seed, *t) for t in zip(prompts, a, b, strict=True)]
+        answers = list(self.pool.map(self._sample_one, texts, seeds))
+        keep = self.tally.kept is not None
+        return self.tally.read_samples(
+            [t for t, _ in answers],
+            [r for _, r in answers],
+            verdict_records(prompts, a, b, seeds) if keep else None,
+        )
 
     def verdicts(self) -> tuple[float, int]:
         return self.tally.totals()
+
+    def parse_counts(self) -> ParseCounts:
+        return self.tally.counts
+
+    def judgements(self) -> list[dict]:
+        return self.tally.take_kept()
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

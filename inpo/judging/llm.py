@@ -7,6 +7,11 @@ each be one token right after that prefix (checked at start). P(A > B) comes fro
 choices' probabilities (verdict.prob_from_choices); their total, the verdict mass, is
 counted (`verdicts`). Engines, batching and truncation (the question whole, both responses
 cut from their ends) are the pair-PM judge's.
+
+With oracle.reasoning_tokens = N > 0 the judge instead samples up to N tokens
+oracle.verdict_samples times per query on vLLM (each query seeded from run.seed and its
+content, verdict.verdict_seed), and P(A > B) is read from the texts (verdict.Verdicts.
+read_samples); its engine is sized for the input plus N.
 """
 
 from __future__ import annotations
@@ -16,9 +21,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from inpo.data import Prompt
-from inpo.judging.oracle import OracleError
+from inpo.judging.model_judge import query_order
+from inpo.judging.oracle import OracleError, ParseCounts
 from inpo.judging.pairpm import PairPM
-from inpo.judging.verdict import BUILTIN_TEMPLATES, Verdicts, question_text, render_prompt
+from inpo.judging.verdict import (
+    BUILTIN_TEMPLATES,
+    VerdictReader,
+    Verdicts,
+    question_text,
+    render_prompt,
+    verdict_records,
+    verdict_seed,
+)
 
 
 def choice_token_id(tok, prefix: str, choice: str, where: str) -> int:
@@ -50,11 +64,26 @@ class LLMJudge(PairPM):
         *,
         template: str = BUILTIN_TEMPLATES["pairwise"],
         choices: Sequence[str] = ("A", "B"),
+        reasoning_tokens: int = 0,
+        verdict_pattern: str | None = None,
+        verdict_values: dict[str, float] | None = None,
+        verdict_samples: int = 1,
+        temperature: float = 1.0,
+        max_unparseable: float = 1.0,
+        seed: int = 0,
+        keep_texts: bool = False,
         **engine_options: Any,
     ):
         self.template, self.choices = template, list(choices)
-        self.tally = Verdicts(choices, f"oracle.model = {model_dir}")
+        self.reasoning_tokens, self.samples = reasoning_tokens, verdict_samples
+        self.temperature, self.seed = temperature, seed
+        reader = VerdictReader.of(verdict_pattern, verdict_values) if reasoning_tokens else None
+        where = f"oracle.model = {model_dir}"
+        self.tally = Verdicts(choices, where, reader, max_unparseable, keep_texts)
         super().__init__(model_dir, device, batch_size, max_length, **engine_options)
+
+    def answer_tokens(self) -> int:
+        return self.reasoning_tokens or 1
 
     def check(self) -> None:
         where = f"oracle.model = {self.model_dir}"
@@ -63,6 +92,15 @@ class LLMJudge(PairPM):
                 f"{where}: the judge's tokenizer has no chat template; the llm judge asks its "
                 "question as a user turn of it"
             )
+        if self.reasoning_tokens:
+            if self.engine != "vllm":
+                # seeded sampling lives in the vLLM engine; a Hugging Face sampler would
+                # give other verdicts for the same seeds
+                raise OracleError(
+                    f"{where}: oracle.reasoning_tokens = {self.reasoning_tokens} samples "
+                    "verdicts on vLLM only (oracle.engine = hf, or vLLM cannot serve it)"
+                )
+            return
         # The prefix ends with the generation prompt whatever the question and answers are.
         prefix = self.judge_text("question", "answer", "answer")
         self.choice_ids = [choice_token_id(self.tok, prefix, c, where) for c in self.choices]
@@ -84,7 +122,43 @@ class LLMJudge(PairPM):
 
     def prob(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> list[float]:
         seqs = [self.fitted_ids(*t) for t in zip(prompts, a, b, strict=True)]
+        if self.reasoning_tokens:
+            return self.sampled(prompts, a, b, seqs)
         return [self.tally.read([math.exp(x) for x in lps]) for lps in self.outputs(seqs)]
+
+    def sampled(
+        self,
+        prompts: Sequence[Prompt],
+        a: Sequence[str],
+        b: Sequence[str],
+        seqs: list[list[int]],
+    ) -> list[float]:
+        """Reasoning mode: verdict_samples seeded samples per query, read as verdicts."""
+        seeds = [verdict_seed(self.seed, *t) for t in zip(prompts, a, b, strict=True)]
+        order = query_order(seqs, self.engine)  # shared prefixes side by side
+        out = self.vllm.generate(
+            [seqs[i] for i in order],
+            n=self.samples,
+            temperature=self.temperature,
+            top_p=1.0,
+            max_tokens=self.reasoning_tokens,
+            seeds=[seeds[i] for i in order],
+        )
+        samples: list[list] = [[] for _ in seqs]
+        for i, s in zip(order, out, strict=True):
+            samples[i] = s
+        about = verdict_records(prompts, a, b, seeds) if self.tally.kept is not None else None
+        return self.tally.read_samples(
+            [[s.text for s in q] for q in samples],
+            [[s.finish_reason for s in q] for q in samples],
+            about,
+        )
+
+    def parse_counts(self) -> ParseCounts:
+        return self.tally.counts
+
+    def judgements(self) -> list[dict]:
+        return self.tally.take_kept()
 
     def verdicts(self) -> tuple[float, int]:
         return self.tally.totals()

@@ -201,8 +201,7 @@ class ModelJudge:
         self.batch_size = batch_size
         self.engine = choose_engine(engine, model_dir, reward=self.reward)
         self.tok = load_tokenizer(model_dir)
-        # the pair-PM judge's answer is one more position (vLLM counts it in max_model_len)
-        answer = 0 if self.reward else 1
+        answer = self.answer_tokens()
         positions = judge_positions(model_dir)
         self.max_length = min(max_length, positions - answer) if positions else max_length
         self.n_truncated = 0
@@ -220,6 +219,11 @@ class ModelJudge:
         else:
             self.model = load_hf_judge(model_dir, device, reward=self.reward)
             self.model.config.pad_token_id = self.tok.pad_token_id
+
+    def answer_tokens(self) -> int:
+        """Positions the judge's answer takes after its input (vLLM counts them in
+        max_model_len): none for a reward, one verdict token for a pairwise judge."""
+        return 0 if self.reward else 1
 
     def check(self) -> None:
         """Refuse a judge this format cannot use, before any engine starts."""

@@ -9,7 +9,7 @@ pairwise judge: it asks both orders and averages P(a > b) with 1 - P(b > a).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from inpo.data import Prompt
 from inpo.errors import InpoError
@@ -17,6 +17,23 @@ from inpo.errors import InpoError
 
 class OracleError(InpoError):
     """The oracle failed or answered something that is not a probability."""
+
+
+class ParseCounts(NamedTuple):
+    """What a reasoning judge's sampled verdicts came to: samples drawn, those with no
+    verdict the pattern reads (unparsed), those of them stopped by the token limit (cut),
+    and queries with no parseable sample at all (empty: P = 0.5)."""
+
+    samples: int = 0
+    unparsed: int = 0
+    cut: int = 0
+    empty: int = 0
+
+    def plus(self, other: Sequence[int]) -> ParseCounts:
+        return ParseCounts(*(x + y for x, y in zip(self, other, strict=True)))
+
+    def minus(self, other: Sequence[int]) -> ParseCounts:
+        return ParseCounts(*(x - y for x, y in zip(self, other, strict=True)))
 
 
 class Oracle:
@@ -43,6 +60,16 @@ class Oracle:
         """(summed verdict mass, verdicts) so far: judges that read P off choice tokens
         (llm, http) add each query's total choice probability; (0.0, 0) for the others."""
         return 0.0, 0
+
+    def parse_counts(self) -> ParseCounts:
+        """Sampled verdicts so far and how many did not parse (reasoning judges; zeros for
+        the others)."""
+        return ParseCounts()
+
+    def judgements(self) -> list[dict]:
+        """The raw verdict texts kept since the last call (reasoning judges asked to keep
+        them), each {"question", "a", "b", "seed", "texts", "finish_reasons", "values"}."""
+        return []
 
     def verdict_mass(self) -> float | None:
         """Mean probability the judge gave its choice tokens so far; None if it has none."""
@@ -76,6 +103,12 @@ class Debiased(Oracle):
 
     def verdicts(self) -> tuple[float, int]:
         return self.inner.verdicts()
+
+    def parse_counts(self) -> ParseCounts:
+        return self.inner.parse_counts()
+
+    def judgements(self) -> list[dict]:
+        return self.inner.judgements()
 
     def close(self) -> None:
         self.inner.close()

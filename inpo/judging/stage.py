@@ -20,11 +20,11 @@ from typing import Any
 from tqdm import tqdm
 
 from inpo.config import MODEL_BACKENDS, InpoConfig
-from inpo.durable import append_jsonl, finished_chunks
+from inpo.durable import append_jsonl, finished_chunks, write_jsonl_atomic
 from inpo.errors import InpoError
 from inpo.faults import NO_FAULTS, Faults
 from inpo.judging.build import build_oracle
-from inpo.judging.oracle import Oracle, check_probs
+from inpo.judging.oracle import Oracle, ParseCounts, check_probs
 from inpo.judging.pairing import (
     Labelled,
     Match,
@@ -185,30 +185,65 @@ def describe_dropped(prompts: int, kept: int, dropped: Counter) -> str:
     return f"kept {kept} pairs from {prompts} prompts" + (f"; dropped: {why}" if why else "")
 
 
+def parse_info(counts: ParseCounts) -> dict[str, int]:
+    """A reasoning judge's parse counts as stage info (nothing for other judges)."""
+    if not counts.samples:
+        return {}
+    return {
+        "verdict_samples": counts.samples,
+        "unparsed_verdicts": counts.unparsed,
+        "unparsed_cut": counts.cut,
+        "no_verdict": counts.empty,
+    }
+
+
+def describe_parse(counts: ParseCounts) -> str:
+    if not counts.samples:
+        return ""
+    return (
+        f"; {counts.unparsed} of {counts.samples} sampled verdicts unparseable ({counts.cut} "
+        f"cut at oracle.reasoning_tokens), {counts.empty} queries with none (P = 0.5)"
+    )
+
+
 def judge_file(cfg: InpoConfig, generations: Path, out: Path) -> None:
-    """`inpo judge`: label a generations file and write pairs."""
+    """`inpo judge`: label a generations file and write pairs; a reasoning judge's sampled
+    texts go to <out>_verdicts.jsonl."""
 
     rows = read_generations(generations)
     device = "cpu"
     if cfg.oracle.backend in MODEL_BACKENDS:
         device = start_ray(cfg)
-    oracle = build_oracle(cfg, device)
+    reasoning = cfg.oracle.reasoning_tokens > 0
+    oracle = build_oracle(cfg, device, keep_texts=reasoning)
     try:
         selections = select_pairs(rows, oracle, cfg.pairing.strategy, cfg.run.seed)
         truncated = oracle.truncated()
         mass = oracle.verdict_mass()
+        counts = oracle.parse_counts()
+        judged = oracle.judgements()
     finally:
         oracle.close()
     pairs, dropped = pair_rows(rows, selections, cfg.pairing.label, cfg.run.seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_rows(out, pairs)
+    if reasoning:
+        write_jsonl_atomic(out.with_name(out.stem + "_verdicts.jsonl"), judged)
     cut = f"; {truncated} judge inputs cut to oracle.max_length" if truncated else ""
-    said = "" if mass is None else f"; verdict tokens' mean probability {mass:.3f}"
-    print(describe_dropped(len(rows), len(pairs), dropped) + f"{cut}{said}; pairs in {out}")
-    summary = {
-        "prompts": len(rows),
-        "pairs": len(pairs),
-        "dropped": dict(dropped),
-        "truncated": truncated,
-    } | ({} if mass is None else {"verdict_mass": mass})
+    what = "share of samples with a verdict" if reasoning else "verdict tokens' mean probability"
+    said = "" if mass is None else f"; {what} {mass:.3f}"
+    print(
+        describe_dropped(len(rows), len(pairs), dropped)
+        + f"{cut}{said}{describe_parse(counts)}; pairs in {out}"
+    )
+    summary = (
+        {
+            "prompts": len(rows),
+            "pairs": len(pairs),
+            "dropped": dict(dropped),
+            "truncated": truncated,
+        }
+        | ({} if mass is None else {"verdict_mass": mass})
+        | parse_info(counts)
+    )
     out.with_name(out.stem + "_summary.json").write_text(json.dumps(summary, indent=1))

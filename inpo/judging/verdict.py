@@ -7,16 +7,25 @@ oracle.choices (A, B and optionally a tie); P(A > B) = (p_A + p_tie/2) / (p_A + 
 over the choice tokens' next-token probabilities. Their total (the verdict mass) says how
 much the judge wanted to answer with a choice at all: a judge that would rather start with
 another word gives a P that is mostly noise.
+
+In reasoning mode (oracle.reasoning_tokens > 0) the judge writes first and its verdict is
+read from the text (`VerdictReader`: oracle.verdict_pattern's group 'verdict' looked up in
+oracle.verdict_values); P(A > B) is the mean over oracle.verdict_samples samples of the
+ones that parsed, each query seeded from its own content (`verdict_seed`). Unparseable
+samples are counted (`ParseCounts`), never read as ties; the verdict mass is then the share
+of a query's samples that parsed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from inpo.data import Prompt
-from inpo.judging.oracle import OracleError
+from inpo.judging.oracle import OracleError, ParseCounts
 from inpo.judging.pairpm import render_context
 
 PLACEHOLDERS = ("question", "answer_a", "answer_b")
@@ -42,6 +51,21 @@ BUILTIN_TEMPLATES = {
         "[The Start of Assistant B's Answer]\n{answer_b}\n[The End of Assistant B's Answer]\n\n"
         'Reply with one letter only: "A" if assistant A is better, "B" if assistant B is '
         'better, "C" for a tie.'
+    ),
+    # For reasoning mode: after Arena-Hard's judge (Li et al. 2024), in our words: reason
+    # first, then one of its five bracketed labels (oracle.verdict_pattern's default).
+    "reasoned": (
+        "Act as an impartial judge of two AI assistants' answers to the same user question. "
+        "Judge which answer serves the user better: is it correct, helpful, relevant and "
+        "clear? Do not let the order of the answers, their length or the assistants' names "
+        "influence you.\n\n"
+        "[User Question]\n{question}\n\n"
+        "[The Start of Assistant A's Answer]\n{answer_a}\n[The End of Assistant A's Answer]\n\n"
+        "[The Start of Assistant B's Answer]\n{answer_b}\n[The End of Assistant B's Answer]\n\n"
+        "First explain briefly what each answer gets right and wrong. Then finish with "
+        "exactly one verdict label: [[A>>B]] if A is much better, [[A>B]] if A is a little "
+        "better, [[A=B]] if they are about as good, [[B>A]] if B is a little better, "
+        "[[B>>A]] if B is much better."
     ),
 }
 
@@ -98,11 +122,22 @@ def prob_from_choices(probs: Sequence[float], where: str, choices: Sequence[str]
 
 
 class Verdicts:
-    """Reads P(A > B) off each query's choice probabilities and keeps the verdict mass."""
+    """Reads P(A > B) off each query's choice probabilities (`read`) or sampled verdict
+    texts (`read_samples`) and keeps the verdict mass and the parse counts."""
 
-    def __init__(self, choices: Sequence[str], where: str):
+    def __init__(
+        self,
+        choices: Sequence[str],
+        where: str,
+        reader: VerdictReader | None = None,
+        max_unparseable: float = 1.0,
+        keep_texts: bool = False,
+    ):
         self.choices, self.where = list(choices), where
         self.mass_sum, self.count = 0.0, 0
+        self.reader, self.max_unparseable = reader, max_unparseable
+        self.counts = ParseCounts()
+        self.kept: list[dict] | None = [] if keep_texts else None
 
     def read(self, probs: Sequence[float]) -> float:
         self.mass_sum += sum(probs)
@@ -111,3 +146,106 @@ class Verdicts:
 
     def totals(self) -> tuple[float, int]:
         return self.mass_sum, self.count
+
+    def read_samples(
+        self,
+        texts: Sequence[Sequence[str]],
+        finish_reasons: Sequence[Sequence[str]],
+        about: Sequence[dict] | None = None,
+    ) -> list[float]:
+        """P(A > B) per query from its sampled verdict texts: the mean over those that
+        parse, 0.5 for a query with none (counted as empty). A batch whose share of
+        unparseable samples exceeds max_unparseable is an error naming one of them."""
+        if self.reader is None:
+            raise OracleError(f"{self.where}: no verdict pattern to read sampled verdicts")
+        batch = ParseCounts()
+        out, example = [], None
+        for i, (samples, reasons) in enumerate(zip(texts, finish_reasons, strict=True)):
+            values = [self.reader.value(t) for t in samples]
+            missed = [j for j, v in enumerate(values) if v is None]
+            cut = sum(reasons[j] == "length" for j in missed)
+            if missed and example is None:
+                example = samples[missed[0]]
+            mean = mean_verdict(values)
+            batch = batch.plus((len(samples), len(missed), cut, int(mean is None)))
+            self.mass_sum += (len(samples) - len(missed)) / len(samples) if samples else 0.0
+            self.count += 1
+            out.append(0.5 if mean is None else mean)
+            if self.kept is not None:
+                record = dict(about[i]) if about is not None else {}
+                self.kept.append(
+                    record
+                    | {"texts": list(samples), "finish_reasons": list(reasons), "values": values}
+                )
+        self.counts = self.counts.plus(batch)
+        if batch.samples and batch.unparsed / batch.samples > self.max_unparseable:
+            raise OracleError(
+                f"{self.where}: {batch.unparsed} of {batch.samples} sampled verdicts have no "
+                f"verdict oracle.verdict_pattern reads ({batch.unparsed / batch.samples:.0%} > "
+                f"oracle.max_unparseable_fraction = {self.max_unparseable}); {batch.cut} of "
+                f"them stopped at oracle.reasoning_tokens; one of them ends "
+                f"{(example or '')[-160:]!r}"
+            )
+        return out
+
+    def take_kept(self) -> list[dict]:
+        """The kept records since the last call (none unless asked to keep them)."""
+        if self.kept is None:
+            return []
+        kept, self.kept = self.kept, []
+        return kept
+
+
+def verdict_seed(run_seed: int, prompt: Prompt, a: str, b: str) -> int:
+    """The sampling seed of one reasoning-mode query, from its content alone: the same
+    question and responses in the same order get the same samples, whatever batch or
+    actor they land in (a redone stage gives the same labels); the other order its own."""
+    key = json.dumps([run_seed, "judge", prompt, a, b], sort_keys=True)
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def verdict_records(
+    prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str], seeds: Sequence[int]
+) -> list[dict]:
+    """What a kept judgement says it judged (`Verdicts` adds the texts)."""
+    return [
+        {"question": question_text(p), "a": x, "b": y, "seed": s}
+        for p, x, y, s in zip(prompts, a, b, seeds, strict=True)
+    ]
+
+
+class VerdictReader:
+    """A verdict label out of a judge's text: the pattern's group 'verdict', whitespace
+    removed, looked up in ``values`` (P(A > B) per label). No match, a label not in
+    ``values`` or two different labels (as Arena-Hard reads its judges) is unparseable."""
+
+    def __init__(self, pattern: str, values: Mapping[str, float]):
+        self.pattern = re.compile(pattern)
+        if "verdict" not in self.pattern.groupindex:
+            raise OracleError(f"oracle.verdict_pattern = {pattern!r}: no group 'verdict'")
+        self.values = {"".join(k.split()): float(v) for k, v in values.items()}
+
+    @classmethod
+    def of(cls, pattern: str | None, values: Mapping[str, float] | None) -> VerdictReader:
+        if pattern is None or not values:
+            raise OracleError("reasoning mode needs oracle.verdict_pattern and verdict_values")
+        return cls(pattern, values)
+
+    def label(self, text: str) -> str | None:
+        found = {
+            "".join(m.group("verdict").split())
+            for m in self.pattern.finditer(text)
+            if m.group("verdict")
+        }
+        return found.pop() if len(found) == 1 else None
+
+    def value(self, text: str) -> float | None:
+        """P(A > B) the text's verdict stands for, or None when it has none."""
+        label = self.label(text)
+        return None if label is None else self.values.get(label)
+
+
+def mean_verdict(values: Sequence[float | None]) -> float | None:
+    """The mean of the parsed samples' P; None when none parsed."""
+    parsed = [v for v in values if v is not None]
+    return sum(parsed) / len(parsed) if parsed else None

@@ -29,7 +29,7 @@ from inpo.durable import (
 )
 from inpo.faults import Faults
 from inpo.generation.stage import sample
-from inpo.judging.stage import pair_rows, select_in_chunks
+from inpo.judging.stage import pair_rows, parse_info, select_in_chunks
 from inpo.learning.stage import (
     cache_logps,
     check_win_rates,
@@ -233,6 +233,7 @@ class Trainer:
         rows = read_generations(self.iter_dir(t) / "generations.jsonl")
         cut_before = self.fleet.oracle.truncated()  # the oracle also serves eval
         mass_before, verdicts_before = self.fleet.oracle.verdicts()
+        parsed_before = self.fleet.oracle.parse_counts()
         partial = self.iter_dir(t) / "judge.partial.jsonl"
         selections, kept = select_in_chunks(
             rows, self.fleet.oracle, cfg, partial, f"judge{t}", self.faults
@@ -249,6 +250,7 @@ class Trainer:
         mass, verdicts = self.fleet.oracle.verdicts()
         if verdicts > verdicts_before:  # judges that read P off choice tokens (llm, http)
             info["verdict_mass"] = (mass - mass_before) / (verdicts - verdicts_before)
+        info |= parse_info(self.fleet.oracle.parse_counts().minus(parsed_before))
         return info | ({"kept_prompts": kept} if kept else {})
 
     def _learner_pairs(self, t: int):

@@ -207,6 +207,75 @@ def test_llm_judge_on_smollm2_in_a_vllm_actor_is_its_hf_forward(smollm2, ray_ses
     print(f"llm judge on SmolLM2: debiased P {want}, verdict mass {mass:.4f}")
 
 
+def test_llm_judge_reasoning_mode_on_smollm2_counts_unparseable_and_redoes_exactly(
+    smollm2, ray_session
+):
+    """SmolLM2 as a reasoning judge in a vLLM actor (oracle.reasoning_tokens=16, two
+    sampled verdicts per query, both orders): each query's P is the mean of what its texts
+    parse to (0.5 when none does), the unparseable count is the one recomputed from the
+    texts the judge returned, and judging again in another batch order samples the same
+    texts and P (seeds per query). Its verdicts are weak; the plumbing is tested."""
+    import re
+
+    from inpo.judging.build import build_oracle
+    from inpo.judging.oracle import ParseCounts
+
+    # A verdict this small judge does write at times: A or B as its first word (the
+    # default [[A>B]] labels it almost never writes in a few tokens).
+    cfg = InpoConfig.model_validate(
+        {
+            "oracle": {
+                "backend": "llm",
+                "model": str(smollm2),
+                "engine": "vllm",
+                "reasoning_tokens": 16,
+                "verdict_samples": 2,
+                "verdict_pattern": r"^\W*(?P<verdict>[AB])\b",
+                "verdict_values": {"A": 1.0, "B": 0.0},
+                "max_unparseable_fraction": 1.0,
+            }
+        }
+    )
+    prompts = ["What is the capital of France?", "Say hi."]
+    a, b = ["Paris.", "hi"], ["Lyon?", "no"]
+    oracle = build_oracle(cfg, "cpu", keep_texts=True)
+    try:
+        debiased = oracle.prob(prompts, a, b)
+        kept, counts = oracle.judgements(), oracle.parse_counts()
+        again = oracle.prob(prompts[::-1], a[::-1], b[::-1])[::-1]
+        kept_again = oracle.judgements()
+        assert oracle.parse_counts() == counts.plus(counts)
+    finally:
+        oracle.close()
+
+    def value(text: str) -> float | None:
+        m = re.match(r"\W*([AB])\b", text)
+        return None if m is None else {"A": 1.0, "B": 0.0}[m.group(1)]
+
+    def mean_or_half(vs: list[float | None]) -> float:
+        parsed = [x for x in vs if x is not None]
+        return sum(parsed) / len(parsed) if parsed else 0.5
+
+    assert len(kept) == 4 and all(len(k["texts"]) == 2 for k in kept)  # 2 pairs, 2 orders
+    values = [[value(t) for t in k["texts"]] for k in kept]
+    assert [k["values"] for k in kept] == values
+    samples = [(t, r) for k in kept for t, r in zip(k["texts"], k["finish_reasons"], strict=True)]
+    missed = [r for t, r in samples if value(t) is None]
+    empty = sum(all(v is None for v in vs) for vs in values)
+    assert counts == ParseCounts(8, len(missed), missed.count("length"), empty)
+    p = {
+        (k["question"], k["a"], k["b"]): mean_or_half(vs)
+        for k, vs in zip(kept, values, strict=True)
+    }
+    want = [(p[q, x, y] + 1 - p[q, y, x]) / 2 for q, x, y in zip(prompts, a, b, strict=True)]
+    assert debiased == pytest.approx(want)
+    # the same texts for the same queries, whatever the batch: the same P
+    texts = {(k["question"], k["a"], k["b"]): k["texts"] for k in kept}
+    assert {(k["question"], k["a"], k["b"]): k["texts"] for k in kept_again} == texts
+    assert again == debiased
+    print(f"reasoning judge on SmolLM2: {counts}; debiased P {debiased}")
+
+
 def test_inpo_judge_on_vllm_and_hf_agree_on_smollm2(smollm2, ray_session, tmp_path):
     """`inpo judge` on one generations file, the pair-PM judge on each engine: the same
     tournament pairs, every P within 1e-4 (fp32)."""

@@ -16,7 +16,7 @@ import inpo.judging.http as http_oracle
 from inpo.config import InpoConfig
 from inpo.judging.build import build_oracle
 from inpo.judging.http import HttpJudge
-from inpo.judging.oracle import Debiased, Oracle, OracleError, check_probs
+from inpo.judging.oracle import Debiased, Oracle, OracleError, ParseCounts, check_probs
 from inpo.judging.synthetic import (
     RPS_NASH,
     rps_class,
@@ -25,7 +25,7 @@ from inpo.judging.synthetic import (
     rps_prob,
     vowel_score,
 )
-from inpo.judging.verdict import BUILTIN_TEMPLATES, render_prompt
+from inpo.judging.verdict import BUILTIN_TEMPLATES, render_prompt, verdict_seed
 
 TEXTS = ["", "xyz", "hello world", "aeiou", "banana", "a" * 16, "quick brown fox jumps", "e"]
 CHAT = [{"role": "user", "content": "Say something."}]
@@ -335,3 +335,89 @@ def test_http_model_list_garbage(fake_server):
     fake_server.reply("/v1/models", (200, {"data": []}))
     with pytest.raises(OracleError, match="not a model list \\(set oracle.http_model\\)"):
         HttpJudge(fake_server.url)
+
+
+def test_http_reasoning_mode_samples_seeded_verdicts_and_reads_them(fake_server):
+    fake_server.reply("/v1/models", MODELS)
+    texts = ["A is right. [[A>B]]", "B is vague, A exact: [[A>>B]]", "Let me think about"]
+    answer = {
+        "choices": [
+            {"index": i, "text": t, "finish_reason": "length" if i == 2 else "stop"}
+            for i, t in reversed(list(enumerate(texts)))  # served out of order
+        ]
+    }
+    fake_server.reply("/v1/completions", (200, answer))
+    cfg = InpoConfig.model_validate(
+        {
+            "oracle": {
+                "backend": "http",
+                "url": fake_server.url,
+                "reasoning_tokens": 48,
+                "verdict_samples": 3,
+                "max_unparseable_fraction": 0.4,
+            },
+            "run": {"seed": 5},
+        }
+    )
+    oracle = build_oracle(cfg, "cpu", keep_texts=True)
+    # each order reads (0.75 + 1.0) / 2 from the same canned answer; debiased: the mean
+    # of 0.875 and 1 - 0.875
+    assert oracle.prob(["Why?"], ["yes"], ["no"]) == [pytest.approx(0.5)]
+    bodies = [b for path, b, _ in fake_server.requests if path == "/v1/completions"]
+    assert {b["seed"] for b in bodies} == {
+        verdict_seed(5, "Why?", "yes", "no"),
+        verdict_seed(5, "Why?", "no", "yes"),
+    }
+    assert all(b["n"] == 3 and b["max_tokens"] == 48 and b["temperature"] == 1.0 for b in bodies)
+    assert "[[A>>B]] if A is much better" in bodies[0]["prompt"]  # builtin:reasoned
+    assert oracle.parse_counts() == ParseCounts(samples=6, unparsed=2, cut=2, empty=0)
+    kept = oracle.judgements()
+    assert [k["texts"] for k in kept] == [texts, texts]
+    assert {(k["a"], k["seed"]) for k in kept} == {
+        ("yes", verdict_seed(5, "Why?", "yes", "no")),
+        ("no", verdict_seed(5, "Why?", "no", "yes")),
+    }
+    oracle.close()
+
+
+def test_inpo_judge_reports_unparseable_verdicts_and_writes_the_texts(
+    fake_server, tmp_path, capsys
+):
+    from inpo.judging.stage import judge_file
+
+    fake_server.reply("/v1/models", MODELS)
+    texts = ["Both answer; A is exact. [[A>>B]]", "I would say that"]
+    answer = {
+        "choices": [
+            {"index": i, "text": t, "finish_reason": r}
+            for i, (t, r) in enumerate(zip(texts, ["stop", "length"], strict=True))
+        ]
+    }
+    fake_server.reply("/v1/completions", (200, answer))
+    gen = tmp_path / "generations.jsonl"
+    gen.write_text(json.dumps({"prompt_id": 0, "prompt": "Why?", "responses": ["a", "b"]}) + "\n")
+    cfg = InpoConfig.model_validate(
+        {
+            "oracle": {
+                "backend": "http",
+                "url": fake_server.url,
+                "reasoning_tokens": 16,
+                "verdict_samples": 2,
+                "max_unparseable_fraction": 0.5,
+            },
+            "pairing": {"strategy": "random"},
+        }
+    )
+    judge_file(cfg, gen, tmp_path / "pairs.jsonl")
+    said = capsys.readouterr().out
+    # one comparison, both orders: 4 samples, the 2 "I would say that" cut and unparseable
+    assert "share of samples with a verdict 0.500" in said
+    assert (
+        "2 of 4 sampled verdicts unparseable (2 cut at oracle.reasoning_tokens), 0 queries" in said
+    )
+    summary = json.loads((tmp_path / "pairs_summary.json").read_text())
+    assert summary["verdict_samples"] == 4 and summary["unparsed_verdicts"] == 2
+    assert summary["unparsed_cut"] == 2 and summary["no_verdict"] == 0
+    kept = [json.loads(x) for x in (tmp_path / "pairs_verdicts.jsonl").read_text().splitlines()]
+    assert [k["values"] for k in kept] == [[1.0, None], [1.0, None]]
+    assert {(k["a"], k["b"]) for k in kept} == {("a", "b"), ("b", "a")}

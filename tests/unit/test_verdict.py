@@ -1,5 +1,6 @@
 """The chat-model judges' shared parts (verdict.py): judge prompt templates, P(A > B) from
-the choice tokens' probabilities, the verdict mass, and the llm judge's single-token check."""
+the choice tokens' probabilities, the verdict mass, the llm judge's single-token check, and
+reasoning mode's verdicts read from text (labels, counts, seeds, config checks)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import pytest
 from inpo.config import InpoConfig
 from inpo.judging.actor import judge_options
 from inpo.judging.llm import choice_token_id
-from inpo.judging.oracle import Debiased, Oracle, OracleError
+from inpo.judging.oracle import Debiased, Oracle, OracleError, ParseCounts
 from inpo.judging.verdict import (
     BUILTIN_TEMPLATES,
+    VerdictReader,
     Verdicts,
     load_template,
     prob_from_choices,
     question_text,
     render_prompt,
+    verdict_seed,
 )
 from inpo.models.tiny import build_tokenizer
 
@@ -153,3 +156,132 @@ def test_llm_backend_needs_a_model_and_reads_its_template_in_the_driver(tmp_path
         "template": BUILTIN_TEMPLATES["mtbench"],
         "choices": ["A", "B", "C"],
     }
+
+
+# --- reasoning mode: verdicts read from sampled text -------------------------------------
+
+ARENA = InpoConfig().oracle  # the default pattern and values
+
+
+def reader() -> VerdictReader:
+    return VerdictReader(ARENA.verdict_pattern, ARENA.verdict_values)
+
+
+@pytest.mark.parametrize(
+    ("text", "p"),
+    [
+        ("A is right, B is wrong. My final verdict is [[A>>B]].", 1.0),
+        ("Both fine, A a bit clearer. [[A>B]]", 0.75),
+        ("[[ A = B ]]", 0.5),  # whitespace inside the brackets is ignored
+        ("verdict: [[B>A]]\n", 0.25),
+        ("[[B >> A]]", 0.0),
+        ("Final: [[A>B]]. Again: [[A>B]]", 0.75),  # one label said twice is one verdict
+        ("A is better.", None),  # no label
+        ("[A>B]", None),  # single brackets are not the format
+        ("Either [[A>B]] or [[B>A]]", None),  # two different labels, as Arena-Hard reads it
+        ("[[A=>B]]", None),  # matched by the pattern, not a label it knows
+        ("I think [[A>", None),  # cut before the label closed
+    ],
+)
+def test_the_arena_hard_labels_and_what_is_unparseable(text, p):
+    assert reader().value(text) == p
+
+
+def test_a_user_pattern_and_values():
+    r = VerdictReader(r"Winner: (?P<verdict>A|B|tie)", {"A": 0.9, "B": 0.1, "tie": 0.5})
+    assert [r.value(t) for t in ("Winner: A", "Winner: tie", "Winner: C", "")] == [
+        0.9,
+        0.5,
+        None,
+        None,
+    ]
+
+
+def test_sampled_verdicts_average_what_parses_and_count_the_rest():
+    tally = Verdicts(["A", "B"], "judge", reader(), max_unparseable=1.0, keep_texts=True)
+    texts = [
+        ["[[A>>B]]", "[[A>B]]"],  # 0.875
+        ["[[B>A]]", "no idea, the answers"],  # the unparseable one is left out: 0.25
+        ["hmm", "A is better because"],  # none: P = 0.5, counted as empty
+    ]
+    reasons = [["stop", "stop"], ["stop", "length"], ["stop", "length"]]
+    about = [{"question": "q", "a": "x", "b": str(i), "seed": i} for i in range(3)]
+    assert tally.read_samples(texts, reasons, about) == [0.875, 0.25, 0.5]
+    assert tally.counts == ParseCounts(samples=6, unparsed=3, cut=2, empty=1)
+    assert tally.totals() == (pytest.approx(1.5), 3)  # the share of samples that parsed
+    kept = tally.take_kept()
+    assert [k["values"] for k in kept] == [[1.0, 0.75], [0.25, None], [None, None]]
+    assert kept[1] == about[1] | {
+        "texts": texts[1],
+        "finish_reasons": reasons[1],
+        "values": [0.25, None],
+    }
+    assert tally.take_kept() == []  # handed out once
+
+
+def test_too_many_unparseable_samples_in_a_call_is_one_line():
+    tally = Verdicts(["A", "B"], "oracle.model = m", reader(), max_unparseable=0.5)
+    assert tally.read_samples([["[[A>B]]", "no"]], [["stop", "length"]]) == [0.75]  # 50%
+    with pytest.raises(OracleError) as err:
+        tally.read_samples([["[[A>B]]", "no", "A wins, so"]], [["stop", "stop", "length"]])
+    assert str(err.value) == (
+        "oracle.model = m: 2 of 3 sampled verdicts have no verdict oracle.verdict_pattern "
+        "reads (67% > oracle.max_unparseable_fraction = 0.5); 1 of them stopped at "
+        "oracle.reasoning_tokens; one of them ends 'no'"
+    )
+    assert tally.counts == ParseCounts(5, 3, 2, 0)  # the failed call still counts
+
+
+def test_parse_counts_add_up_across_actors_and_pass_through_debiasing():
+    assert ParseCounts(4, 1, 1, 0).plus(ParseCounts(2, 2, 0, 1)) == (6, 3, 1, 1)
+    assert ParseCounts(6, 3, 1, 1).minus(ParseCounts(4, 1, 1, 0)) == (2, 2, 0, 1)
+    assert Debiased(Fixed([])).parse_counts() == ParseCounts()
+
+
+def test_the_seed_is_the_querys_content_and_order_and_the_run_seed():
+    s = verdict_seed(0, "Why?", "yes", "no")
+    assert s == verdict_seed(0, "Why?", "yes", "no")  # a redone stage samples the same
+    assert 0 <= s < 2**31  # vLLM adds a sample's index to it
+    others = {
+        verdict_seed(0, "Why?", "no", "yes"),  # the other order is its own query
+        verdict_seed(1, "Why?", "yes", "no"),
+        verdict_seed(0, [{"role": "user", "content": "Why?"}], "yes", "no"),
+        verdict_seed(0, "Why", "?yes", "no"),  # no ambiguity at the seams
+    }
+    assert s not in others and len(others) == 4
+
+
+def test_reasoning_mode_picks_its_template_and_sends_its_options():
+    oc = InpoConfig.model_validate(
+        {"oracle": {"backend": "llm", "model": "m", "reasoning_tokens": 64, "verdict_samples": 3}}
+    ).oracle
+    assert oc.template_spec == "builtin:reasoned"
+    assert "[[A>>B]]" in BUILTIN_TEMPLATES["reasoned"]
+    options = judge_options(oc, seed=7, keep_texts=True)
+    assert options["template"] == BUILTIN_TEMPLATES["reasoned"]
+    assert {k: options[k] for k in ("reasoning_tokens", "verdict_samples", "seed")} == {
+        "reasoning_tokens": 64,
+        "verdict_samples": 3,
+        "seed": 7,
+    }
+    assert options["max_unparseable"] == 0.5 and options["keep_texts"] is True
+    oc.prompt_template = "builtin:mtbench"  # an explicit template wins
+    assert judge_options(oc)["template"] == BUILTIN_TEMPLATES["mtbench"]
+    assert InpoConfig().oracle.template_spec == "builtin:pairwise"
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"verdict_pattern": r"\[\[(A|B)\]\]"}, "has no named group 'verdict'"),
+        ({"verdict_pattern": r"(?P<verdict>A"}, "not a regular expression"),
+        ({"verdict_values": {"A>B": 1.5}}, r"oracle.verdict_values: \{'A>B': 1.5\} not in"),
+        ({"verdict_samples": 2, "verdict_temperature": 0}, "greedy samples are all the same"),
+        ({"backend": "pairpm"}, "only llm and http judges write a verdict"),
+        ({"max_unparseable_fraction": 1.5}, "max_unparseable_fraction"),
+    ],
+)
+def test_config_refuses_a_reasoning_judge_it_cannot_read(fields, match):
+    oracle = {"backend": "llm", "model": "m", "reasoning_tokens": 32} | fields
+    with pytest.raises(ValueError, match=match):
+        InpoConfig.model_validate({"oracle": oracle})
