@@ -22,7 +22,7 @@ from inpo.config import InpoConfig
 from inpo.data import end_of_turn_id
 from inpo.engines.transfer import BUCKET_BYTES, TensorSpec
 from inpo.engines.vllm import VLLMEngine, device_settings
-from inpo.errors import InpoError
+from inpo.errors import ActorError, InpoError
 from inpo.models import dtype_name
 from inpo.plan.actors import Actor, ActorGroup
 from inpo.plan.memory import max_model_len
@@ -189,14 +189,12 @@ class GeneratorGroup(ActorGroup):
         world = 1 + sum(workers)
         firsts = [1 + sum(workers[:i]) for i in range(len(workers))]
         timeout = self.sync_timeout
-        send = sender.join_weight_group.remote(host, port, world, timeout)
+        joined = sender.join_weight_group.remote(host, port, world, timeout)
         joins = [
             a.join_weight_group.remote(host, port, first, world, timeout)
             for a, first in zip(self.actors, firsts, strict=True)
         ]
-        self._wait([send, *joins], "(joining the weight-update group)")
-        learner.get([send])
-        self.get(joins)
+        self._answers(learner, joined, joins, "(joining the weight-update group)")
         self.weight_link = learner.weight_link = uuid.uuid4().hex
 
     def sync_from(
@@ -215,22 +213,52 @@ class GeneratorGroup(ActorGroup):
         specs = learner.get([sender.outgoing_specs.remote()])[0]
         send = sender.send_policy.remote(BUCKET_BYTES)
         receives = [a.receive.remote(specs, BUCKET_BYTES) for a in self.actors]
-        self._wait([send, *receives], "in memory")
-        learner.get([send])
-        answers = self.get(receives)
+        answers = self._answers(learner, send, receives, "in memory")
         self._check(answers, digest, "sent", "a broken transfer")
         info = self.verify(probe, expected, seconds=time.perf_counter() - t0)
         return info | {"sync_via": "memory"}
 
-    def _wait(self, futures: list, what: str) -> None:
+    def _answers(self, learner: LearnerGroup, own: Any, futures: list, what: str) -> list:
+        """The generators' answers (``futures``, one each) to a collective with learner
+        rank 0 (its future ``own``). A failure names a generator unless rank 0 died (then
+        its peers fail too, for want of it)."""
         import ray
 
-        _, pending = ray.wait(futures, num_returns=len(futures), timeout=self.sync_timeout)
-        if pending:
-            raise SyncError(
-                f"weight sync {what} timed out after {self.sync_timeout}s on {len(pending)} "
-                f"of {len(futures)} actors (generation.sync_timeout_s)"
-            )
+        try:
+            self._wait(futures, what)
+            answers = self.get(futures)
+        except ActorError:
+            ready, _ = ray.wait([own], timeout=5)
+            if ready:
+                try:
+                    learner.get([own])
+                except ActorError as e:
+                    if e.died:
+                        raise e from None
+            raise
+        learner.get([own])  # its peers are done: so is it
+        return answers
+
+    def _wait(self, futures: list, what: str) -> None:
+        """Wait for ``futures`` (one per generator, in order) at most
+        generation.sync_timeout_s; the first failure is raised as soon as it happens."""
+        import ray
+
+        deadline = time.monotonic() + self.sync_timeout
+        pending = list(futures)
+        while pending:
+            left = max(0.0, deadline - time.monotonic())
+            ready, pending = ray.wait(pending, num_returns=1, timeout=left)
+            if not ready:
+                raise SyncError(
+                    f"weight sync {what} timed out after {self.sync_timeout}s on "
+                    f"{len(pending)} of {len(futures)} generators (generation.sync_timeout_s)"
+                )
+            try:
+                ray.get(ready)
+            except Exception:
+                self.get(futures)  # raises it, naming the generator
+                raise
 
     def _check(self, answers: list[tuple[float, str]], digest: str, how: str, why: str) -> None:
         for i, (_, got) in enumerate(answers):
