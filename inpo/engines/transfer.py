@@ -104,43 +104,63 @@ def join_group(
     )
 
 
-def _broadcast(group: Any, buffer: torch.Tensor) -> None:
+def _broadcast(group: Any, buffer: torch.Tensor) -> Any:
+    """Start a broadcast from rank 0; returns its work (``.wait()``)."""
     # the group's own broadcast: torch.distributed.broadcast(group=...) looks the group up
     # among the default group's and refuses a stateless one
     opts = torch.distributed.BroadcastOptions()
     opts.rootRank, opts.rootTensor = 0, 0
-    group.broadcast([buffer], opts).wait()
+    return group.broadcast([buffer], opts)
 
 
 def _bytes_of(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().reshape(-1).view(torch.uint8)
 
 
+def _packed(tensors: Sequence[torch.Tensor], bucket: Bucket) -> torch.Tensor:
+    if len(bucket.items) == 1:  # one tensor: its own bytes, no copy
+        return _bytes_of(tensors[bucket.items[0][0]])
+    buffer = torch.empty(bucket.nbytes, dtype=torch.uint8)
+    for i, offset in bucket.items:
+        raw = _bytes_of(tensors[i])
+        buffer[offset : offset + raw.numel()].copy_(raw)
+    return buffer
+
+
 def send_tensors(group: Any, tensors: Sequence[torch.Tensor], limit: int = BUCKET_BYTES) -> int:
     """Rank 0: broadcast ``tensors`` (in the order of the specs the receivers were given),
-    bucket by bucket; returns the bytes sent."""
+    bucket by bucket, packing the next bucket while one travels; returns the bytes sent."""
     sent = 0
+    in_flight = None
     for bucket in plan_buckets([t.numel() * t.element_size() for t in tensors], limit):
-        if len(bucket.items) == 1:  # one tensor: its own bytes, no copy
-            buffer = _bytes_of(tensors[bucket.items[0][0]])
-        else:
-            buffer = torch.empty(bucket.nbytes, dtype=torch.uint8)
-            for i, offset in bucket.items:
-                raw = _bytes_of(tensors[i])
-                buffer[offset : offset + raw.numel()].copy_(raw)
-        _broadcast(group, buffer)
+        buffer = _packed(tensors, bucket)
+        if in_flight is not None:
+            in_flight.wait()
+        in_flight = _broadcast(group, buffer)
         sent += bucket.nbytes
+    if in_flight is not None:
+        in_flight.wait()
     return sent
 
 
 def receive_tensors(
     group: Any, specs: Sequence[TensorSpec], limit: int = BUCKET_BYTES
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Ranks 1..N: (name, tensor) of every spec, in order, as the buckets arrive. Each
-    bucket is a fresh buffer, because a loader may keep views of earlier tensors."""
-    for bucket in plan_buckets([s.nbytes for s in specs], limit):
+    """Ranks 1..N: (name, tensor) of every spec, in order, as the buckets arrive; the next
+    bucket is received while the caller hashes and loads this one (two in memory at
+    most). Each bucket is a fresh buffer, because a loader may keep views of earlier
+    tensors."""
+
+    def start(bucket: Bucket) -> tuple[torch.Tensor, Any]:
         buffer = torch.empty(bucket.nbytes, dtype=torch.uint8)
-        _broadcast(group, buffer)
+        return buffer, _broadcast(group, buffer)
+
+    buckets = plan_buckets([s.nbytes for s in specs], limit)
+    following = start(buckets[0]) if buckets else None
+    for k, bucket in enumerate(buckets):
+        buffer, work = following
+        work.wait()
+        following = start(buckets[k + 1]) if k + 1 < len(buckets) else None
         for i, offset in bucket.items:
             spec = specs[i]
             raw = buffer[offset : offset + spec.nbytes]

@@ -482,7 +482,12 @@ class LearnerRank(Actor):
     def _gathered_state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(full Hugging Face weights, LoRA adapter weights by peft name) on rank 0; ZeRO-3
         shards are gathered a tensor at a time. A LoRA layer's weight is merged,
-        W + (alpha/r) B A, so vLLM and plain transformers load the policy as is."""
+        W + (alpha/r) B A, so vLLM and plain transformers load the policy as is.
+
+        A weight that is whole on this rank (not ZeRO-3), in host memory and in the policy's
+        dtype already (a CPU learner's) is the engine's own tensor, not a copy: no second
+        host copy of the policy. The engine does not step between a gather and the write
+        or the sync that uses it; a sync of weights that changed would fail its hash check."""
         import deepspeed
 
         module = self.engine.module
@@ -504,10 +509,15 @@ class LearnerRank(Actor):
                 if ".lora_" in name:
                     adapter[name] = p.detach().cpu().clone()
                     continue
-                w = p.detach().float()
+                w = p.detach()
                 if extra:
-                    w = w + extra[2] * (extra[1].detach().float() @ extra[0].detach().float())
-                state[hf_name(name)] = w.to(self.dtype).cpu().clone()
+                    delta = extra[1].detach().float() @ extra[0].detach().float()
+                    w = w.float() + extra[2] * delta
+                w = w.to(self.dtype).cpu()
+                same = w.untyped_storage().data_ptr() == p.untyped_storage().data_ptr()
+                if same and hasattr(p, "ds_id"):
+                    w = w.clone()  # ZeRO-3 frees (or reuses) the gathered tensor after this
+                state[hf_name(name)] = w
         if self.rank == 0:
             keys = set(module.state_dict().keys())
             for name, b in module.named_buffers():

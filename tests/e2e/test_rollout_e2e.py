@@ -170,19 +170,21 @@ def test_a_sync_in_memory_loads_what_the_file_sync_loads_and_is_checked_alike(
     group = start(model, 1, cfg) if tied else two_generators
     try:
         probe = probe_sequence(tok)
-        before = group.scores(*probe)
         expected = learner.probe_logp(*probe)
         names = {s.name for s in learner.get([learner.actors[0].outgoing_specs.remote()])[0]}
         assert names == set(load_file(str(tmp_path / "policy" / "model.safetensors")))
         assert "lm_head.weight" in names  # tied: the explicit copy, as in the files
-        # pi_t as the file sync needs it to go back there: tied, with an explicit lm_head
+        # pi_t as a reload needs it to go back there (tied: with an explicit lm_head), and
+        # its probe log-prob under transformers
         base = shutil.copytree(model, tmp_path / "base")
         state = load_file(str(base / "model.safetensors"))
         state.setdefault("lm_head.weight", state["model.embed_tokens.weight"].clone())
         save_file(state, str(base / "model.safetensors"), metadata={"format": "pt"})
+        at_base = hf_logp(model, *probe)
+        group.sync(str(base), probe, at_base)  # whatever an earlier test left
         files = group.sync(str(tmp_path / "policy"), probe, expected, digest)
         by_files = group.scores(*probe)
-        group.sync(str(base), probe, before[0])
+        group.sync(str(base), probe, at_base)
 
         assert learner.outgoing_digest() == digest
         memory = group.sync_from(learner, probe, expected, digest)  # hash checked inside
@@ -198,7 +200,7 @@ def test_a_sync_in_memory_loads_what_the_file_sync_loads_and_is_checked_alike(
         learner.call("gather_policy")
         with pytest.raises(SyncError, match="generation.sync_tolerance"):
             group.sync_from(learner, probe, expected, later)
-        group.sync(str(base), probe, before[0])  # leave the fixture as it was
+        group.sync(str(base), probe, at_base)  # leave the fixture on its model
     finally:
         if tied:
             group.shutdown()
