@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,17 @@ from inpo.plan.placement import ActorSlot
 
 if TYPE_CHECKING:
     from inpo.learning.group import LearnerGroup
+
+
+def _failed(future: Any) -> bool:
+    """Whether a finished Ray future holds an error."""
+    import ray
+
+    try:
+        ray.get(future, timeout=0)
+        return False
+    except Exception:
+        return True
 
 
 class SyncError(InpoError):
@@ -165,7 +177,7 @@ class GeneratorGroup(ActorGroup):
         log-prob of the probe must match the learner's ``expected`` within the tolerance."""
         t0 = time.perf_counter()
         futures = [a.reload.remote(weights_dir) for a in self.actors]
-        self._wait(futures, f"from {weights_dir}")
+        self._wait(futures, f"from {weights_dir}", lambda: self.get(futures))
         answers = self.get(futures)
         if digest is not None:
             self._check(
@@ -220,28 +232,36 @@ class GeneratorGroup(ActorGroup):
 
     def _answers(self, learner: LearnerGroup, own: Any, futures: list, what: str) -> list:
         """The generators' answers (``futures``, one each) to a collective with learner
-        rank 0 (its future ``own``). A failure names a generator unless rank 0 died (then
-        its peers fail too, for want of it)."""
+        rank 0 (its future ``own``), within generation.sync_timeout_s; a failure is raised
+        as soon as it happens (`_blame`)."""
+        self._wait([own, *futures], what, lambda: self._blame(learner, own, futures))
+        learner.get([own])
+        return self.get(futures)
+
+    def _blame(self, learner: LearnerGroup, own: Any, futures: list) -> None:
+        """Raise the error behind a failed collective: learner rank 0's when its process
+        died, else the first failed generator's (any dead peer fails rank 0's broadcast
+        too), else rank 0's own."""
         import ray
 
-        try:
-            self._wait(futures, what)
-            answers = self.get(futures)
-        except ActorError:
-            ready, _ = ray.wait([own], timeout=5)
-            if ready:
-                try:
-                    learner.get([own])
-                except ActorError as e:
-                    if e.died:
-                        raise e from None
-            raise
-        learner.get([own])  # its peers are done: so is it
-        return answers
+        ray.wait([own, *futures], num_returns=1 + len(futures), timeout=5)  # the peers'
+        own_error = None
+        if ray.wait([own], timeout=0)[0]:
+            try:
+                learner.get([own])
+            except ActorError as e:
+                if e.died:
+                    raise e from None
+                own_error = e
+        done = ray.wait(futures, num_returns=len(futures), timeout=0)[0]
+        if any(_failed(f) for f in done):
+            self.get(futures)  # raises the first, naming the generator
+        if own_error is not None:
+            raise own_error
 
-    def _wait(self, futures: list, what: str) -> None:
-        """Wait for ``futures`` (one per generator, in order) at most
-        generation.sync_timeout_s; the first failure is raised as soon as it happens."""
+    def _wait(self, futures: list, what: str, on_failure: Callable[[], None]) -> None:
+        """Wait for ``futures`` at most generation.sync_timeout_s; at the first failure,
+        ``on_failure()`` raises it (naming the actor)."""
         import ray
 
         deadline = time.monotonic() + self.sync_timeout
@@ -252,13 +272,11 @@ class GeneratorGroup(ActorGroup):
             if not ready:
                 raise SyncError(
                     f"weight sync {what} timed out after {self.sync_timeout}s on "
-                    f"{len(pending)} of {len(futures)} generators (generation.sync_timeout_s)"
+                    f"{len(pending)} of {len(futures)} actors (generation.sync_timeout_s)"
                 )
-            try:
-                ray.get(ready)
-            except Exception:
-                self.get(futures)  # raises it, naming the generator
-                raise
+            if _failed(ready[0]):
+                on_failure()
+                ray.get(ready)  # raises, whatever on_failure did
 
     def _check(self, answers: list[tuple[float, str]], digest: str, how: str, why: str) -> None:
         for i, (_, got) in enumerate(answers):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 
 import pytest
 from helpers import eos_is_not_end_of_turn, hf_logp, inpo_here, write_pairs
@@ -11,6 +13,7 @@ from transformers import AutoTokenizer
 
 from inpo.config import load_config
 from inpo.data import probe_sequence, prompt_token_ids, tokenize_pairs
+from inpo.errors import ActorError
 from inpo.generation.generator import GeneratorGroup, SyncError
 from inpo.generation.stage import request_seed
 from inpo.learning.stage import cache_logps, start_learner
@@ -201,6 +204,12 @@ def test_a_sync_in_memory_loads_what_the_file_sync_loads_and_is_checked_alike(
         with pytest.raises(SyncError, match="generation.sync_tolerance"):
             group.sync_from(learner, probe, expected, later)
         group.sync(str(base), probe, at_base)  # leave the fixture on its model
+        if tied:  # a generator of its own to kill: a dead one is named, rank 0 not stuck
+            learner.call("gather_policy")
+            os.kill(group.placement[0]["pid"], signal.SIGKILL)
+            with pytest.raises(ActorError, match="generator 0 died"):
+                group.sync_from(learner, probe, expected, later)
+            assert learner.outgoing_digest() is None  # its broadcast ended: dropped
     finally:
         if tied:
             group.shutdown()
