@@ -24,6 +24,9 @@ import torch
 
 #: largest bucket (bytes) one broadcast carries
 BUCKET_BYTES = 256 << 20
+#: a tensor this large goes alone, broadcast from its own memory: packing it would cost
+#: a copy on the sender for nothing (a large tensor is already one message)
+ALONE_BYTES = 16 << 20
 #: byte offset every tensor starts at inside a bucket: a uint8 slice viewed as another
 #: dtype must start on a multiple of its element size
 ALIGN = 64
@@ -61,23 +64,33 @@ def _aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-def plan_buckets(sizes: Sequence[int], limit: int = BUCKET_BYTES) -> list[Bucket]:
-    """Cut tensors of ``sizes`` bytes, in order, into buckets of at most ``limit`` bytes
-    (a tensor larger than ``limit`` goes alone); each tensor starts on an ALIGN boundary."""
+def plan_buckets(
+    sizes: Sequence[int], limit: int = BUCKET_BYTES, alone: int = ALONE_BYTES
+) -> list[Bucket]:
+    """Cut tensors of ``sizes`` bytes, in order, into buckets of at most ``limit`` bytes;
+    a tensor of ``alone`` bytes or more, or larger than ``limit``, goes alone. Each tensor
+    starts on an ALIGN boundary."""
     if limit <= 0:
         raise ValueError(f"bucket limit must be positive, got {limit}")
     buckets: list[Bucket] = []
     items: list[tuple[int, int]] = []
     end = 0
-    for i, size in enumerate(sizes):
-        offset = _aligned(end)
-        if items and offset + size > limit:
+
+    def close() -> None:
+        if items:
             buckets.append(Bucket(end, tuple(items)))
-            items, offset = [], 0
+            items.clear()
+
+    for i, size in enumerate(sizes):
+        offset = _aligned(end) if items else 0
+        if items and (size >= alone or offset + size > limit):
+            close()
+            offset = 0
         items.append((i, offset))
         end = offset + size
-    if items:
-        buckets.append(Bucket(end, tuple(items)))
+        if size >= alone:
+            close()
+    close()
     return buckets
 
 

@@ -65,13 +65,25 @@ class Sample:
 
 def _load_hashed(worker, weights: Iterator[tuple[str, Any]]) -> str:
     """Runs inside a vLLM worker: reload weights in place from (name, tensor) pairs,
-    hashing every tensor as it is handed to the engine (`inpo.models.weights_digest`)."""
+    hashing every tensor before it is handed to the engine (`inpo.models.weights_digest`).
+    A tensor is hashed in a thread (hashlib releases the GIL) while the engine loads the
+    one before it."""
+    from concurrent.futures import ThreadPoolExecutor
+
     seen: list[tuple[str, str]] = []
 
     def hashed():
-        for name, t in weights:
-            seen.append((name, tensor_digest(t)))
-            yield name, t
+        with ThreadPoolExecutor(1) as pool:
+            held = None  # (name, tensor, its hash job)
+            for name, t in weights:
+                job = pool.submit(tensor_digest, t)
+                if held is not None:
+                    seen.append((held[0], held[2].result()))
+                    yield held[:2]
+                held = (name, t, job)
+            if held is not None:
+                seen.append((held[0], held[2].result()))
+                yield held[:2]
 
     worker.model_runner.reload_weights(weights_iterator=hashed())
     return weights_digest(seen)

@@ -35,6 +35,12 @@ def test_buckets_keep_order_stay_under_the_limit_and_align_every_tensor():
     assert buckets[2].items == ((5, 0),) and buckets[2].nbytes == 500
 
 
+def test_a_large_tensor_goes_alone_from_its_own_memory():
+    buckets = plan_buckets([8, 8, 100, 8, 8], limit=1000, alone=100)
+    assert [b.items for b in buckets] == [((0, 0), (1, 64)), ((2, 0),), ((3, 0), (4, 64))]
+    assert [b.nbytes for b in buckets] == [72, 100, 72]
+
+
 def test_one_bucket_when_everything_fits_and_none_for_no_tensors():
     (only,) = plan_buckets([4, 4, 4], limit=1 << 20)
     assert only.items == ((0, 0), (1, 64), (2, 128)) and only.nbytes == 132
@@ -72,7 +78,7 @@ def test_a_broadcast_through_buckets_is_bit_exact():
     thread = threading.Thread(target=receive)
     thread.start()
     group = join_group("127.0.0.1", port, 0, 2, timeout_s=60, listen_socket=listener)
-    sent = send_tensors(group, tensors, limit=1024)
+    sent = send_tensors(group, tensors, limit=1024)  # 1000 floats: alone
     thread.join(timeout=60)
     assert sent == sum(b.nbytes for b in plan_buckets([s.nbytes for s in specs], 1024))
     assert [n for n, _ in got["tensors"]] == [s.name for s in specs]
