@@ -183,6 +183,14 @@ class GenerationConfig(_Section):
     )
     enforce_eager: bool = Field(False, description="Disable CUDA graphs in vLLM.")
     sync_timeout_s: float = Field(600.0, gt=0, description="Timeout of one weight sync.")
+    sync_in_memory: bool = Field(
+        True,
+        description="Weight sync right after the learner saved a policy (in the same "
+        "process): learner rank 0 broadcasts it to every generator's vLLM workers over a "
+        "gloo group of their own, checked by tensor hash and probe as a reload is. Resumes, "
+        "restarted generators and user policies always load the saved directory; false: "
+        "every sync does.",
+    )
     sync_tolerance: float | None = Field(
         None,
         gt=0,

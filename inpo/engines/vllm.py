@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inpo.engines.transfer import TensorSpec, join_group, receive_tensors
 from inpo.models import tensor_digest, weights_digest
 from inpo.plan.memory import Shape, default_memory_fraction
 
@@ -61,23 +63,79 @@ class Sample:
     logp: float  # summed log-prob of token_ids under the engine's weights
 
 
-def _reload_hashed(worker, weights_dir: str) -> str:
-    """Runs inside a vLLM worker: reload weights in place from the safetensors files of
-    ``weights_dir``, hashing every tensor as it is handed to the engine."""
-    from safetensors import safe_open
+def _load_hashed(worker, weights: Iterator[tuple[str, Any]]) -> str:
+    """Runs inside a vLLM worker: reload weights in place from (name, tensor) pairs,
+    hashing every tensor before it is handed to the engine (`inpo.models.weights_digest`).
+    A tensor is hashed in a thread (hashlib releases the GIL) while the engine loads the
+    one before it."""
+    from concurrent.futures import ThreadPoolExecutor
 
     seen: list[tuple[str, str]] = []
+
+    def hashed():
+        with ThreadPoolExecutor(1) as pool:
+            held = None  # (name, tensor, its hash job)
+            for name, t in weights:
+                job = pool.submit(tensor_digest, t)
+                if held is not None:
+                    seen.append((held[0], held[2].result()))
+                    yield held[:2]
+                held = (name, t, job)
+            if held is not None:
+                seen.append((held[0], held[2].result()))
+                yield held[:2]
+
+    worker.model_runner.reload_weights(weights_iterator=hashed())
+    return weights_digest(seen)
+
+
+def _reload_hashed(worker, weights_dir: str) -> str:
+    """Runs inside a vLLM worker: `_load_hashed` from the safetensors files of
+    ``weights_dir``."""
+    from safetensors import safe_open
 
     def tensors():
         for f in sorted(Path(weights_dir).glob("*.safetensors")):
             with safe_open(str(f), "pt") as sf:
                 for name in sf.keys():
-                    t = sf.get_tensor(name)
-                    seen.append((name, tensor_digest(t)))
-                    yield name, t
+                    yield name, sf.get_tensor(name)
 
-    worker.model_runner.reload_weights(weights_iterator=tensors())
-    return weights_digest(seen)
+    return _load_hashed(worker, tensors())
+
+
+#: the worker attribute its weight-update group lives in
+WEIGHT_GROUP = "inpo_weight_group"
+
+
+def _join_weight_group(
+    worker, host: str, port: int, first_rank: int, world: int, timeout_s: float
+) -> int:
+    """Runs inside a vLLM worker: join the weight-update group as rank first_rank + this
+    worker's rank in its engine (an older group is dropped first); returns the rank."""
+    setattr(worker, WEIGHT_GROUP, None)
+    rank = first_rank + worker.rank
+    setattr(worker, WEIGHT_GROUP, join_group(host, port, rank, world, timeout_s))
+    return rank
+
+
+def _receive_hashed(worker, specs: list[TensorSpec], limit: int) -> str:
+    """Runs inside a vLLM worker: `_load_hashed` from the tensors rank 0 of the
+    weight-update group broadcasts."""
+    group = getattr(worker, WEIGHT_GROUP, None)
+    if group is None:
+        raise RuntimeError("this vLLM worker has not joined a weight-update group")
+    incoming = receive_tensors(group, specs, limit)
+    try:
+        return _load_hashed(worker, incoming)
+    finally:
+        # every bucket the sender broadcasts must be received, whatever the loader took
+        # (what it did not take is not hashed, so the hash check fails)
+        for _ in incoming:
+            pass
+
+
+def _worker_rank(worker) -> int:
+    return worker.rank
 
 
 class VLLMEngine:
@@ -229,8 +287,32 @@ class VLLMEngine:
     def reload(self, weights_dir: str) -> str:
         """Load new weights in place from a Hugging Face directory (no engine restart);
         returns the hash of the tensors loaded (every tensor-parallel worker must agree)."""
-        digests = set(self.llm.collective_rpc(_reload_hashed, args=(weights_dir,)))
+        digests = self.llm.collective_rpc(_reload_hashed, args=(weights_dir,))
+        return self._loaded(digests, weights_dir)
+
+    def workers(self) -> int:
+        """The engine's workers (its tensor-parallel size): each joins the weight-update
+        group as a rank of its own."""
+        return len(self.llm.collective_rpc(_worker_rank))
+
+    def join_weight_group(
+        self, host: str, port: int, first_rank: int, world: int, timeout_s: float
+    ) -> list[int]:
+        """Every worker joins the weight-update group, as ranks first_rank, first_rank + 1,
+        ...; returns their ranks."""
+        return self.llm.collective_rpc(
+            _join_weight_group, args=(host, port, first_rank, world, timeout_s)
+        )
+
+    def receive(self, specs: list[TensorSpec], limit: int) -> str:
+        """Load new weights in place from the weight-update group's broadcast of ``specs``
+        (`inpo.engines.transfer`); returns the hash of the tensors loaded."""
+        digests = self.llm.collective_rpc(_receive_hashed, args=(specs, limit))
+        return self._loaded(digests, "the weight-update group")
+
+    def _loaded(self, worker_digests: list[str], source: str) -> str:
         self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
+        digests = set(worker_digests)
         if len(digests) != 1:
-            raise RuntimeError(f"vLLM workers loaded different weights from {weights_dir}")
+            raise RuntimeError(f"vLLM workers loaded different weights from {source}")
         return digests.pop()

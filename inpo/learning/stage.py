@@ -375,10 +375,12 @@ def export_policy(
     probe: tuple[list[int], int],
     engine_ready: bool,
     faults: Faults = NO_FAULTS,
+    keep: bool = False,
 ) -> dict[str, Any]:
     """Write out/policy from the final learner state; returns the learner's probe log-prob
     (probe_logp) and the hash of the saved tensors (weights_sha256), which every weight
-    sync checks.
+    sync checks. With ``keep`` learner rank 0 also holds the policy for the in-memory sync
+    that follows (`GeneratorGroup.sync_from`).
 
     With ``engine_ready`` False (a resumed run) the engine is rebuilt from the final
     checkpoint first. The step checkpoints stay until the caller has recorded that the
@@ -394,7 +396,7 @@ def export_policy(
     saved = {}
 
     def write(tmp: Path) -> None:
-        saved["weights_sha256"] = group.save_policy(str(tmp))
+        saved["weights_sha256"] = group.save_policy(str(tmp), keep=keep)
         faults.point("save")
 
     write_atomic(out / "policy", write)

@@ -111,25 +111,39 @@ class Fleet:
     def hold(
         self, target: str, expected_probe: float | None = None, expected_hash: str | None = None
     ) -> dict[str, Any]:
-        """Make the generators hold ``target`` and prove it; returns the sync metrics.
+        """Make the generators hold ``target`` and prove it; returns the sync metrics, with
+        ``sync_via``: how the weights came (memory, files, or held: they had them already).
 
-        A policy this run saved is reloaded in place and checked against the tensor hash
-        and probe log-prob the learner recorded (``expected_*``). A user's policy (pi_ref,
-        pi_1) is never loaded onto a learner rank to score the probe: the generators start
-        from it, their own probe log-prob becomes its expected value (every generator must
-        agree), and a later reload of it is checked against that."""
+        A policy this run saved is checked against the tensor hash and probe log-prob the
+        learner recorded (``expected_*``): sent from learner rank 0's memory when it still
+        holds that policy (the save just before, in this process:
+        generation.sync_in_memory), else reloaded in place from its directory. A user's
+        policy (pi_ref, pi_1) is never loaded onto a learner rank to score the probe: the
+        generators start from it, their own probe log-prob becomes its expected value
+        (every generator must agree), and a later reload of it is checked against that."""
         known = expected_probe is not None
         if not known and target not in self.probes and self.gen_policy != target:
             self._stop(Role.GENERATOR)  # nothing to check a reload against: start anew
+        started = Role.GENERATOR not in self.groups
         self.ensure([Role.GENERATOR], policy=target)
         if not known and target not in self.probes:
             self.probes[target] = self.generators.scores(*self.probe)[0]
         expected = expected_probe if known else self.probes[target]
         if self.gen_policy == target:
-            return self.generators.verify(self.probe, expected)
-        info = self.generators.sync(target, self.probe, expected, expected_hash)
+            info = self.generators.verify(self.probe, expected)
+            return info | {"sync_via": "files" if started else "held"}
+        if known and expected_hash is not None and self._learner_holds(expected_hash):
+            info = self.generators.sync_from(self.learner, self.probe, expected, expected_hash)
+        else:
+            info = self.generators.sync(target, self.probe, expected, expected_hash)
         self.gen_policy = target
         return info
+
+    def _learner_holds(self, digest: str) -> bool:
+        """Whether learner rank 0 holds the policy of hash ``digest`` in memory for a sync."""
+        if not self.cfg.generation.sync_in_memory or self.learner is None:
+            return False
+        return self.learner.outgoing_digest() == digest
 
     def records(self) -> list[dict[str, Any]]:
         groups = (self.generators, getattr(self.oracle, "inner", self.oracle), self.learner)

@@ -310,6 +310,7 @@ class Trainer:
             self.probe,
             engine_ready=self.engine_iteration == t,
             faults=self.faults,
+            keep=self.cfg.generation.sync_in_memory,  # for the sync stage, next
         )
 
     def _sync(self, t: int) -> dict:

@@ -70,6 +70,7 @@ def test_full_run_reports_everything(full_run):
         assert row["win_vs_ref_ci"] == pytest.approx([max(0, mean - half), min(1, mean + half)])
         assert row["sync_max_token_diff"] < 1e-4
         assert len(row["weights_sha256"]) == 64
+        assert row["sync_via"] == "memory"  # the sync after a save in the same process
         # the excess before the first step, recomputed from the pairs and the cached
         # log-probs: at pi = pi_t the margin is h = (tau/eta) [pi_t - pi_ref margins], and
         # the soft loss less its floor 4 P (1 - P) c^2 is (h - (2P - 1) c)^2, c = 1/(2 eta)
@@ -153,8 +154,12 @@ def test_sigkill_anywhere_then_resume_gives_the_same_weights(full_run, tmp_path,
         assert "resuming" in r.stdout
         for f, mtime in before.items():  # finished outputs are never recomputed
             assert f.stat().st_mtime_ns == mtime, f
-    running = json.loads((run / "state.json").read_text())["running"]
+    state = json.loads((run / "state.json").read_text())
+    running = state["running"]
     assert (running["iteration"], running["stage"]) == (2, "eval"), running
+    # The process resumed at iteration 1's sync (its save was another process's) loaded the
+    # saved directory; iteration 2's sync followed its own save: in memory.
+    assert [state["done"][t]["sync"]["sync_via"] for t in "12"] == ["files", "memory"]
     kept = {f: m for f, m in _done_outputs(run).items() if f.parent.name == "iter_1"}
     pairs = run / "iter_2" / "pairs.jsonl"
     pairs.write_bytes(pairs.read_bytes()[:-100])
@@ -394,6 +399,9 @@ def test_dead_actors_are_restarted_and_their_stages_redone(
     assert not (run / "iter_1" / "generations.partial.jsonl").exists()
     steps = [json.loads(x)["step"] for x in (run / "iter_2" / "learn_metrics.jsonl").open()]
     assert steps == [1, 2] and "continuing from the step 1 checkpoint" in r.stdout
+    # in memory, over a weight-update group set up anew with the restarted generators
+    # (iteration 1) and learner ranks (iteration 2)
+    assert [state.info(t, "sync")["sync_via"] for t in (1, 2, 3)] == ["memory"] * 3
     assert_same_weights(paper_pairpm_whole, run, 3)
 
 

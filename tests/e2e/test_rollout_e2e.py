@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 
 import pytest
 from helpers import eos_is_not_end_of_turn, hf_logp, inpo_here, write_pairs
@@ -11,6 +13,7 @@ from transformers import AutoTokenizer
 
 from inpo.config import load_config
 from inpo.data import probe_sequence, prompt_token_ids, tokenize_pairs
+from inpo.errors import ActorError
 from inpo.generation.generator import GeneratorGroup, SyncError
 from inpo.generation.stage import request_seed
 from inpo.learning.stage import cache_logps, start_learner
@@ -93,16 +96,17 @@ def test_same_seed_same_samples_whatever_the_batch_or_generator(two_generators, 
     assert other != full
 
 
-def _train_one_step(cfg, model, out, pairs_path):
-    """(learner, tokenizer, hash of the saved tensors) after one step from ``model``."""
+def _train_one_step(cfg, model, out, pairs_path, total_steps=1, keep=False):
+    """(learner, tokenizer, hash of the saved tensors) after one step from ``model`` (of
+    a schedule of ``total_steps``); with ``keep`` rank 0 holds the policy for a sync."""
     tok = AutoTokenizer.from_pretrained(model)
     pairs = tokenize_pairs(tok, read_pairs(pairs_path))
     learner = start_learner(cfg, "cpu")
     learner.set_data(pairs, tok.pad_token_id)
     learner.set_cache(cache_logps(learner, pairs, str(model), str(model), out / "logps"))
-    learner.build_engine(str(model), total_steps=1)
+    learner.build_engine(str(model), total_steps=total_steps)
     learner.train_step(0)
-    digest = learner.save_policy(str(out / "policy"))
+    digest = learner.save_policy(str(out / "policy"), keep=keep)
     return learner, tok, digest
 
 
@@ -147,6 +151,68 @@ def test_train_sync_verify_and_catch_a_sabotaged_sync(
         if tied:
             group.shutdown()
     finally:
+        learner.shutdown()
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_sync_in_memory_loads_what_the_file_sync_loads_and_is_checked_alike(
+    tied, two_generators, tiny_model, tiny_tied_model, tmp_path, ray_session
+):
+    """Learner rank 0 broadcasts the policy it just saved (generation.sync_in_memory): the
+    generators hash exactly the tensors the file sync loads (the learner's hash of the
+    saved policy; tied: with the explicit lm_head) and score the probe bit for bit alike.
+    Sent once per save. Weights other than the saved ones (a later step's, sent in their
+    place) are caught by the hash, and by the probe when the hash is theirs."""
+    model = tiny_tied_model if tied else tiny_model
+    cfg = load_config(
+        None, ["learner.lr=1e-2", "learner.global_batch_size=8", "learner.heldout_fraction=0"]
+    )
+    learner, tok, digest = _train_one_step(
+        cfg, model, tmp_path, write_pairs(tmp_path / "p.jsonl", 8), total_steps=2, keep=True
+    )
+    group = start(model, 1, cfg) if tied else two_generators
+    try:
+        probe = probe_sequence(tok)
+        expected = learner.probe_logp(*probe)
+        names = {s.name for s in learner.get([learner.actors[0].outgoing_specs.remote()])[0]}
+        assert names == set(load_file(str(tmp_path / "policy" / "model.safetensors")))
+        assert "lm_head.weight" in names  # tied: the explicit copy, as in the files
+        # pi_t as a reload needs it to go back there (tied: with an explicit lm_head), and
+        # its probe log-prob under transformers
+        base = shutil.copytree(model, tmp_path / "base")
+        state = load_file(str(base / "model.safetensors"))
+        state.setdefault("lm_head.weight", state["model.embed_tokens.weight"].clone())
+        save_file(state, str(base / "model.safetensors"), metadata={"format": "pt"})
+        at_base = hf_logp(model, *probe)
+        group.sync(str(base), probe, at_base)  # whatever an earlier test left
+        files = group.sync(str(tmp_path / "policy"), probe, expected, digest)
+        by_files = group.scores(*probe)
+        group.sync(str(base), probe, at_base)
+
+        assert learner.outgoing_digest() == digest
+        memory = group.sync_from(learner, probe, expected, digest)  # hash checked inside
+        assert (files["sync_via"], memory["sync_via"]) == ("files", "memory")
+        assert group.scores(*probe) == by_files
+        assert memory["sync_max_token_diff"] < 1e-4
+        assert learner.outgoing_digest() is None  # one sync per save: nothing kept
+
+        learner.train_step(1)
+        later = learner.call("gather_policy")[0]
+        with pytest.raises(SyncError, match="loaded other weights than the learner sent"):
+            group.sync_from(learner, probe, expected, digest)
+        learner.call("gather_policy")
+        with pytest.raises(SyncError, match="generation.sync_tolerance"):
+            group.sync_from(learner, probe, expected, later)
+        group.sync(str(base), probe, at_base)  # leave the fixture on its model
+        if tied:  # a generator of its own to kill: a dead one is named, rank 0 not stuck
+            learner.call("gather_policy")
+            os.kill(group.placement[0]["pid"], signal.SIGKILL)
+            with pytest.raises(ActorError, match="generator 0 died"):
+                group.sync_from(learner, probe, expected, later)
+            assert learner.outgoing_digest() is None  # its broadcast ended: dropped
+    finally:
+        if tied:
+            group.shutdown()
         learner.shutdown()
 
 
