@@ -357,8 +357,10 @@ def test_colocated_gpus_hold_one_of_each_and_train_like_the_split_layout(judge, 
     after_save = [r for r in rows if r["stage"] in ("sync", "eval")]
     assert len(after_save) >= 4 and all("learner_engines" in r for r in after_save)
     # the learner released its engine for the sync and still sent pi_{t+1} from memory
+    # (iteration 2); the process resumed at iteration 1's learn started its generators at
+    # the sync, from pi_2's directory
     state = json.loads((colocated / "state.json").read_text())
-    assert [state["done"][t]["sync"]["sync_via"] for t in "12"] == ["memory"] * 2
+    assert [state["done"][t]["sync"]["sync_via"] for t in "12"] == ["files", "memory"]
     learn = [row for row in rows if row["stage"] == "learn"][-1]  # iteration 2: all running
     assert all(
         set(g["asleep"]) == {f"generator {i}", f"judge {i}"}
