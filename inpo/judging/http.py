@@ -32,9 +32,10 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from inpo.data import Prompt
-from inpo.judging.oracle import Oracle, OracleError, ParseCounts
+from inpo.judging.oracle import Oracle, OracleError
 from inpo.judging.verdict import (
     BUILTIN_TEMPLATES,
+    ReadsVerdicts,
     VerdictReader,
     Verdicts,
     render_prompt,
@@ -71,7 +72,7 @@ def _connection_reason(e: requests.ConnectionError) -> str:
     return found.group(1).strip().lower() if found else f"{e}"[:200]
 
 
-class HttpJudge(Oracle):
+class HttpJudge(ReadsVerdicts, Oracle):
     position_biased = True
 
     def __init__(
@@ -200,15 +201,6 @@ class HttpJudge(Oracle):
             [r for _, r in answers],
             verdict_records(prompts, a, b, seeds) if keep else None,
         )
-
-    def verdicts(self) -> tuple[float, int]:
-        return self.tally.totals()
-
-    def parse_counts(self) -> ParseCounts:
-        return self.tally.counts
-
-    def judgements(self) -> list[dict]:
-        return self.tally.take_kept()
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -22,10 +22,11 @@ from typing import Any
 
 from inpo.data import Prompt
 from inpo.judging.model_judge import query_order
-from inpo.judging.oracle import OracleError, ParseCounts
+from inpo.judging.oracle import OracleError
 from inpo.judging.pairpm import PairPM
 from inpo.judging.verdict import (
     BUILTIN_TEMPLATES,
+    ReadsVerdicts,
     VerdictReader,
     Verdicts,
     question_text,
@@ -51,7 +52,7 @@ def choice_token_id(tok, prefix: str, choice: str, where: str) -> int:
     )
 
 
-class LLMJudge(PairPM):
+class LLMJudge(ReadsVerdicts, PairPM):
     """A chat model judging in a prompt template's format (PairPM's engines, truncation and
     position bias; its own input and verdict)."""
 
@@ -153,12 +154,3 @@ class LLMJudge(PairPM):
             [[s.finish_reason for s in q] for q in samples],
             about,
         )
-
-    def parse_counts(self) -> ParseCounts:
-        return self.tally.counts
-
-    def judgements(self) -> list[dict]:
-        return self.tally.take_kept()
-
-    def verdicts(self) -> tuple[float, int]:
-        return self.tally.totals()

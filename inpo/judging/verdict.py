@@ -196,6 +196,22 @@ class Verdicts:
         return kept
 
 
+class ReadsVerdicts:
+    """The Oracle methods of a judge whose P is read by a `Verdicts` (``self.tally``): the
+    llm and http judges."""
+
+    tally: Verdicts
+
+    def verdicts(self) -> tuple[float, int]:
+        return self.tally.totals()
+
+    def parse_counts(self) -> ParseCounts:
+        return self.tally.counts
+
+    def judgements(self) -> list[dict]:
+        return self.tally.take_kept()
+
+
 def verdict_seed(run_seed: int, prompt: Prompt, a: str, b: str) -> int:
     """The sampling seed of one reasoning-mode query, from its content alone: the same
     question and responses in the same order get the same samples, whatever batch or
