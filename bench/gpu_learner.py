@@ -57,19 +57,26 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def build_model(out: Path, shape: str, dtype: torch.dtype, device: str) -> LlamaConfig:
-    hidden, layers, inter, heads, kv, vocab, tied = SHAPES[shape]
-    config = LlamaConfig(
+def llama_config(shape: tuple, layers: int | None = None, **extra) -> LlamaConfig:
+    """A Llama config of ``shape`` (hidden, layers, intermediate, heads, kv heads, vocab,
+    tied), with ``layers`` of them when given (bench/sync.py builds one too)."""
+    hidden, default_layers, inter, heads, kv, vocab, tied = shape
+    return LlamaConfig(
         vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=inter,
-        num_hidden_layers=layers,
+        num_hidden_layers=layers or default_layers,
         num_attention_heads=heads,
         num_key_value_heads=kv,
         head_dim=hidden // heads,
         tie_word_embeddings=tied,
         max_position_embeddings=4096,
+        **extra,
     )
+
+
+def build_model(out: Path, shape: str, dtype: torch.dtype, device: str) -> LlamaConfig:
+    config = llama_config(SHAPES[shape])
     torch.manual_seed(0)
     with torch.device(device):  # initialising 1B parameters on the GPU takes a second
         model = LlamaForCausalLM(config).to(dtype)

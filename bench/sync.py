@@ -41,13 +41,12 @@ import time
 from pathlib import Path
 
 import torch
+from gpu_learner import SHAPES as LEARNER_SHAPES  # bench/gpu_learner.py
+from gpu_learner import llama_config
 
 #: (hidden, layers, intermediate, heads, kv heads, vocab, tied): Llama-3.2-1B's published
-#: shape and a tiny one
-SHAPES = {
-    "1b": (2048, 16, 8192, 32, 8, 128256, True),
-    "tiny": (128, 2, 256, 2, 1, 512, True),
-}
+#: shape (bench/gpu_learner.py's) and a tiny one with tied embeddings
+SHAPES = {"1b": LEARNER_SHAPES["1b"], "tiny": (128, 2, 256, 2, 1, 512, True)}
 
 
 def build_models(root: Path, shape: str, layers: int | None) -> tuple[Path, Path, int]:
@@ -55,23 +54,15 @@ def build_models(root: Path, shape: str, layers: int | None) -> tuple[Path, Path
     head is also written explicitly (what a reload into vLLM needs); returns both and the
     parameter count."""
     from safetensors.torch import save_file
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from inpo.models.tiny import build_tokenizer
 
-    hidden, default_layers, inter, heads, kv, vocab, tied = SHAPES[shape]
-    layers = layers or default_layers
+    tied = SHAPES[shape][-1]
     tok = build_tokenizer()
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=inter,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        head_dim=hidden // heads,
-        tie_word_embeddings=tied,
-        max_position_embeddings=4096,
+    config = llama_config(
+        SHAPES[shape],
+        layers,
         bos_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
