@@ -14,6 +14,20 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+#: One short iteration without eval: the size of the cluster and Slurm tests' runs, whose
+#: subject is placement and processes, not learning.
+SHORT_RUN = [
+    "run.iterations=1",
+    "data.eval_size=0",
+    "data.prompts_per_iteration=16",
+    "generation.num_samples=4",
+    "generation.max_new_tokens=12",
+    "learner.global_batch_size=4",
+    "learner.micro_batch_size=1",
+    "learner.epochs=1",
+    "learner.checkpoint_every=0",
+]
+
 
 def write_pairs(path: Path, n: int, seed: int = 0, chat: bool = True) -> Path:
     """Pairs where the chosen response is vowels and the rejected one consonants."""

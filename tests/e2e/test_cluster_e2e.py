@@ -22,22 +22,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import final_weights, free_port, inpo_here, inpo_train
+from helpers import SHORT_RUN, final_weights, free_port, inpo_here, inpo_train
 
 from inpo.plan.placement import plan_placement
 
 pytestmark = pytest.mark.cluster
 
 BASE = [
-    "run.iterations=1",
-    "data.eval_size=0",
-    "data.prompts_per_iteration=16",
-    "generation.num_samples=4",
-    "generation.max_new_tokens=12",
-    "learner.global_batch_size=4",
-    "learner.micro_batch_size=1",
-    "learner.epochs=1",
-    "learner.checkpoint_every=0",
+    *SHORT_RUN,
     "deepspeed.zero_stage=3",
     "run.tensorboard=false",
 ]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import final_weights
+from helpers import SHORT_RUN, final_weights
 
 pytestmark = pytest.mark.cluster
 
@@ -30,15 +30,7 @@ NODES, GPUS_PER_NODE = 2, 4
 
 ARGS = [
     "configs/quickstart.yaml",
-    "run.iterations=1",
-    "data.eval_size=0",
-    "data.prompts_per_iteration=16",
-    "generation.num_samples=4",
-    "generation.max_new_tokens=12",
-    "learner.global_batch_size=4",
-    "learner.micro_batch_size=1",
-    "learner.epochs=1",
-    "learner.checkpoint_every=0",
+    *SHORT_RUN,
     "learner.num_ranks=2",
     "run.colocate=false",
     "run.simulate_gpus=true",
