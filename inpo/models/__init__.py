@@ -3,6 +3,7 @@ offline), checks on user-given paths, dtypes and weight hashes."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -34,8 +35,6 @@ def torch_dtype(dtype: str, device: str):
 
 def tensor_digest(tensor) -> str:
     """sha256 of a tensor's raw bytes (dtype and layout as stored)."""
-    import hashlib
-
     import torch
 
     return hashlib.sha256(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()).hexdigest()
@@ -44,8 +43,6 @@ def tensor_digest(tensor) -> str:
 def weights_digest(tensor_digests: Iterable[tuple[str, str]]) -> str:
     """One hash of (tensor name, tensor_digest) pairs, independent of their order (shards,
     iteration order)."""
-    import hashlib
-
     lines = sorted(f"{name} {digest}" for name, digest in tensor_digests)
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
@@ -53,12 +50,11 @@ def weights_digest(tensor_digests: Iterable[tuple[str, str]]) -> str:
 def model_signature(model_dir: str | Path) -> str:
     """sha256 of a model directory without its weights (config, tokenizer, chat template):
     two directories with the same signature build the same engine, up to the weights."""
-    import hashlib
-
     h = hashlib.sha256()
     for f in sorted(Path(model_dir).iterdir()):
         if f.is_file() and not f.name.endswith((".safetensors", ".bin", ".pt", ".index.json")):
-            h.update(f"{f.name}\0{len(f.read_bytes())}\0".encode() + f.read_bytes())
+            data = f.read_bytes()
+            h.update(f"{f.name}\0{len(data)}\0".encode() + data)
     return h.hexdigest()
 
 
