@@ -22,11 +22,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SESSION_CPUS = 12
 
 
+# Module fixtures that run or start something expensive: under `pytest -n` (make test) the
+# tests that share one run on one worker, so it is built once. The `cluster` tests, which
+# start Ray clusters of their own, run one after another on one worker too: Ray gives a
+# new node 30 s to register, which two starts at once on a loaded 2-core host can miss.
+SHARED = ("full_run", "paper_pairpm_whole", "learned", "two_generators")
+
+
 def pytest_collection_modifyitems(items):
     """Where a test lives says what it is: everything under tests/e2e/ is `e2e`."""
     for item in items:
         if "e2e" in Path(str(item.fspath)).parts:
             item.add_marker(pytest.mark.e2e)
+        shared = [name for name in SHARED if name in getattr(item, "fixturenames", ())]
+        if item.get_closest_marker("cluster"):
+            shared = ["cluster"]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
 
 
 @pytest.fixture(scope="session")

@@ -264,35 +264,20 @@ def test_two_nodes_tensor_parallel_generators_lose_the_worker_and_resume(
 
 
 def test_a_layout_that_cannot_fit_fails_at_once_with_one_line(tmp_path):
-    """(The planner's other refusals are unit tests: tests/unit/test_placement.py.)"""
+    """(The planner's other refusals are unit tests: tests/unit/test_placement.py.) At once:
+    well before a wait for the GPUs would time out."""
     t0 = time.monotonic()
     sim = ["run.simulate_gpus=true", "run.num_gpus=2", "learner.num_ranks=4"]
-    r = inpo_train(*BASE, *sim, "run.colocate=false", f"run.dir={tmp_path / 'split'}")
+    split = ["run.colocate=false", "run.placement_timeout_s=600"]
+    r = inpo_train(*BASE, *sim, *split, f"run.dir={tmp_path / 'split'}")
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 1 and "learner.num_ranks = 4 needs 4 GPUs" in last, r.stderr[-2000:]
-    assert time.monotonic() - t0 < 120
+    assert time.monotonic() - t0 < 300
     r = inpo_train(*BASE, *sim, f"run.dir={tmp_path / 'colocated'}")  # colocated: the default
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 2, r.stderr[-2000:]
     assert "learner.num_ranks = 4: the colocated layout of 2 GPUs holds at most one" in last
     assert not (tmp_path / "colocated" / "state.json").exists()  # the fixed config can start
-
-
-def test_zero_offload_trains_checkpoints_and_resumes(tmp_path, ray_session):
-    """ZeRO-3 with the optimizer offloaded (DeepSpeed's CPU Adam), 2 ranks, 2 iterations;
-    SIGKILLed after a step checkpoint of iteration 2, resumed to identical weights."""
-    args = [*BASE, "run.iterations=2", "learner.num_ranks=2", "learner.checkpoint_every=1"]
-    args.append("deepspeed.offload_optimizer=true")
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    r = inpo_here("train", *args, f"run.dir={whole}")
-    assert r.returncode == 0, r.stderr[-3000:]
-    r = inpo_train(*args, f"run.dir={cut}", crash_at="learn.step2#2", join=ray_session)
-    assert r.returncode == -9, r.stderr[-3000:]
-    assert (cut / "iter_2" / "checkpoints" / "step_000001").is_dir()
-    r = inpo_here("train", "--resume", str(cut))
-    assert r.returncode == 0, r.stderr[-3000:]
-    a, b = final_weights(whole, 2), final_weights(cut, 2)
-    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 # --- colocation --------------------------------------------------------------------------

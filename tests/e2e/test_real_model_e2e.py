@@ -6,6 +6,7 @@ Real Ray, vLLM (CPU) and DeepSpeed (CPU, gloo); small budgets, real weights."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -49,18 +50,23 @@ def smollm2() -> Path:
     return ensure_smollm2()
 
 
-def test_smollm2_lora_zero3_two_iterations_sigkill_during_learning_resumes_exactly(
+def test_smollm2_lora_zero3_offload_sigkill_during_learning_resumes_exactly(
     smollm2, tmp_path, ray_session
 ):
-    """LoRA under ZeRO-3 with 2 ranks on the real model (LoRA under ZeRO-2:
-    tests/e2e/test_pipeline_e2e.py; full fine-tuning under ZeRO-3 killed while learning:
-    tests/e2e/test_cluster_e2e.py's offload run): the same adapter trains across
-    iterations, step checkpoints hold it and its optimizer state, and a run SIGKILLed while
-    learning resumes to exactly the weights of an uninterrupted one."""
+    """LoRA under ZeRO-3 with 2 ranks and the optimizer offloaded (DeepSpeed's CPU Adam) on
+    the real model (LoRA under ZeRO-2: tests/e2e/test_pipeline_e2e.py): the same adapter
+    trains across iterations, step checkpoints hold it and its offloaded optimizer state,
+    and a run SIGKILLed while learning resumes to exactly the weights of an uninterrupted
+    one. Both share iteration 1: the run is copied once it is done and each copy is
+    extended to 2 iterations (`--resume DIR run.iterations=2`), one of them killed after
+    iteration 2's first step checkpoint."""
     args = [*SMOL, "model.lora.r=8", "learner.lr=1e-3", "deepspeed.zero_stage=3"]
-    args.append("learner.num_ranks=2")
+    args += ["learner.num_ranks=2", "deepspeed.offload_optimizer=true"]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    r = inpo_here("train", *args, f"run.dir={whole}")
+    r = inpo_here("train", *args, "run.iterations=1", f"run.dir={whole}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    shutil.copytree(whole, cut)
+    r = inpo_here("train", "--resume", str(whole), "run.iterations=2")
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(x) for x in (whole / "metrics.jsonl").read_text().splitlines()]
     assert [row["iteration"] for row in rows] == [0, 1, 2]
@@ -86,8 +92,10 @@ def test_smollm2_lora_zero3_two_iterations_sigkill_during_learning_resumes_exact
     adapter = "iter_2/policy/adapter"
     config = json.loads((whole / adapter / "adapter_config.json").read_text())
     assert Path(config["base_model_name_or_path"]) == smollm2.resolve() and config["r"] == 8
-    r = inpo_train(*args, f"run.dir={cut}", crash_at="learn.step2#2", join=ray_session)
+    resume = ["--resume", str(cut), "run.iterations=2"]
+    r = inpo_train(*resume, crash_at="learn.step2", join=ray_session)
     assert r.returncode == -9, r.stderr[-3000:]
+    assert (cut / "iter_2" / "checkpoints" / "step_000001").is_dir()
     r = inpo_here("train", "--resume", str(cut))
     assert r.returncode == 0, r.stderr[-3000:]
     for f in ("iter_2/policy/model.safetensors", f"{adapter}/adapter_model.safetensors"):
