@@ -151,6 +151,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A localhost port held bound but never listening: a connect is refused, and no other
+    process (the other test worker's Ray or vLLM) can take the port meanwhile, which a port
+    merely found free cannot promise."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
+
+
+@contextlib.contextmanager
 def openai_server(model_dir: Path, log: Path, *engine_args: str) -> Iterator[str]:
     """A real vLLM OpenAI server of model_dir on 127.0.0.1; yields its /v1 URL."""
     import pytest

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import free_port, inpo_here, inpo_train, openai_server, run_ensure
+from helpers import inpo_here, inpo_train, openai_server, refused_port, run_ensure
 from safetensors.torch import load_file
 
 from inpo.config import InpoConfig
@@ -376,18 +376,19 @@ def test_http_judge_against_a_real_vllm_server_of_smollm2(smollm2_server):
 
 def test_a_judge_server_that_is_down_is_one_line(tmp_path, ray_session):
     run = tmp_path / "run"
-    r = inpo_here(
-        "train",
-        "oracle.backend=http",
-        f"oracle.url=http://127.0.0.1:{free_port()}",
-        "oracle.retries=0",
-        "run.iterations=1",
-        "data.eval_size=0",
-        "generation.num_samples=2",
-        "generation.max_new_tokens=4",
-        "data.prompts_per_iteration=16",
-        f"run.dir={run}",
-    )
+    with refused_port() as port:
+        r = inpo_here(
+            "train",
+            "oracle.backend=http",
+            f"oracle.url=http://127.0.0.1:{port}",
+            "oracle.retries=0",
+            "run.iterations=1",
+            "data.eval_size=0",
+            "generation.num_samples=2",
+            "generation.max_new_tokens=4",
+            "data.prompts_per_iteration=16",
+            f"run.dir={run}",
+        )
     assert r.returncode == 1
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "connection refused" in last.lower(), last

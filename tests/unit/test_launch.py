@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import refused_port
 
 ROOT = Path(__file__).parents[2]
 SCRIPTS = ["launch/ray_cluster.sh", "launch/slurm.sbatch", "tests/slurm_local.sh"]
@@ -157,23 +157,18 @@ def test_ray_start_gets_cpus_gpus_address_and_the_jobs_ports():
     assert "--num-gpus=8" in worker and "--temp-dir=/tmp/inpo-ray-42" in worker
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_the_wait_for_nodes_ends_with_a_named_error():
-    address = f"127.0.0.1:{free_port()}"  # no head answers
-    r = bash(f"wait_nodes {address} 2 8 1")
+    with refused_port() as port:  # no head answers
+        address = f"127.0.0.1:{port}"
+        r = bash(f"wait_nodes {address} 2 8 1")
+        # a node's `ray start` that ended fails it at once, not at the timeout
+        ended = bash(f"true & pid=$!; sleep 0.2; wait_nodes {address} 2 8 300 $pid")
     assert r.returncode == 1
     assert r.stderr.strip() == (
         f"error: the Ray cluster at {address} has 0 of 2 nodes, 0 of 8 GPUs after 1s (timeout "
         "1s, INPO_RAY_JOIN_TIMEOUT): the missing nodes' `ray start` lines above say why"
     )
-    # a node's `ray start` that ended fails it at once, not at the timeout
-    r = bash(f"true & pid=$!; sleep 0.2; wait_nodes {address} 2 8 300 $pid")
-    assert r.returncode == 1 and "ended before the Ray cluster" in r.stderr, r.stderr
+    assert ended.returncode == 1 and "ended before the Ray cluster" in ended.stderr, ended.stderr
 
 
 def fake_venv(tmp_path: Path) -> Path:

@@ -10,7 +10,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from helpers import free_port
+from helpers import refused_port
 
 import inpo.judging.http as http_oracle
 from inpo.config import InpoConfig
@@ -216,8 +216,7 @@ def fast_backoff(monkeypatch):
 
 
 def test_http_dead_port_is_a_clear_error(fast_backoff):
-    port = free_port()
-    with pytest.raises(OracleError) as err:
+    with refused_port() as port, pytest.raises(OracleError) as err:
         oracle_for(backend="http", url=f"http://127.0.0.1:{port}", retries=2, timeout_s=2)
     assert str(err.value) == (
         f"cannot reach http://127.0.0.1:{port}/v1 after 3 tries: connection refused"
