@@ -29,15 +29,16 @@ SESSION_CPUS = 12
 SHARED = ("full_run", "paper_pairpm_whole", "learned", "two_generators")
 
 
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(config, items):
     """Where a test lives says what it is: everything under tests/e2e/ is `e2e`."""
+    xdist = config.pluginmanager.hasplugin("xdist")
     for item in items:
         if "e2e" in Path(str(item.fspath)).parts:
             item.add_marker(pytest.mark.e2e)
         shared = [name for name in SHARED if name in getattr(item, "fixturenames", ())]
         if item.get_closest_marker("cluster"):
             shared = ["cluster"]
-        if shared:
+        if shared and xdist:
             item.add_marker(pytest.mark.xdist_group(shared[0]))
 
 

@@ -42,35 +42,21 @@ def judge(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("judge") / "pairpm", seed=5)
 
 
-def layouts(judge: Path) -> dict[str, list[str]]:
-    """Actor counts of each layout; its simulated cluster comes on top."""
+def paper_layout(judge: Path) -> list[str]:
+    """The paper's actor counts, 4 + 2 + 2; a simulated cluster comes on top."""
     pairpm = ["oracle.backend=pairpm", f"oracle.model={judge}", "oracle.max_length=256"]
-    return {
-        # the paper's 4 + 2 + 2 on 8 GPUs
-        "paper": [
-            "learner.num_ranks=4",
-            "generation.num_generators=2",
-            *pairpm,
-            "oracle.num_actors=2",
-        ],
-        "two_ranks": ["learner.num_ranks=2", "generation.num_generators=2"],
-    }
+    return ["learner.num_ranks=4", "generation.num_generators=2", *pairpm, "oracle.num_actors=2"]
 
 
-_CPU: dict[str, Path] = {}
-
-
-def cpu_reference(name: str, judge: Path, root: Path) -> Path:
-    """The layout on plain CPU, run once per module, in-process on the session's cluster
-    (its logical CPUs are those a local cluster of `inpo train` has here)."""
-    if name not in _CPU:
-        run = root / f"cpu_{name}"
-        r = inpo_here("train", *BASE, *layouts(judge)[name], f"run.dir={run}")
-        assert r.returncode == 0, r.stderr[-3000:]
-        records = json.loads((run / "placement.json").read_text())
-        assert all(rec["gpus"] == [] and rec["gpu_fraction"] == 0 for rec in records)
-        _CPU[name] = run
-    return _CPU[name]
+def cpu_reference(judge: Path, root: Path) -> Path:
+    """The paper's layout on plain CPU, in-process on the session's cluster (its logical
+    CPUs are those a local cluster of `inpo train` has here)."""
+    run = root / "cpu_paper"
+    r = inpo_here("train", *BASE, *paper_layout(judge), f"run.dir={run}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    records = json.loads((run / "placement.json").read_text())
+    assert all(rec["gpus"] == [] and rec["gpu_fraction"] == 0 for rec in records)
+    return run
 
 
 def check_placement(run: Path, tp: int = 1) -> list[dict]:
@@ -90,16 +76,11 @@ def check_placement(run: Path, tp: int = 1) -> list[dict]:
 
 
 def learner_threads(ranks: int) -> int:
-    """A learner rank's threads on plain CPU: the planner's own CPU plan (no GPU node)."""
+    """A learner rank's threads on plain CPU: the planner's own CPU plan (no GPU node). A
+    simulated rank must get as many (its node's CPUs over its GPUs): with another count the
+    BLAS sums in another order and the weights differ in their last bits (seen on a 2-core
+    EPYC: 7e-7)."""
     return plan_placement([], {"learner": (ranks, 0)}).slots["learner"][0].num_cpus
-
-
-def matching_cpus(gpus: int, roles: dict[str, int]) -> int:
-    """run.num_cpus that gives a simulated learner rank the threads it has on plain CPU:
-    with another thread count the BLAS sums in another order and the weights differ in
-    their last bits (seen on a 2-core EPYC: 7e-7)."""
-    sharing = -(-sum(roles.values()) // gpus)  # actors on the learner's GPU
-    return gpus * sharing * learner_threads(roles["learner"])
 
 
 def same_weights(a: Path, b: Path) -> None:
@@ -107,27 +88,6 @@ def same_weights(a: Path, b: Path) -> None:
     assert x.keys() == y.keys()
     for k in x:
         assert torch.equal(x[k], y[k]), k
-
-
-def test_paper_layout_places_like_gpus_and_computes_like_cpu(judge, tmp_path_factory, ray_session):
-    """The paper's 4 + 2 + 2 on 8 logical GPUs, one actor per GPU. GPUs shared by several
-    actors: Ray's fractional bundles in the colocated test below; a split layout with fewer
-    GPUs than actors is planned in tests/unit/test_placement.py. The "two_ranks" layout:
-    on two nodes, below, against the same CPU run."""
-    gpus, roles = 8, {"learner": 4, "generator": 2, "judge": 2}
-    run = tmp_path_factory.mktemp("sim") / "paper"
-    sim = ["run.simulate_gpus=true", f"run.num_gpus={gpus}"]
-    sim.append(f"run.num_cpus={matching_cpus(gpus, roles)}")
-    r = inpo_train(*BASE, *layouts(judge)["paper"], *sim, f"run.dir={run}")
-    assert r.returncode == 0, r.stderr[-3000:]
-    records = check_placement(run)
-    counts = defaultdict(int)
-    for rec in records:
-        counts[rec["role"]] += 1
-    assert counts == roles
-    assert all(rec["gpu_fraction"] == 1.0 for rec in records)
-    assert len({(rec["node"], rec["gpus"][0]) for rec in records}) == gpus
-    same_weights(run, cpu_reference("paper", judge, tmp_path_factory.getbasetemp()))
 
 
 class RayNodes:
@@ -218,21 +178,25 @@ class RayNodes:
 
 @pytest.fixture
 def two_nodes(tmp_path):
-    """Two nodes of 4 GPUs, each GPU with the threads of a learner rank of two on CPU."""
-    cluster = RayNodes(tmp_path, workers=1, gpus=4, cpus=4 * learner_threads(2))
+    """Two nodes of 5 GPUs, each GPU with the threads of a learner rank of four on CPU."""
+    cluster = RayNodes(tmp_path, workers=1, gpus=5, cpus=5 * learner_threads(4))
     yield cluster
     cluster.stop()
 
 
-def test_two_nodes_tensor_parallel_generators_lose_the_worker_and_resume(
+def test_paper_layout_on_two_nodes_places_like_gpus_loses_the_worker_and_resumes(
     two_nodes, judge, tmp_path_factory, ray_session
 ):
-    """Two learner ranks and two 2-GPU generators (6 GPUs: both nodes). The worker node is
-    killed in the learn stage: the run stops with one line naming what is missing (the
-    layout does not fit the head alone), and `--resume` once the node is back ends with the
-    weights of the layout on plain CPU."""
-    run = tmp_path_factory.mktemp("sim") / "two_nodes"
-    layout = layouts(judge)["two_ranks"] + ["generation.tensor_parallel_size=2"]
+    """The paper's 4 + 2 + 2 with tensor-parallel (2-GPU) generators: 10 logical GPUs, one
+    actor per GPU, on two nodes of 5, so the layout spans both. GPUs shared by several
+    actors: Ray's fractional bundles in the colocated test below; a split layout with fewer
+    GPUs than actors is planned in tests/unit/test_placement.py. The worker node is killed
+    in the learn stage: the run stops with one line naming what is missing (the layout does
+    not fit the head alone), and `--resume` once the node is back ends with the weights of
+    the layout on plain CPU."""
+    roles = {"learner": 4, "generator": 2, "judge": 2}
+    run = tmp_path_factory.mktemp("sim") / "paper"
+    layout = [*paper_layout(judge), "generation.tensor_parallel_size=2"]
     sim = ["run.simulate_gpus=true", f"run.ray_address={two_nodes.address}"]
     steps = ["learner.checkpoint_every=1", "run.placement_timeout_s=10"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled"}
@@ -248,7 +212,13 @@ def test_two_nodes_tensor_parallel_generators_lose_the_worker_and_resume(
         time.sleep(0.2)
     records = check_placement(run, tp=2)
     print(json.dumps(records, indent=1))  # the note quotes it
-    assert len({rec["node"] for rec in records}) == 2  # 6 GPUs do not fit one node of 4
+    counts = defaultdict(int)
+    for rec in records:
+        counts[rec["role"]] += 1
+    assert counts == roles
+    assert all(rec["gpu_fraction"] == 1.0 for rec in records if rec["role"] != "generator")
+    assert len({(rec["node"], g) for rec in records for g in rec["gpus"]}) == 10
+    assert len({rec["node"] for rec in records}) == 2  # 10 GPUs do not fit one node of 5
     two_nodes.kill_worker()
     assert proc.wait(timeout=300) == 1, Path(err.name).read_text()[-3000:]
     last = Path(err.name).read_text().strip().splitlines()[-1]
@@ -260,57 +230,67 @@ def test_two_nodes_tensor_parallel_generators_lose_the_worker_and_resume(
     two_nodes.start_worker()
     r = inpo_train("--resume", str(run), extra_env={"RAY_AUTH_MODE": "disabled"})
     assert r.returncode == 0, r.stderr[-3000:]
-    same_weights(run, cpu_reference("two_ranks", judge, tmp_path_factory.getbasetemp()))
+    same_weights(run, cpu_reference(judge, tmp_path_factory.getbasetemp()))
 
 
-def test_a_layout_that_cannot_fit_fails_at_once_with_one_line(tmp_path):
+@pytest.fixture(scope="module")
+def two_gpus(tmp_path_factory):
+    """One node of 2 GPUs, for the layouts that cannot fit it and for the colocated runs,
+    as a job's processes share its cluster. A GPU's CPUs give each of its three colocated
+    actors the threads that actor has on plain CPU."""
+    cpus = 2 * 3 * learner_threads(2)
+    node = RayNodes(tmp_path_factory.mktemp("two_gpus"), workers=0, gpus=2, cpus=cpus)
+    yield node
+    node.stop()
+
+
+def test_a_layout_that_cannot_fit_fails_at_once_with_one_line(two_gpus, tmp_path):
     """(The planner's other refusals are unit tests: tests/unit/test_placement.py.) At once:
     well before a wait for the GPUs would time out."""
     t0 = time.monotonic()
-    sim = ["run.simulate_gpus=true", "run.num_gpus=2", "learner.num_ranks=4"]
+    sim = ["run.simulate_gpus=true", "learner.num_ranks=4"]
     split = ["run.colocate=false", "run.placement_timeout_s=600"]
-    r = inpo_train(*BASE, *sim, *split, f"run.dir={tmp_path / 'split'}")
+    r = inpo_train(*BASE, *sim, *split, f"run.dir={tmp_path / 'split'}", join=two_gpus.address)
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 1 and "learner.num_ranks = 4 needs 4 GPUs" in last, r.stderr[-2000:]
     assert time.monotonic() - t0 < 300
-    r = inpo_train(*BASE, *sim, f"run.dir={tmp_path / 'colocated'}")  # colocated: the default
+    colocated = tmp_path / "colocated"  # colocated: the default on GPUs
+    r = inpo_train(*BASE, *sim, f"run.dir={colocated}", join=two_gpus.address)
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 2, r.stderr[-2000:]
     assert "learner.num_ranks = 4: the colocated layout of 2 GPUs holds at most one" in last
-    assert not (tmp_path / "colocated" / "state.json").exists()  # the fixed config can start
+    assert not (colocated / "state.json").exists()  # the fixed config can start
 
 
 # --- colocation --------------------------------------------------------------------------
 
 
-def test_colocated_gpus_hold_one_of_each_and_train_like_the_split_layout(judge, tmp_path):
+def test_colocated_gpus_hold_one_of_each_and_train_like_plain_cpu(
+    two_gpus, judge, tmp_path, ray_session
+):
     """run.colocate on 2 logical GPUs (the default on GPUs; the counts fill them): every
     GPU holds one learner rank, one generator and one judge, no stage of two iterations
-    ran with an engine it does not use awake, and the weights equal the split layout's (the
-    same actors on GPUs of their own). The colocated run is SIGKILLed in a vLLM stage
+    ran with an engine it does not use awake, and the weights equal those of the same
+    actors on plain CPU (a split layout on logical GPUs equals plain CPU too: the paper
+    layout above). The colocated run is SIGKILLed in a vLLM stage
     (judge) and in a learner stage (learn, after its second step) of iteration 1 and
     resumed after each (every stage's own kill points: tests/e2e/test_pipeline_e2e.py),
-    every process on one cluster of 2 GPUs and 12 CPUs (`ray start`), as a job's
-    processes share its cluster."""
+    every process on one cluster of 2 GPUs (`ray start`), as a job's processes
+    share its cluster."""
     from inpo.plan.colocate import awake_but_unused
 
     gpus, kills = 2, ("judge", "learn.step2")
     pairpm = ["oracle.backend=pairpm", f"oracle.model={judge}", "oracle.max_length=256"]
     args = [*BASE, "run.iterations=2", *pairpm, "run.simulate_gpus=true"]
-    colocated, split = tmp_path / "colocated", tmp_path / "split"
-    (tmp_path / "nodes").mkdir()
-    node = RayNodes(tmp_path / "nodes", workers=0, gpus=gpus, cpus=12)
-    try:
-        r = inpo_train(*args, f"run.dir={colocated}", crash_at=kills[0], join=node.address)
-        assert r.returncode == -9, r.stderr[-3000:]
-        assert "colocated, sharing: GPU bundle 0: learner 0 + generator 0 + judge 0" in r.stdout
-        for point in kills[1:]:
-            r = inpo_train("--resume", str(colocated), crash_at=point)  # its config joins
-            assert r.returncode == -9, (point, r.stderr[-3000:])
-        r = inpo_train("--resume", str(colocated))
-        assert r.returncode == 0, r.stderr[-3000:]
-    finally:
-        node.stop()
+    colocated, cpu = tmp_path / "colocated", tmp_path / "cpu"
+    r = inpo_train(*args, f"run.dir={colocated}", crash_at=kills[0], join=two_gpus.address)
+    assert r.returncode == -9, r.stderr[-3000:]
+    assert "colocated, sharing: GPU bundle 0: learner 0 + generator 0 + judge 0" in r.stdout
+    for point in kills[1:]:
+        r = inpo_train("--resume", str(colocated), crash_at=point)  # its config joins
+        assert r.returncode == -9, (point, r.stderr[-3000:])
+    r = inpo_train("--resume", str(colocated))
+    assert r.returncode == 0, r.stderr[-3000:]
     held = defaultdict(list)
     for rec in check_placement(colocated):
         held[rec["node"], rec["gpus"][0]].append(rec["role"])
@@ -347,12 +327,12 @@ def test_colocated_gpus_hold_one_of_each_and_train_like_the_split_layout(judge, 
     for gpu, awake_bytes in generate["gpu_memory_estimated"].items():  # vLLM's share, awake
         assert awake_bytes > learn["gpu_memory_estimated"][gpu], gpu
     counts = [f"learner.num_ranks={gpus}", f"generation.num_generators={gpus}"]
-    counts += [f"oracle.num_actors={gpus}", f"run.num_gpus={3 * gpus}", "run.colocate=false"]
-    counts.append("run.num_cpus=12")
-    r = inpo_train(*args, *counts, f"run.dir={split}")
+    counts.append(f"oracle.num_actors={gpus}")
+    on_cpu = [a for a in args if a != "run.simulate_gpus=true"]
+    r = inpo_here("train", *on_cpu, *counts, f"run.dir={cpu}")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert not (split / "schedule.jsonl").exists()
-    x, y = final_weights(colocated, 2), final_weights(split, 2)
+    assert not (cpu / "schedule.jsonl").exists()
+    x, y = final_weights(colocated, 2), final_weights(cpu, 2)
     assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
