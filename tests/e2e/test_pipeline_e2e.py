@@ -459,13 +459,14 @@ def test_paper_reward_recipe_on_a_base_model_with_another_reference(tmp_path, ra
     assert all(isinstance(p["prompt"], str) for p in pairs)
 
 
-def test_lora_zero2_two_iterations_resume_after_sigkill(tmp_path, ray_session):
-    """LoRA with 2 ranks under ZeRO-2 (under ZeRO-3, on the real model:
-    tests/e2e/test_real_model_e2e.py): the same adapter trains across iterations, step
-    checkpoints hold the adapter and its optimizer state, and a run SIGKILLed while
-    learning resumes to exactly the weights of an uninterrupted one."""
-    zero_stage = 2
-    lora = [*SMALL, "model.lora.r=8", f"deepspeed.zero_stage={zero_stage}", "learner.num_ranks=2"]
+def test_lora_zero3_offload_two_iterations_resume_after_sigkill(tmp_path, ray_session):
+    """LoRA with 2 ranks under ZeRO-3 with the optimizer offloaded (DeepSpeed's CPU Adam;
+    under ZeRO-2, on the real model: tests/e2e/test_real_model_e2e.py): the same adapter
+    trains across iterations, step checkpoints hold the adapter and its offloaded optimizer
+    state, and a run SIGKILLed while learning resumes to exactly the weights of an
+    uninterrupted one."""
+    lora = [*SMALL, "model.lora.r=8", "deepspeed.zero_stage=3", "learner.num_ranks=2"]
+    lora.append("deepspeed.offload_optimizer=true")
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     r = inpo_here("train", *lora, f"run.dir={whole}")
     assert r.returncode == 0, r.stderr[-3000:]
