@@ -29,6 +29,7 @@ SESSION_CPUS = 12
 SHARED = ("full_run", "paper_pairpm_whole", "learned", "two_generators")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
 def pytest_collection_modifyitems(config, items):
     """Where a test lives says what it is: everything under tests/e2e/ is `e2e`."""
     xdist = config.pluginmanager.hasplugin("xdist")
@@ -40,6 +41,17 @@ def pytest_collection_modifyitems(config, items):
             shared = ["cluster"]
         if shared and xdist:
             item.add_marker(pytest.mark.xdist_group(shared[0]))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def xdist_groups_hold(request):
+    """A group xdist did not take would build each shared run once per worker and start
+    two clusters at once, silently (pytest 9 with xdist 3.8 did): every test errors."""
+    if getattr(request.config.option, "loadgroup", False):
+        marked = [i.nodeid for i in request.session.items if i.get_closest_marker("xdist_group")]
+        lost = [n for n in marked if "@" not in n.rsplit("]", 1)[-1]]
+        if lost:
+            pytest.fail(f"pytest-xdist did not group {lost[0]} ({len(lost)} such tests)")
 
 
 @pytest.fixture(scope="session")

@@ -235,9 +235,10 @@ def test_paper_layout_on_two_nodes_places_like_gpus_loses_the_worker_and_resumes
 
 @pytest.fixture(scope="module")
 def two_gpus(tmp_path_factory):
-    """One node of 2 GPUs, for the layouts that cannot fit it and for the colocated runs,
-    as a job's processes share its cluster. A GPU's CPUs give each of its three colocated
-    actors the threads that actor has on plain CPU."""
+    """One node of 2 GPUs (`ray start`), shared as a job's processes share its cluster: by
+    the layouts that cannot fit it, the colocated runs, and as a cluster left running on
+    the machine. A GPU's CPUs give each of its three colocated actors the threads that
+    actor has on plain CPU."""
     cpus = 2 * 3 * learner_threads(2)
     node = RayNodes(tmp_path_factory.mktemp("two_gpus"), workers=0, gpus=2, cpus=cpus)
     yield node
@@ -336,27 +337,23 @@ def test_colocated_gpus_hold_one_of_each_and_train_like_plain_cpu(
     assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
-def test_a_cluster_running_on_the_machine_changes_nothing(tmp_path):
+def test_a_cluster_running_on_the_machine_changes_nothing(two_gpus):
     """A `ray start` cluster on the machine (a Slurm job's, as on many GPU hosts), named by
     RAY_ADDRESS too: the test session's own start still gets a cluster of its own, sized as
     asked."""
-    node = RayNodes(tmp_path, workers=0, gpus=1, cpus=3)
-    try:
-        code = (
-            "import ray; from helpers import start_session_ray; a = start_session_ray(8); "
-            "print('RESULT', a, ray.cluster_resources().get('CPU'), "
-            "ray.cluster_resources().get('GPU'))"
-        )
-        out = subprocess.run(
-            [sys.executable, "-c", code],
-            cwd=Path(__file__).parents[1],
-            env={**node.env, "RAY_ADDRESS": node.address},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert out.returncode == 0, out.stderr[-2000:]
-        address, cpus, gpus = out.stdout.split("RESULT ")[1].split()
-        assert address != node.address and (cpus, gpus) == ("8.0", "None"), out.stdout
-    finally:
-        node.stop()
+    code = (
+        "import ray; from helpers import start_session_ray; a = start_session_ray(8); "
+        "print('RESULT', a, ray.cluster_resources().get('CPU'), "
+        "ray.cluster_resources().get('GPU'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).parents[1],
+        env={**two_gpus.env, "RAY_ADDRESS": two_gpus.address},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    address, cpus, gpus = out.stdout.split("RESULT ")[1].split()
+    assert address != two_gpus.address and (cpus, gpus) == ("8.0", "None"), out.stdout

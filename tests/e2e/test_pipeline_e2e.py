@@ -117,16 +117,16 @@ def _done_outputs(run: Path) -> dict[Path, int]:
     return out
 
 
-# Between "output written" and "marked done" (the last in iteration 2) for each stage that
-# starts an engine or holds weights when it resumes, and inside save (a policy half
-# written: its redo is the redo of a whole one too). The judge's redo is a driver-only
-# function of its seeded inputs (tests/unit/test_pairing.py). Inside learn: the LoRA and
-# SmolLM2 (offload) runs below, each killed after a step checkpoint.
+# Between "output written" and "marked done" for each kind of stage that starts an engine
+# or holds weights when it resumes (a vLLM stage: generate; eval, the last of iteration 2,
+# stands for eval_ref too; the learner's frozen forward: logps; the sync), and inside save
+# (a policy half written: its redo is the redo of a whole one too). The judge's redo is a
+# driver-only function of its seeded inputs (tests/unit/test_pairing.py). Inside learn
+# (what learn.written's redo is: it continues from the newest step checkpoint): the MNPO,
+# LoRA and SmolLM2 runs below, each killed after a step checkpoint.
 KILLS = [
-    "eval_ref.written",
     "generate.written",
     "logps.written",
-    "learn.written",
     "save",
     "sync.written",
     "eval.written#2",
@@ -464,22 +464,28 @@ def test_lora_zero3_offload_two_iterations_resume_after_sigkill(tmp_path, ray_se
     under ZeRO-2, on the real model: tests/e2e/test_real_model_e2e.py): the same adapter
     trains across iterations, step checkpoints hold the adapter and its offloaded optimizer
     state, and a run SIGKILLed while learning resumes to exactly the weights of an
-    uninterrupted one."""
+    uninterrupted one. Both share iteration 1: the run is copied once it is done and each
+    copy is extended to 2 iterations, one of them killed at iteration 2's third step."""
     lora = [*SMALL, "model.lora.r=8", "deepspeed.zero_stage=3", "learner.num_ranks=2"]
     lora.append("deepspeed.offload_optimizer=true")
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    r = inpo_here("train", *lora, f"run.dir={whole}")
+    r = inpo_here("train", *lora, "run.iterations=1", f"run.dir={whole}")
     assert r.returncode == 0, r.stderr[-3000:]
     first = json.loads((whole / "iter_1" / "learn_metrics.jsonl").read_text().splitlines()[0])
     assert abs(first["margin"]) < 1e-5
+    shutil.copytree(whole, cut)
+    r = inpo_here("train", "--resume", str(whole), "run.iterations=2")
+    assert r.returncode == 0, r.stderr[-3000:]
     for t in (1, 2):
         assert (whole / f"iter_{t}" / "policy" / "adapter" / "adapter_model.safetensors").exists()
-    r = inpo_train(*lora, f"run.dir={cut}", crash_at="learn.step3#1", join=ray_session)
+    resume = ["--resume", str(cut), "run.iterations=2"]
+    r = inpo_train(*resume, crash_at="learn.step3", join=ray_session)
     assert r.returncode == -9, r.stderr[-3000:]
     r = inpo_here("train", "--resume", str(cut))
     assert r.returncode == 0, r.stderr[-3000:]
     # resumed from the step-2 checkpoint, not from zero: each step's row once, in order
-    steps = [json.loads(x)["step"] for x in (cut / "iter_1" / "learn_metrics.jsonl").open()]
+    assert "continuing from the step 2 checkpoint" in r.stdout
+    steps = [json.loads(x)["step"] for x in (cut / "iter_2" / "learn_metrics.jsonl").open()]
     assert steps == sorted(set(steps)) == list(range(1, len(steps) + 1))
     a, b = final_weights(whole), final_weights(cut)
     for k in a:
