@@ -117,16 +117,16 @@ def _done_outputs(run: Path) -> dict[Path, int]:
     return out
 
 
-# Between "output written" and "marked done" for each kind of stage that starts an engine
-# or holds weights when it resumes (a vLLM stage: generate; eval, the last of iteration 2,
-# stands for eval_ref too; the learner's frozen forward: logps; the sync), and inside save
-# (a policy half written: its redo is the redo of a whole one too). The judge's redo is a
-# driver-only function of its seeded inputs (tests/unit/test_pairing.py). Inside learn
-# (what learn.written's redo is: it continues from the newest step checkpoint): the MNPO,
-# LoRA and SmolLM2 runs below, each killed after a step checkpoint.
+# Between "output written" and "marked done" (the last in iteration 2) for each stage that
+# starts an engine or holds weights when it resumes, and inside save (a policy half
+# written: its redo is the redo of a whole one too). The judge's redo is a driver-only
+# function of its seeded inputs (tests/unit/test_pairing.py). Inside learn: the LoRA and
+# SmolLM2 (offload) runs below, each killed after a step checkpoint.
 KILLS = [
+    "eval_ref.written",
     "generate.written",
     "logps.written",
+    "learn.written",
     "save",
     "sync.written",
     "eval.written#2",
