@@ -346,69 +346,58 @@ def assert_same_weights(a_run: Path, b_run: Path, t: int) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
-def test_paper_pairpm_recipe_zero3_three_iterations_and_resume(
+def test_dead_actors_are_restarted_and_a_sigkilled_run_resumes_exactly(
     tmp_path, judge_dir, paper_pairpm_whole, ray_session
 ):
-    """configs/paper_pairpm.yaml: ZeRO-3 (2 ranks, bf16), pair-PM judge, tournament, three
-    iterations; killed in iteration 2 (where a ZeRO-3 run used to die loading the frozen
-    pi_t) and resumed, it ends with exactly the weights of an uninterrupted run."""
-    whole, cut = paper_pairpm_whole, tmp_path / "cut"
+    """configs/paper_pairpm.yaml (ZeRO-3 with 2 ranks, bf16, pair-PM judge, tournament,
+    three iterations) with every kind of fault in one run. In a process of its own: the
+    generator's process SIGKILLed after 2 of its 4 chunks of iteration 1's generate stage,
+    the judge's after the first tournament round of iteration 1, then the driver itself in
+    iteration 2 once its log-probs are written (where a ZeRO-3 run used to die loading the
+    frozen pi_t). Resumed, learner rank 1's process is SIGKILLed after the last of 2 steps
+    of iteration 3's learn stage. Each actor fault is one faults.jsonl row and is restarted
+    by the run itself, the generate stage kept its finished chunks, the learn stage
+    continued from its step-1 checkpoint, and the weights are exactly those of the
+    uninterrupted run."""
+    from inpo.run.state import RunState
+
+    whole, run = paper_pairpm_whole, tmp_path / "faulty"
     cfg = yaml.safe_load((whole / "config.yaml").read_text())
     assert cfg["deepspeed"]["zero_stage"] == 3 and cfg["model"]["dtype"] == "bfloat16"
     rows = [json.loads(x) for x in (whole / "metrics.jsonl").read_text().splitlines()]
     assert [row["iteration"] for row in rows] == [0, 1, 2, 3]
     assert final_weights(whole, 3)["model.norm.weight"].dtype == torch.bfloat16
-    r = inpo_train(
-        *paper_pairpm_args(judge_dir),
-        f"run.dir={cut}",
+    args = [*paper_pairpm_args(judge_dir), "generation.chunk_prompts=4"]
+    args.append("learner.checkpoint_every=1")
+    first = inpo_train(
+        *args,
+        f"run.dir={run}",
         crash_at="logps.written#2",
         join=ray_session,
+        extra_env={"INPO_KILL_AT": "generator:0@generate.chunk#4,judge:0@judge#1"},
     )
-    assert r.returncode == -9, r.stderr[-3000:]
-    r = inpo_here("train", "--resume", str(cut))
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert_same_weights(whole, cut, 3)
-
-
-def test_dead_actors_are_restarted_and_their_stages_redone(
-    tmp_path, judge_dir, paper_pairpm_whole, ray_session
-):
-    """The same run with the generator's process SIGKILLed after 2 of its 4 chunks of
-    iteration 1's generate stage, the judge's after the first tournament round of iteration
-    1, and learner rank 1's (of 2, ZeRO-3) after the last of 2 steps of iteration 2's learn
-    stage: the run finishes by itself, each fault is one faults.jsonl row, the generate
-    stage kept its finished chunks, the learn stage continued from its step-1 checkpoint,
-    and the weights are exactly the uninterrupted run's."""
-    from inpo.run.state import RunState
-
-    run = tmp_path / "faulty"
-    kills = "generator:0@generate.chunk#4,judge:0@judge#1,learner:1@learn.step2#2"
-    r = inpo_here(
-        "train",
-        *paper_pairpm_args(judge_dir),
-        "generation.chunk_prompts=4",
-        "learner.checkpoint_every=1",
-        f"run.dir={run}",
-        env={"INPO_KILL_AT": kills},
-    )
+    assert first.returncode == -9, first.stderr[-3000:]
+    assert first.stdout.count("[fault]") == 2
+    r = inpo_here("train", "--resume", str(run), env={"INPO_KILL_AT": "learner:1@learn.step2#2"})
     assert r.returncode == 0, r.stderr[-3000:]
     faults = [json.loads(x) for x in (run / "faults.jsonl").read_text().splitlines()]
     assert [(f["iteration"], f["stage"], f["actor"], f["action"]) for f in faults] == [
         (1, "generate", "generator 0", "restarted"),
         (1, "judge", "judge 0", "restarted"),
-        (2, "learn", "learner 1", "restarted"),
+        (3, "learn", "learner 1", "restarted"),
     ], faults
     assert all("died" in f["cause"] and f["seconds_lost"] >= 0 for f in faults)
-    assert r.stdout.count("[fault]") == 3
+    assert r.stdout.count("[fault]") == 1
     state = RunState.load(run / "state.json")
     assert state.info(1, "generate")["kept_prompts"] == 8  # 2 chunks of 4 were not redone
     assert not (run / "iter_1" / "generations.partial.jsonl").exists()
-    steps = [json.loads(x)["step"] for x in (run / "iter_2" / "learn_metrics.jsonl").open()]
+    steps = [json.loads(x)["step"] for x in (run / "iter_3" / "learn_metrics.jsonl").open()]
     assert steps == [1, 2] and "continuing from the step 1 checkpoint" in r.stdout
     # in memory, over a weight-update group set up anew with the restarted generators
-    # (iteration 1) and learner ranks (iteration 2)
-    assert [state.info(t, "sync")["sync_via"] for t in (1, 2, 3)] == ["memory"] * 3
-    assert_same_weights(paper_pairpm_whole, run, 3)
+    # (iteration 1) and learner ranks (iteration 3); the process resumed at iteration 2's
+    # logps had no generators running: they start at its sync, from pi_3's directory
+    assert [state.info(t, "sync")["sync_via"] for t in (1, 2, 3)] == ["memory", "files", "memory"]
+    assert_same_weights(whole, run, 3)
 
 
 def test_paper_reward_recipe_on_a_base_model_with_another_reference(tmp_path, ray_session):
@@ -466,8 +455,8 @@ def test_lora_zero3_offload_two_iterations_resume_after_sigkill(tmp_path, ray_se
     state, and a run SIGKILLed while learning resumes to exactly the weights of an
     uninterrupted one. Both share iteration 1: the run is copied once it is done and each
     copy is extended to 2 iterations, one of them killed at iteration 2's third step."""
-    lora = [*SMALL, "model.lora.r=8", "deepspeed.zero_stage=3", "learner.num_ranks=2"]
-    lora.append("deepspeed.offload_optimizer=true")
+    lora = [*TINY_FAMILY, "learner.epochs=2", "learner.checkpoint_every=2", "model.lora.r=8"]
+    lora += ["deepspeed.zero_stage=3", "learner.num_ranks=2", "deepspeed.offload_optimizer=true"]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     r = inpo_here("train", *lora, "run.iterations=1", f"run.dir={whole}")
     assert r.returncode == 0, r.stderr[-3000:]
