@@ -5,7 +5,8 @@ its instruction score is TRL's reward function).
 
 - inpo: `inpo train CONFIG` as shipped, in a subprocess.
 - TRL: online DPO in a subprocess with the recipe's peak lr, warmup ratio and cosine decay,
-  fp32 weights with bf16 autocast, no gradient checkpointing, one step per
+  fp32 weights with the recipe's learner.autocast (auto: bf16 products where the CPU has
+  bf16 instructions, resolved once for both sides), no gradient checkpointing, one step per
   learner.global_batch_size prompts, the recipe's sampling temperature, top_p and maximum
   new tokens, one pass over the prompts inpo's iterations draw; TRL's defaults elsewhere
   (beta 0.1, sigmoid loss, two samples per prompt, AdamW betas 0.9/0.999).
@@ -509,8 +510,13 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from inpo.config import load_config
+    from inpo.plan.cluster import cpu_has_bf16
 
     cfg = load_config(args.config, overrides)
+    if cfg.learner.autocast == "auto":  # one precision for both sides, in the output
+        # quoted: YAML reads a bare off as False
+        overrides += [f"learner.autocast='{'bfloat16' if cpu_has_bf16() else 'off'}'"]
+        cfg = load_config(args.config, overrides)
     if (cfg.oracle.backend, cfg.oracle.synthetic) != ("synthetic", "ifeval"):
         raise SystemExit("bench/peers.py needs the ifeval oracle (its score is TRL's reward)")
     if not cfg.data.eval_size:

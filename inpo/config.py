@@ -493,7 +493,7 @@ class LearnerConfig(_Section):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     adam_betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations.")
-    autocast: Literal["off", "bfloat16"] = Field(
+    autocast: Literal["off", "bfloat16", "auto"] = Field(
         "off",
         description="Run the learner's linear layers in bfloat16 under torch.autocast "
         "(DeepSpeed's torch_autocast) while weights, gradients and Adam stay in model.dtype. "
@@ -502,7 +502,9 @@ class LearnerConfig(_Section):
         "weights themselves: a step below 1/256 of a weight barely moves it). The cached "
         "pi_t/pi_ref log-probs and the excess come from the same bf16 forward as the steps; "
         "vLLM samples the fp32 function, in which a trained policy's margin changes read "
-        "about 1/1.2 as large. Moot where model.dtype resolves to bfloat16.",
+        "about 1/1.2 as large. Moot where model.dtype resolves to bfloat16. auto: bfloat16 "
+        "where the device computes in it (a GPU from Ampere on, a CPU with AVX512-BF16 or AMX "
+        "instructions), else off: elsewhere torch emulates bf16, ~90x slower than float32.",
     )
     max_length: int = Field(
         1024,

@@ -236,3 +236,39 @@ def test_model_dtype_auto_is_decided_by_what_the_gpus_compute_in():
         assert resolve_device(cfg, 4, lambda b=bf16: b) == "cuda" and cfg.model.dtype == dtype
     chosen = InpoConfig.model_validate({"model": {"dtype": "float32"}})
     assert resolve_device(chosen, 4, never) == "cuda" and chosen.model.dtype == "float32"
+
+
+def test_learner_autocast_auto_is_bf16_only_where_the_device_computes_in_it(capsys):
+    from inpo.config import InpoConfig
+    from inpo.plan.cluster import cpu_has_bf16, resolve_device
+
+    assert not cpu_has_bf16("processor : 0\nflags : fpu sse avx avx2 fma\n")  # AVX2 EPYC
+    assert cpu_has_bf16("processor : 0\nflags : fpu avx2 avx512f avx512_bf16\n")  # Genoa
+    assert cpu_has_bf16("flags : fpu avx2 amx_bf16 amx_tile\n")  # Sapphire Rapids
+
+    def cfg(**learner) -> InpoConfig:
+        return InpoConfig.model_validate({"learner": learner})
+
+    def never() -> bool:
+        raise AssertionError("asked the other device")
+
+    for device_bf16, want in ((True, "bfloat16"), (False, "off")):
+        on_cpu, on_gpu = cfg(autocast="auto"), cfg(autocast="auto")
+        assert resolve_device(on_cpu, 0, never, lambda b=device_bf16: b) == "cpu"
+        assert resolve_device(on_gpu, 4, lambda b=device_bf16: b, never) == "cuda"
+        assert on_cpu.learner.autocast == on_gpu.learner.autocast == want
+    out = capsys.readouterr().out
+    assert "learner.autocast = auto: this CPU has no bfloat16 instructions" in out
+    assert "learner.autocast = auto: the GPUs have no bfloat16 (before Ampere)" in out
+    # asked for explicitly: kept, with one line saying what it costs on this CPU
+    explicit = cfg(autocast="bfloat16")
+    assert resolve_device(explicit, 0, never, lambda: False) == "cpu"
+    assert explicit.learner.autocast == "bfloat16"
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("warning: learner.autocast = bfloat16 but this CPU has no bfloat16")
+    assert out.endswith("(set learner.autocast to auto)")
+    weights = InpoConfig.model_validate({"model": {"dtype": "bfloat16"}})
+    resolve_device(weights, 0, never, lambda: False)
+    assert "model.dtype = bfloat16" in capsys.readouterr().out
+    resolve_device(cfg(autocast="bfloat16"), 0, never, lambda: True)
+    assert capsys.readouterr().out == ""
