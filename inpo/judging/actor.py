@@ -16,7 +16,7 @@ from inpo.judging.llm import LLMJudge
 from inpo.judging.oracle import Oracle, OracleError, ParseCounts
 from inpo.judging.pairpm import PairPM
 from inpo.judging.reward import RewardModel
-from inpo.judging.verdict import load_template
+from inpo.judging.verdict import Verdicting
 from inpo.plan.actors import Actor, ActorGroup
 from inpo.plan.placement import ActorSlot
 
@@ -73,29 +73,9 @@ class OracleWorker(Actor):
         return self.judge.judgements()
 
 
-def verdict_options(oc: OracleConfig, seed: int, keep_texts: bool = False) -> dict:
-    """What the llm and http judges take beyond the model or URL: the prompt template (read
-    here in the driver: a bad file fails before any actor starts, and actors on other nodes
-    need not see it), the choices and, in reasoning mode, how verdicts are sampled and read
-    (seed: run.seed; keep_texts: keep each sampled text for `judgements`)."""
-    options = {"template": load_template(oc.template_spec), "choices": list(oc.choices)}
-    if oc.reasoning_tokens:
-        options |= {
-            "reasoning_tokens": oc.reasoning_tokens,
-            "verdict_pattern": oc.verdict_pattern,
-            "verdict_values": dict(oc.verdict_values),
-            "verdict_samples": oc.verdict_samples,
-            "temperature": oc.verdict_temperature,
-            "max_unparseable": oc.max_unparseable_fraction,
-            "seed": seed,
-            "keep_texts": keep_texts,
-        }
-    return options
-
-
 def judge_options(oc: OracleConfig, seed: int = 0, keep_texts: bool = False) -> dict:
-    """What the model judge takes beyond the model: the llm judge's `verdict_options`."""
-    return verdict_options(oc, seed, keep_texts) if oc.backend == "llm" else {}
+    """What the model judge takes beyond the model: the llm judge's `Verdicting`."""
+    return {"verdicting": Verdicting.of(oc, seed, keep_texts)} if oc.backend == "llm" else {}
 
 
 class OracleGroup(ActorGroup, Oracle):

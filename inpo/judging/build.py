@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from inpo.algo.game import cyclic_matrix
 from inpo.config import MODEL_BACKENDS, InpoConfig, OracleConfig
-from inpo.judging.actor import OracleGroup, judge_options, verdict_options
+from inpo.judging.actor import OracleGroup, judge_options
 from inpo.judging.constraints import ConstraintPreference
 from inpo.judging.http import HttpJudge
 from inpo.judging.oracle import Debiased, Oracle, OracleError
@@ -33,6 +33,7 @@ from inpo.judging.synthetic import (
     length_score,
     vowel_score,
 )
+from inpo.judging.verdict import Verdicting
 from inpo.plan.placement import plan_for
 from inpo.stages import Role
 
@@ -68,7 +69,7 @@ def build_oracle(
             timeout_s=oc.timeout_s,
             retries=oc.retries,
             batch_size=oc.batch_size,
-            **verdict_options(oc, cfg.run.seed, keep_texts),
+            verdicting=Verdicting.of(oc, cfg.run.seed, keep_texts),
         )
     elif oc.backend == "python":
         oracle = PythonOracle(oc.callable)

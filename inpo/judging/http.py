@@ -34,10 +34,8 @@ from requests.adapters import HTTPAdapter
 from inpo.data import Prompt
 from inpo.judging.oracle import Oracle, OracleError
 from inpo.judging.verdict import (
-    BUILTIN_TEMPLATES,
     ReadsVerdicts,
-    VerdictReader,
-    Verdicts,
+    Verdicting,
     render_prompt,
     verdict_records,
     verdict_seed,
@@ -84,24 +82,10 @@ class HttpJudge(ReadsVerdicts, Oracle):
         timeout_s: float = 60.0,
         retries: int = 3,
         batch_size: int = 32,
-        template: str = BUILTIN_TEMPLATES["pairwise"],
-        choices: Sequence[str] = ("A", "B"),
-        reasoning_tokens: int = 0,
-        verdict_pattern: str | None = None,
-        verdict_values: dict[str, float] | None = None,
-        verdict_samples: int = 1,
-        temperature: float = 1.0,
-        max_unparseable: float = 1.0,
-        seed: int = 0,
-        keep_texts: bool = False,
+        verdicting: Verdicting = Verdicting(),
     ):
         self.base = api_base(url)
-        self.template, self.choices = template, list(choices)
-        self.reasoning_tokens, self.samples = reasoning_tokens, verdict_samples
-        self.temperature, self.seed = temperature, seed
-        reader = VerdictReader.of(verdict_pattern, verdict_values) if reasoning_tokens else None
-        where = f"{self.base}/completions"
-        self.tally = Verdicts(choices, where, reader, max_unparseable, keep_texts)
+        self.read_verdicts(verdicting, f"{self.base}/completions")
         self.timeout = timeout_s
         self.retries = retries
         key = os.environ.get(api_key_env) if api_key_env else None
@@ -162,7 +146,7 @@ class HttpJudge(ReadsVerdicts, Oracle):
         where = f"{self.base}/completions"
         try:
             top = data["choices"][0]["logprobs"]["top_logprobs"][0]
-            return choice_probs(dict(top), self.choices, where)
+            return choice_probs(dict(top), self.verdicting.choices, where)
         except (KeyError, IndexError, TypeError, ValueError):
             raise OracleError(
                 f"{where} answered {data!r:.200}: no choices[0].logprobs.top_logprobs[0] "
@@ -174,9 +158,9 @@ class HttpJudge(ReadsVerdicts, Oracle):
         body = {
             "model": self.model,
             "prompt": text,
-            "max_tokens": self.reasoning_tokens,
-            "temperature": self.temperature,
-            "n": self.samples,
+            "max_tokens": self.verdicting.reasoning_tokens,
+            "temperature": self.verdicting.temperature,
+            "n": self.verdicting.samples,
             "seed": seed,
         }
         data = self._request("POST", "/completions", body)
@@ -190,10 +174,12 @@ class HttpJudge(ReadsVerdicts, Oracle):
             ) from None
 
     def prob(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> list[float]:
-        texts = [render_prompt(self.template, *t) for t in zip(prompts, a, b, strict=True)]
-        if not self.reasoning_tokens:
+        texts = [
+            render_prompt(self.verdicting.template, *t) for t in zip(prompts, a, b, strict=True)
+        ]
+        if not self.verdicting.reasoning_tokens:
             return [self.tally.read(probs) for probs in self.pool.map(self._judge_one, texts)]
-        seeds = [verdict_seed(self.seed, *t) for t in zip(prompts, a, b, strict=True)]
+        seeds = [verdict_seed(self.verdicting.seed, *t) for t in zip(prompts, a, b, strict=True)]
         answers = list(self.pool.map(self._sample_one, texts, seeds))
         keep = self.tally.kept is not None
         return self.tally.read_samples(

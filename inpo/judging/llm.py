@@ -25,10 +25,8 @@ from inpo.judging.model_judge import query_order
 from inpo.judging.oracle import OracleError
 from inpo.judging.pairpm import PairPM
 from inpo.judging.verdict import (
-    BUILTIN_TEMPLATES,
     ReadsVerdicts,
-    VerdictReader,
-    Verdicts,
+    Verdicting,
     question_text,
     render_prompt,
     verdict_records,
@@ -63,28 +61,14 @@ class LLMJudge(ReadsVerdicts, PairPM):
         batch_size: int,
         max_length: int,
         *,
-        template: str = BUILTIN_TEMPLATES["pairwise"],
-        choices: Sequence[str] = ("A", "B"),
-        reasoning_tokens: int = 0,
-        verdict_pattern: str | None = None,
-        verdict_values: dict[str, float] | None = None,
-        verdict_samples: int = 1,
-        temperature: float = 1.0,
-        max_unparseable: float = 1.0,
-        seed: int = 0,
-        keep_texts: bool = False,
+        verdicting: Verdicting = Verdicting(),
         **engine_options: Any,
     ):
-        self.template, self.choices = template, list(choices)
-        self.reasoning_tokens, self.samples = reasoning_tokens, verdict_samples
-        self.temperature, self.seed = temperature, seed
-        reader = VerdictReader.of(verdict_pattern, verdict_values) if reasoning_tokens else None
-        where = f"oracle.model = {model_dir}"
-        self.tally = Verdicts(choices, where, reader, max_unparseable, keep_texts)
+        self.read_verdicts(verdicting, f"oracle.model = {model_dir}")
         super().__init__(model_dir, device, batch_size, max_length, **engine_options)
 
     def answer_tokens(self) -> int:
-        return self.reasoning_tokens or 1
+        return self.verdicting.reasoning_tokens or 1
 
     def check(self) -> None:
         where = f"oracle.model = {self.model_dir}"
@@ -93,26 +77,30 @@ class LLMJudge(ReadsVerdicts, PairPM):
                 f"{where}: the judge's tokenizer has no chat template; the llm judge asks its "
                 "question as a user turn of it"
             )
-        if self.reasoning_tokens:
+        if self.verdicting.reasoning_tokens:
             if self.engine != "vllm":
                 # seeded sampling lives in the vLLM engine; a Hugging Face sampler would
                 # give other verdicts for the same seeds
                 raise OracleError(
-                    f"{where}: oracle.reasoning_tokens = {self.reasoning_tokens} samples "
-                    "verdicts on vLLM only (oracle.engine = hf, or vLLM cannot serve it)"
+                    f"{where}: oracle.reasoning_tokens = {self.verdicting.reasoning_tokens} "
+                    "samples verdicts on vLLM only (oracle.engine = hf, or vLLM cannot serve it)"
                 )
             return
         # The prefix ends with the generation prompt whatever the question and answers are.
         prefix = self.judge_text("question", "answer", "answer")
-        self.choice_ids = [choice_token_id(self.tok, prefix, c, where) for c in self.choices]
+        self.choice_ids = [
+            choice_token_id(self.tok, prefix, c, where) for c in self.verdicting.choices
+        ]
         if len(set(self.choice_ids)) < len(self.choice_ids):
-            raise OracleError(f"{where}: oracle.choices {self.choices} are not distinct tokens")
+            raise OracleError(
+                f"{where}: oracle.choices {list(self.verdicting.choices)} are not distinct tokens"
+            )
 
     def question(self, prompt: Prompt) -> str:
         return question_text(prompt)
 
     def judge_text(self, question: str, a: str, b: str) -> str:
-        turn = render_prompt(self.template, question, a, b)
+        turn = render_prompt(self.verdicting.template, question, a, b)
         return self.tok.apply_chat_template(
             [{"role": "user", "content": turn}], tokenize=False, add_generation_prompt=True
         )
@@ -123,7 +111,7 @@ class LLMJudge(ReadsVerdicts, PairPM):
 
     def prob(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> list[float]:
         seqs = [self.fitted_ids(*t) for t in zip(prompts, a, b, strict=True)]
-        if self.reasoning_tokens:
+        if self.verdicting.reasoning_tokens:
             return self.sampled(prompts, a, b, seqs)
         return [self.tally.read([math.exp(x) for x in lps]) for lps in self.outputs(seqs)]
 
@@ -135,14 +123,14 @@ class LLMJudge(ReadsVerdicts, PairPM):
         seqs: list[list[int]],
     ) -> list[float]:
         """Reasoning mode: verdict_samples seeded samples per query, read as verdicts."""
-        seeds = [verdict_seed(self.seed, *t) for t in zip(prompts, a, b, strict=True)]
+        seeds = [verdict_seed(self.verdicting.seed, *t) for t in zip(prompts, a, b, strict=True)]
         order = query_order(seqs, self.engine)  # shared prefixes side by side
         out = self.vllm.generate(
             [seqs[i] for i in order],
-            n=self.samples,
-            temperature=self.temperature,
+            n=self.verdicting.samples,
+            temperature=self.verdicting.temperature,
             top_p=1.0,
-            max_tokens=self.reasoning_tokens,
+            max_tokens=self.verdicting.reasoning_tokens,
             seeds=[seeds[i] for i in order],
         )
         samples: list[list] = [[] for _ in seqs]

@@ -22,8 +22,10 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from inpo.config import OracleConfig
 from inpo.data import Prompt
 from inpo.judging.oracle import OracleError, ParseCounts
 from inpo.judging.pairpm import render_context
@@ -196,11 +198,57 @@ class Verdicts:
         return kept
 
 
+@dataclass(frozen=True)
+class Verdicting:
+    """How the llm and http judges ask for a verdict and read it: the prompt template and
+    the choice tokens; in reasoning mode (reasoning_tokens > 0) ``samples`` seeded texts
+    per query at ``temperature`` (seeds from ``seed``, the run's), read by ``pattern`` and
+    ``values``, with at most ``max_unparseable`` of a batch unread (``keep_texts``: keep
+    every text for `judgements`)."""
+
+    template: str = BUILTIN_TEMPLATES["pairwise"]
+    choices: tuple[str, ...] = ("A", "B")
+    reasoning_tokens: int = 0
+    pattern: str | None = None
+    values: Mapping[str, float] | None = None
+    samples: int = 1
+    temperature: float = 1.0
+    max_unparseable: float = 1.0
+    seed: int = 0
+    keep_texts: bool = False
+
+    @classmethod
+    def of(cls, oc: OracleConfig, seed: int = 0, keep_texts: bool = False) -> Verdicting:
+        """From the oracle's config; the template file is read here, in the driver: a bad
+        file fails before any actor starts, and actors on other nodes need not see it."""
+        asked = cls(load_template(oc.template_spec), tuple(oc.choices))
+        if not oc.reasoning_tokens:
+            return asked
+        return cls(
+            asked.template,
+            asked.choices,
+            oc.reasoning_tokens,
+            oc.verdict_pattern,
+            dict(oc.verdict_values),
+            oc.verdict_samples,
+            oc.verdict_temperature,
+            oc.max_unparseable_fraction,
+            seed,
+            keep_texts,
+        )
+
+
 class ReadsVerdicts:
     """The Oracle methods of a judge whose P is read by a `Verdicts` (``self.tally``): the
     llm and http judges."""
 
     tally: Verdicts
+    verdicting: Verdicting
+
+    def read_verdicts(self, verdicting: Verdicting, where: str) -> None:
+        v = self.verdicting = verdicting
+        reader = VerdictReader.of(v.pattern, v.values) if v.reasoning_tokens else None
+        self.tally = Verdicts(v.choices, where, reader, v.max_unparseable, v.keep_texts)
 
     def verdicts(self) -> tuple[float, int]:
         return self.tally.totals()

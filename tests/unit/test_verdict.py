@@ -12,6 +12,7 @@ from inpo.judging.llm import choice_token_id
 from inpo.judging.oracle import Debiased, Oracle, OracleError, ParseCounts
 from inpo.judging.verdict import (
     BUILTIN_TEMPLATES,
+    Verdicting,
     VerdictReader,
     Verdicts,
     load_template,
@@ -152,9 +153,9 @@ def test_llm_backend_needs_a_model_and_reads_its_template_in_the_driver(tmp_path
         judge_options(oc)
     oc.prompt_template = "builtin:mtbench"
     oc.choices = ["A", "B", "C"]
+    # no reasoning: nothing of the sampling settings travels
     assert judge_options(oc) == {
-        "template": BUILTIN_TEMPLATES["mtbench"],
-        "choices": ["A", "B", "C"],
+        "verdicting": Verdicting(BUILTIN_TEMPLATES["mtbench"], ("A", "B", "C"))
     }
 
 
@@ -257,16 +258,13 @@ def test_reasoning_mode_picks_its_template_and_sends_its_options():
     ).oracle
     assert oc.template_spec == "builtin:reasoned"
     assert "[[A>>B]]" in BUILTIN_TEMPLATES["reasoned"]
-    options = judge_options(oc, seed=7, keep_texts=True)
-    assert options["template"] == BUILTIN_TEMPLATES["reasoned"]
-    assert {k: options[k] for k in ("reasoning_tokens", "verdict_samples", "seed")} == {
-        "reasoning_tokens": 64,
-        "verdict_samples": 3,
-        "seed": 7,
-    }
-    assert options["max_unparseable"] == 0.5 and options["keep_texts"] is True
+    v = judge_options(oc, seed=7, keep_texts=True)["verdicting"]
+    assert v.template == BUILTIN_TEMPLATES["reasoned"]
+    assert (v.reasoning_tokens, v.samples, v.seed, v.keep_texts) == (64, 3, 7, True)
+    assert (v.pattern, dict(v.values)) == (oc.verdict_pattern, oc.verdict_values)
+    assert (v.temperature, v.max_unparseable) == (oc.verdict_temperature, 0.5)
     oc.prompt_template = "builtin:mtbench"  # an explicit template wins
-    assert judge_options(oc)["template"] == BUILTIN_TEMPLATES["mtbench"]
+    assert judge_options(oc)["verdicting"].template == BUILTIN_TEMPLATES["mtbench"]
     assert InpoConfig().oracle.template_spec == "builtin:pairwise"
 
 
