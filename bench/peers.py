@@ -369,15 +369,9 @@ def probe_logp(policy: str, probe: tuple[list[int], int]) -> float:
 
 def files_digest(policy: str) -> str:
     """inpo's weights hash of a policy directory's safetensors."""
-    from safetensors import safe_open
+    from inpo.models import saved_tensors, tensor_digest, weights_digest
 
-    from inpo.models import tensor_digest, weights_digest
-
-    seen = []
-    for f in sorted(Path(policy).glob("*.safetensors")):
-        with safe_open(str(f), "pt") as sf:
-            seen += [(name, tensor_digest(sf.get_tensor(name))) for name in sf.keys()]
-    return weights_digest(seen)
+    return weights_digest((name, tensor_digest(t)) for name, t in saved_tensors(policy))
 
 
 def evaluate(cfg, model_dir: str, policies: list[str], out: Path) -> dict[str, dict]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from inpo.engines.transfer import TensorSpec, join_group, receive_tensors
-from inpo.models import tensor_digest, weights_digest
+from inpo.models import saved_tensors, tensor_digest, weights_digest
 from inpo.plan.memory import Shape, default_memory_fraction
 
 #: Sequences the CPU KV cache is sized for (vLLM queues the rest of a batch).
@@ -92,15 +92,7 @@ def _load_hashed(worker, weights: Iterator[tuple[str, Any]]) -> str:
 def _reload_hashed(worker, weights_dir: str) -> str:
     """Runs inside a vLLM worker: `_load_hashed` from the safetensors files of
     ``weights_dir``."""
-    from safetensors import safe_open
-
-    def tensors():
-        for f in sorted(Path(weights_dir).glob("*.safetensors")):
-            with safe_open(str(f), "pt") as sf:
-                for name in sf.keys():
-                    yield name, sf.get_tensor(name)
-
-    return _load_hashed(worker, tensors())
+    return _load_hashed(worker, saved_tensors(weights_dir))
 
 
 #: the worker attribute its weight-update group lives in

@@ -22,7 +22,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from inpo.config import OracleConfig
@@ -224,17 +224,16 @@ class Verdicting:
         asked = cls(load_template(oc.template_spec), tuple(oc.choices))
         if not oc.reasoning_tokens:
             return asked
-        return cls(
-            asked.template,
-            asked.choices,
-            oc.reasoning_tokens,
-            oc.verdict_pattern,
-            dict(oc.verdict_values),
-            oc.verdict_samples,
-            oc.verdict_temperature,
-            oc.max_unparseable_fraction,
-            seed,
-            keep_texts,
+        return replace(
+            asked,
+            reasoning_tokens=oc.reasoning_tokens,
+            pattern=oc.verdict_pattern,
+            values=dict(oc.verdict_values),
+            samples=oc.verdict_samples,
+            temperature=oc.verdict_temperature,
+            max_unparseable=oc.max_unparseable_fraction,
+            seed=seed,
+            keep_texts=keep_texts,
         )
 
 

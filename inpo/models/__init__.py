@@ -4,8 +4,9 @@ offline), checks on user-given paths, dtypes and weight hashes."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from inpo.durable import write_atomic
 from inpo.errors import InpoError
@@ -38,6 +39,17 @@ def tensor_digest(tensor) -> str:
     import torch
 
     return hashlib.sha256(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()).hexdigest()
+
+
+def saved_tensors(weights_dir: str | Path) -> Iterator[tuple[str, Any]]:
+    """(name, tensor) of every tensor in a directory's safetensors files, file by file in
+    name order, one tensor in memory at a time."""
+    from safetensors import safe_open
+
+    for f in sorted(Path(weights_dir).glob("*.safetensors")):
+        with safe_open(str(f), "pt") as sf:
+            for name in sf.keys():
+                yield name, sf.get_tensor(name)
 
 
 def weights_digest(tensor_digests: Iterable[tuple[str, str]]) -> str:
