@@ -7,6 +7,7 @@ import io
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -136,6 +137,20 @@ def inpo_train(
         args = (*args, f"run.ray_address={join}")
     # A new session, so the kill reaches Ray and vLLM children too.
     return inpo_cli("train", *args, env=env, timeout=timeout, start_new_session=True)
+
+
+def forget_from(run: Path, t: int, stage: str, keep: Path) -> Path:
+    """Copy the finished ``run`` to ``keep`` (returned), then make ``run`` forget iteration
+    ``t``'s ``stage`` and the stages after it (`RunState.undo_from`, as a resumed run
+    forgets a damaged stage): resumed, it redoes them from the files of the stages before,
+    as a run stopped just before ``stage`` would. In place, as a run's files are where it
+    wrote them (a cached file's inputs name its models' paths). ``run`` must have ended at
+    iteration ``t``."""
+    from inpo.run.state import RunState
+
+    shutil.copytree(run, keep)
+    RunState.load(run / "state.json").undo_from(t, stage)
+    return keep
 
 
 def final_weights(run: Path, t: int = 2) -> dict:

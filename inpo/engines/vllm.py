@@ -6,6 +6,7 @@ line; both import as `vllm`.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from collections.abc import Iterator
@@ -154,6 +155,10 @@ class VLLMEngine:
         # cause above", and weight reloads can run a function in the worker.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
+
+        # vLLM runs full garbage collections while it loads: with the imports' objects frozen
+        # first they skip them, ~2 s less per engine start on a CPU
+        gc.freeze()
 
         self.stop_token_ids = stop_token_ids or []
         self.sleep_mode = sleep_mode  # vLLM sleeps on CUDA only (refused on CPU)

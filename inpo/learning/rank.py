@@ -7,6 +7,7 @@ and the 1-rank vs N-rank tests drive it too.
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
@@ -363,8 +364,13 @@ class LearnerRank(Actor):
         lc = self.cfg.learner
         kwargs = {"lr": lc.lr, "betas": tuple(lc.adam_betas), "weight_decay": lc.weight_decay}
         if self.cfg.deepspeed.offload_optimizer:
+            import cpuinfo
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
+            # DeepSpeed asks py-cpuinfo three times per CPU Adam, each a Python subprocess
+            # of ~1 s: the CPU does not change within a process
+            if not hasattr(cpuinfo.get_cpu_info, "cache_info"):
+                cpuinfo.get_cpu_info = functools.cache(cpuinfo.get_cpu_info)
             return DeepSpeedCPUAdam(params, adamw_mode=True, **kwargs)
         return torch.optim.AdamW(params, **kwargs)
 

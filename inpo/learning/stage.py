@@ -150,7 +150,11 @@ def learn_inputs(cfg: InpoConfig, cache: dict[str, torch.Tensor], pairs: Tokeniz
     dropped = {"logps_batch_size", "checkpoint_every", "keep_checkpoints"}
     return {
         "pairs": pairs_fingerprint(pairs),
-        "logps": hashlib.sha256(torch.stack(list(cache.values())).numpy().tobytes()).hexdigest(),
+        # by name: a cache the logps stage just computed and one read back from its file
+        # (safetensors sorts the names) are the same inputs
+        "logps": hashlib.sha256(
+            torch.stack([cache[k] for k in sorted(cache)]).numpy().tobytes()
+        ).hexdigest(),
         "learner": digest(cfg.learner.model_dump(mode="json", exclude=dropped)),
         "loss": digest(cfg.loss.model_dump(mode="json")),
         "deepspeed": digest(cfg.deepspeed.model_dump(mode="json")),

@@ -4,6 +4,7 @@ offline), checks on user-given paths, dtypes and weight hashes."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -59,14 +60,28 @@ def weights_digest(tensor_digests: Iterable[tuple[str, str]]) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
+#: what transformers writes into a saved tokenizer_config.json from how the tokenizer was
+#: loaded: a policy the learner saved carries them, its base model does not
+TOKENIZER_LOAD_FLAGS = ("is_local", "local_files_only")
+
+
 def model_signature(model_dir: str | Path) -> str:
     """sha256 of a model directory without its weights (config, tokenizer, chat template):
-    two directories with the same signature build the same engine, up to the weights."""
+    two directories with the same signature build the same engine, up to the weights. A
+    saved policy signs as its base model: inpo's marker files (inpo_*.json) and the
+    tokenizer's load flags are left out."""
     h = hashlib.sha256()
     for f in sorted(Path(model_dir).iterdir()):
-        if f.is_file() and not f.name.endswith((".safetensors", ".bin", ".pt", ".index.json")):
-            data = f.read_bytes()
-            h.update(f"{f.name}\0{len(data)}\0".encode() + data)
+        weights = f.name.endswith((".safetensors", ".bin", ".pt", ".index.json"))
+        if not f.is_file() or weights or f.name.startswith("inpo_"):
+            continue
+        data = f.read_bytes()
+        if f.name == "tokenizer_config.json":
+            fields = json.loads(data)
+            for key in TOKENIZER_LOAD_FLAGS:
+                fields.pop(key, None)
+            data = json.dumps(fields, sort_keys=True).encode()
+        h.update(f"{f.name}\0{len(data)}\0".encode() + data)
     return h.hexdigest()
 
 

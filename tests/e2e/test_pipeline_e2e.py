@@ -7,7 +7,6 @@ a process of its own (`inpo_train`), on that same cluster where it joins it."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -117,20 +116,15 @@ def _done_outputs(run: Path) -> dict[Path, int]:
     return out
 
 
-# Between "output written" and "marked done" (the last in iteration 2) for each stage that
-# starts an engine or holds weights when it resumes, and inside save (a policy half
-# written: its redo is the redo of a whole one too). The judge's redo is a driver-only
-# function of its seeded inputs (tests/unit/test_pairing.py). Inside learn: the LoRA and
-# SmolLM2 (offload) runs below, each killed after a step checkpoint.
-KILLS = [
-    "eval_ref.written",
-    "generate.written",
-    "logps.written",
-    "learn.written",
-    "save",
-    "sync.written",
-    "eval.written#2",
-]
+# One process per kill, each resumed by the next: between "output written" and "marked
+# done" of a vLLM stage in the first process (generate, iteration 1) and of the last stage
+# (eval, iteration 2); inside save (a policy half written: its redo rebuilds the learner
+# from learn's final checkpoint, as learn's own redo does); after the sync (the next
+# process loads pi_2 from its directory). Elsewhere: logps.written under ZeRO-3 (the dead
+# actors test below), kills inside learn after a step checkpoint (the LoRA, MNPO, SmolLM2
+# and colocated runs); the judge's redo is a driver-only function of its seeded inputs
+# (tests/unit/test_pairing.py).
+KILLS = ["generate.written", "save", "sync.written", "eval.written#2"]
 
 
 def test_sigkill_anywhere_then_resume_gives_the_same_weights(full_run, tmp_path, ray_session):
@@ -203,20 +197,16 @@ TINY_FAMILY = [
 def test_mnpo_under_comal_resets_killed_while_learning_resumes_exactly(tmp_path, ray_session):
     """MNPO's history cache and COMAL's reset, the two new stateful pieces, in one run of 3
     iterations (MNPO as COMAL's inner solver): iteration 3 mixes pi_3, pi_2 and pi_1 and
-    trains against pi_3, its new pi_ref. Killed after iteration 3's first step checkpoint,
-    the resumed run reads the history cache back from disk and ends with exactly the
-    weights of an uninterrupted one. Both share iterations 1 and 2: the run is copied
-    once they are done and each copy is extended to 3 iterations."""
-    from helpers import hf_logp
+    trains against pi_3, its new pi_ref. Copied once done, the run forgets iteration 3's
+    learn stage, is resumed there (the history cache read back from disk), killed in its
+    first step and resumed again: it ends with exactly the weights of the copy."""
+    from helpers import forget_from, hf_logp
 
-    args = [*TINY_FAMILY, "run.iterations=2", "learner.checkpoint_every=1"]
+    args = [*TINY_FAMILY, "run.iterations=3", "learner.checkpoint_every=1"]
     args += ["loss.type=mnpo", "loss.history_weights=[0.6, 0.3, 0.1]"]
     args.append("loss.reference_reset_every=2")
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    whole = tmp_path / "whole"
     r = inpo_here("train", *args, f"run.dir={whole}")
-    assert r.returncode == 0, r.stderr[-3000:]
-    shutil.copytree(whole, cut)
-    r = inpo_here("train", "--resume", str(whole), "run.iterations=3")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "mnpo 0.60/0.30/0.10, pi_ref=pi_3" in r.stdout  # the table's objective column
     rows = [json.loads(x) for x in (whole / "metrics.jsonl").read_text().splitlines()]
@@ -237,10 +227,10 @@ def test_mnpo_under_comal_resets_killed_while_learning_resumes_exactly(tmp_path,
         assert cache[f"{key}_chosen"][0].item() == pytest.approx(want, abs=1e-4), key
     two = load_file(str(whole / "iter_2" / "logps.safetensors"))
     assert "pi_hist2_chosen" not in two and not torch.equal(two["ref_chosen"], two["pi_t_chosen"])
-    resume = ["--resume", str(cut), "run.iterations=3"]
-    r = inpo_train(*resume, crash_at="learn.step1", join=ray_session)
+    cut, whole = whole, forget_from(whole, 3, "learn", keep=tmp_path / "whole_kept")
+    r = inpo_train("--resume", str(cut), crash_at="learn.step1", join=ray_session)
     assert r.returncode == -9, r.stderr[-3000:]
-    assert (cut / "iter_3" / "logps.safetensors").exists()
+    assert "continuing at iteration 3, stage learn" in r.stdout
     r = inpo_here("train", "--resume", str(cut))
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = final_weights(whole, 3), final_weights(cut, 3)
@@ -453,22 +443,21 @@ def test_lora_zero3_offload_two_iterations_resume_after_sigkill(tmp_path, ray_se
     under ZeRO-2, on the real model: tests/e2e/test_real_model_e2e.py): the same adapter
     trains across iterations, step checkpoints hold the adapter and its offloaded optimizer
     state, and a run SIGKILLed while learning resumes to exactly the weights of an
-    uninterrupted one. Both share iteration 1: the run is copied once it is done and each
-    copy is extended to 2 iterations, one of them killed at iteration 2's third step."""
+    uninterrupted one: copied once done, the 2-iteration run forgets iteration 2's learn
+    stage, is resumed there and killed at its third step."""
+    from helpers import forget_from
+
     lora = [*TINY_FAMILY, "learner.epochs=2", "learner.checkpoint_every=2", "model.lora.r=8"]
     lora += ["deepspeed.zero_stage=3", "learner.num_ranks=2", "deepspeed.offload_optimizer=true"]
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    r = inpo_here("train", *lora, "run.iterations=1", f"run.dir={whole}")
+    whole = tmp_path / "whole"
+    r = inpo_here("train", *lora, "run.iterations=2", f"run.dir={whole}")
     assert r.returncode == 0, r.stderr[-3000:]
     first = json.loads((whole / "iter_1" / "learn_metrics.jsonl").read_text().splitlines()[0])
     assert abs(first["margin"]) < 1e-5
-    shutil.copytree(whole, cut)
-    r = inpo_here("train", "--resume", str(whole), "run.iterations=2")
-    assert r.returncode == 0, r.stderr[-3000:]
     for t in (1, 2):
         assert (whole / f"iter_{t}" / "policy" / "adapter" / "adapter_model.safetensors").exists()
-    resume = ["--resume", str(cut), "run.iterations=2"]
-    r = inpo_train(*resume, crash_at="learn.step3", join=ray_session)
+    cut, whole = whole, forget_from(whole, 2, "learn", keep=tmp_path / "whole_kept")
+    r = inpo_train("--resume", str(cut), crash_at="learn.step3", join=ray_session)
     assert r.returncode == -9, r.stderr[-3000:]
     r = inpo_here("train", "--resume", str(cut))
     assert r.returncode == 0, r.stderr[-3000:]

@@ -6,7 +6,6 @@ Real Ray, vLLM (CPU) and DeepSpeed (CPU, gloo); small budgets, real weights."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -58,16 +57,14 @@ def test_smollm2_lora_zero2_offload_sigkill_during_learning_resumes_exactly(
     on 2 CPU ranks gathers every layer over gloo, 3x slower here): the same adapter trains
     across iterations, step checkpoints hold it and its offloaded optimizer state,
     and a run SIGKILLed while learning resumes to exactly the weights of an uninterrupted
-    one. Both share iteration 1: the run is copied once it is done and each copy is
-    extended to 2 iterations (`--resume DIR run.iterations=2`), one of them killed after
-    iteration 2's first step checkpoint."""
+    one: copied once done, the 2-iteration run forgets iteration 2's learn stage, is
+    resumed there and killed after its first step checkpoint."""
+    from helpers import forget_from
+
     args = [*SMOL, "model.lora.r=8", "learner.lr=1e-3", "deepspeed.zero_stage=2"]
     args += ["learner.num_ranks=2", "deepspeed.offload_optimizer=true"]
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    r = inpo_here("train", *args, "run.iterations=1", f"run.dir={whole}")
-    assert r.returncode == 0, r.stderr[-3000:]
-    shutil.copytree(whole, cut)
-    r = inpo_here("train", "--resume", str(whole), "run.iterations=2")
+    whole = tmp_path / "whole"
+    r = inpo_here("train", *args, f"run.dir={whole}")
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(x) for x in (whole / "metrics.jsonl").read_text().splitlines()]
     assert [row["iteration"] for row in rows] == [0, 1, 2]
@@ -93,12 +90,13 @@ def test_smollm2_lora_zero2_offload_sigkill_during_learning_resumes_exactly(
     adapter = "iter_2/policy/adapter"
     config = json.loads((whole / adapter / "adapter_config.json").read_text())
     assert Path(config["base_model_name_or_path"]) == smollm2.resolve() and config["r"] == 8
-    resume = ["--resume", str(cut), "run.iterations=2"]
-    r = inpo_train(*resume, crash_at="learn.step2", join=ray_session)
+    cut, whole = whole, forget_from(whole, 2, "learn", keep=tmp_path / "whole_kept")
+    r = inpo_train("--resume", str(cut), crash_at="learn.step2", join=ray_session)
     assert r.returncode == -9, r.stderr[-3000:]
     assert (cut / "iter_2" / "checkpoints" / "step_000001").is_dir()
     r = inpo_here("train", "--resume", str(cut))
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "continuing from the step 1 checkpoint" in r.stdout
     for f in ("iter_2/policy/model.safetensors", f"{adapter}/adapter_model.safetensors"):
         a, b = load_file(str(whole / f)), load_file(str(cut / f))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
@@ -131,26 +129,6 @@ def label_with(oracle) -> list[dict]:
     pairs, dropped = pair_rows(rows, select_pairs(rows, oracle, "random", 0), "soft", 0)
     assert len(pairs) + sum(dropped.values()) == len(rows)
     return pairs
-
-
-def test_pairpm_judge_on_smollm2_labels_pairs(smollm2, ray_session):
-    from inpo.judging.build import build_oracle
-    from inpo.judging.pairpm import PairPM
-
-    cfg = InpoConfig.model_validate(
-        {"oracle": {"backend": "pairpm", "model": str(smollm2), "batch_size": 2}}
-    )
-    oracle = build_oracle(cfg, "cpu")
-    try:
-        pairs = label_with(oracle)
-    finally:
-        oracle.close()
-    judge = PairPM(str(smollm2), "cpu", batch_size=4, max_length=2048)
-    assert judge.choice_ids == judge.tok.convert_tokens_to_ids(["A", "B"])
-    for p in pairs:  # the actor's debiased P is the in-process judge's, both orders averaged
-        ab = judge.prob([p["prompt"]], [p["chosen"]], [p["rejected"]])[0]
-        ba = judge.prob([p["prompt"]], [p["rejected"]], [p["chosen"]])[0]
-        assert p["p_chosen"] == pytest.approx((ab + 1 - ba) / 2, abs=1e-4)
 
 
 def test_llm_judge_on_smollm2_in_a_vllm_actor_is_its_hf_forward(smollm2, ray_session):
@@ -286,9 +264,11 @@ def test_llm_judge_reasoning_mode_on_smollm2_counts_unparseable_and_redoes_exact
 
 
 def test_inpo_judge_on_vllm_and_hf_agree_on_smollm2(smollm2, ray_session, tmp_path):
-    """`inpo judge` on one generations file, the pair-PM judge on each engine: the same
-    tournament pairs, every P within 1e-4 (fp32)."""
+    """`inpo judge` on one generations file, the pair-PM judge on each engine (in Ray
+    actors, batches of 2): the same tournament pairs, every P within 1e-4 (fp32), and that
+    P is the in-process judge's, both orders averaged (oracle.debias)."""
     from inpo.cli import main
+    from inpo.judging.pairpm import PairPM
 
     words = ["The sea is blue.", "Paris, surely.", "no", "I think it is large, deep and old."]
     rows = [
@@ -310,11 +290,18 @@ def test_inpo_judge_on_vllm_and_hf_agree_on_smollm2(smollm2, ray_session, tmp_pa
                 "oracle.backend=pairpm",
                 f"oracle.model={smollm2}",
                 f"oracle.engine={engine}",
+                "oracle.batch_size=2",
                 "pairing.strategy=tournament",
             ]
         )
         out[engine] = [json.loads(x) for x in pairs.read_text().splitlines()]
     assert len(out["vllm"]) == len(rows)
+    judge = PairPM(str(smollm2), "cpu", batch_size=4, max_length=2048)
+    assert judge.choice_ids == judge.tok.convert_tokens_to_ids(["A", "B"])
+    for p in out["vllm"]:
+        ab = judge.prob([p["prompt"]], [p["chosen"]], [p["rejected"]])[0]
+        ba = judge.prob([p["prompt"]], [p["rejected"]], [p["chosen"]])[0]
+        assert p["p_chosen"] == pytest.approx((ab + 1 - ba) / 2, abs=1e-4)
     for v, h in zip(out["vllm"], out["hf"], strict=True):
         assert (v["prompt_id"], v["chosen"], v["rejected"]) == (
             h["prompt_id"],

@@ -153,3 +153,26 @@ def test_auto_epochs_stop_when_the_heldout_excess_stops_falling():
 
     assert keeps_improving([2.0]) and keeps_improving([2.0, 1.0]) and keeps_improving([2, 1, 0.5])
     assert not keeps_improving([2.0, 1.0, 1.0]) and not keeps_improving([2.0, 2.5])
+
+
+def test_the_learn_stamp_is_the_same_for_a_computed_cache_and_one_read_back(tmp_path):
+    """Step checkpoints are kept for the same inputs: a cache the logps stage computed
+    (names in the loss's order) and the same cache read back from its file (safetensors
+    sorts them) must stamp alike, else a run that recomputed its cache (moved elsewhere)
+    and was killed while learning restarts its learn stage from step 0."""
+    from safetensors.torch import load_file, save_file
+
+    from inpo.config import InpoConfig
+    from inpo.learning.group import cache_from_logps
+    from inpo.learning.stage import learn_inputs
+
+    ref, pi_t = torch.randn(3, 2), torch.randn(3, 2)
+    computed = cache_from_logps(ref, pi_t)
+    save_file(computed, str(tmp_path / "logps.safetensors"))
+    read_back = load_file(str(tmp_path / "logps.safetensors"))
+    assert list(read_back) != list(computed)
+    pairs = TokenizedPairs([[1]] * 3, [[2]] * 3, [[3]] * 3, [1.0] * 3)
+    cfg = InpoConfig()
+    assert learn_inputs(cfg, computed, pairs) == learn_inputs(cfg, read_back, pairs)
+    other = cache_from_logps(ref, pi_t + 1)
+    assert learn_inputs(cfg, other, pairs)["logps"] != learn_inputs(cfg, computed, pairs)["logps"]

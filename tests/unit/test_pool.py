@@ -74,3 +74,23 @@ def test_a_model_signature_ignores_the_weights_only(tiny_model, tmp_path):
         config.replace('"num_hidden_layers": 2', '"num_hidden_layers": 3')
     )
     assert model_signature(copy) != model_signature(tiny_model)
+
+
+def test_a_policy_the_learner_saved_signs_as_its_base_model(tiny_model, tmp_path):
+    """A run that starts its generators at a later policy (a resumed run at its sync)
+    takes the idle ones of an earlier run of the base model: the saved directory differs
+    only by the tokenizer's load flags and inpo's marker file."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from inpo.learning.rank import write_hf_policy
+    from inpo.models import model_signature
+
+    tensors = load_file(str(tiny_model / "model.safetensors"))
+    out = tmp_path / "policy"
+    write_hf_policy(tensors, AutoConfig.from_pretrained(tiny_model), str(tiny_model), out)
+    assert (tiny_model / "inpo_tiny.json").exists() and not (out / "inpo_tiny.json").exists()
+    assert model_signature(out) == model_signature(tiny_model)
+    chat = (out / "chat_template.jinja").read_text()
+    (out / "chat_template.jinja").write_text(chat.replace("<|im_end|>", "<|end|>"))
+    assert model_signature(out) != model_signature(tiny_model)
