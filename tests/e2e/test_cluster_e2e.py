@@ -192,21 +192,21 @@ def two_nodes(tmp_path):
 def test_a_split_layout_on_two_nodes_places_like_gpus_loses_the_worker_and_resumes(
     two_nodes, judge, cpu_reference, tmp_path_factory, ray_session
 ):
-    """2 learner ranks, a tensor-parallel (2-GPU) generator and a judge: 5 logical GPUs,
-    one actor per GPU, on two nodes of 4, so the layout spans both. (The paper's 4 + 2 + 2
-    on two nodes is planned in tests/unit/test_placement.py; its simulated run proved
-    nothing more than this one and took the cluster tests' longest run: 4 ZeRO-3 ranks on
-    2 cores, three times.) GPUs shared by several actors: Ray's fractional bundles in the
-    colocated test below; a split layout with fewer GPUs than actors is planned in
-    tests/unit/test_placement.py. The worker node is killed in the learn stage: the run
-    stops with one line naming what is missing (the layout does not fit the head alone),
-    and `--resume` once the node is back ends with the weights of 2 ranks on plain CPU
-    (the reference's 2 generators and 2 judges give the same samples and labels as one:
-    each prompt's requests are seeded, tests/e2e/test_rollout_e2e.py)."""
-    roles = {"learner": 2, "generator": 1, "judge": 1}
+    """2 + 2 + 2 with tensor-parallel (2-GPU) generators: 8 logical GPUs, one actor per
+    GPU, on two nodes of 4, so the layout spans both and the worker node holds actors the
+    run needs after learn's first step (a smaller layout, 2 + 1 + 1 on 5 GPUs, put only
+    the judge there and, without eval, finished before the node loss could stop it). (The
+    paper's 4 + 2 + 2 on two nodes is planned in tests/unit/test_placement.py; its
+    simulated run proved nothing more than this one and took the cluster tests' longest
+    run: 4 ZeRO-3 ranks on 2 cores, three times.) GPUs shared by several actors: Ray's
+    fractional bundles in the colocated test below; a split layout with fewer GPUs than
+    actors is planned in tests/unit/test_placement.py. The worker node is killed in the
+    learn stage: the run stops with one line naming what is missing (the layout does not
+    fit the head alone), and `--resume` once the node is back ends with the weights of the
+    same counts on plain CPU."""
+    roles = {"learner": 2, "generator": 2, "judge": 2}
     run = tmp_path_factory.mktemp("sim") / "paper"
-    counts = ["learner.num_ranks=2", "generation.num_generators=1", "oracle.num_actors=1"]
-    layout = [*pairpm(judge), *counts, "generation.tensor_parallel_size=2"]
+    layout = [*pairpm(judge), *COUNTS, "generation.tensor_parallel_size=2"]
     sim = ["run.simulate_gpus=true", f"run.ray_address={two_nodes.address}"]
     steps = ["learner.checkpoint_every=1", "run.placement_timeout_s=10"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled"}
@@ -227,8 +227,8 @@ def test_a_split_layout_on_two_nodes_places_like_gpus_loses_the_worker_and_resum
         counts[rec["role"]] += 1
     assert counts == roles
     assert all(rec["gpu_fraction"] == 1.0 for rec in records if rec["role"] != "generator")
-    assert len({(rec["node"], g) for rec in records for g in rec["gpus"]}) == 5
-    assert len({rec["node"] for rec in records}) == 2  # 5 GPUs do not fit one node of 4
+    assert len({(rec["node"], g) for rec in records for g in rec["gpus"]}) == 8
+    assert len({rec["node"] for rec in records}) == 2  # 8 GPUs do not fit one node of 4
     two_nodes.kill_worker()
     assert proc.wait(timeout=300) == 1, Path(err.name).read_text()[-3000:]
     last = Path(err.name).read_text().strip().splitlines()[-1]
